@@ -1,0 +1,180 @@
+"""The shared attention core: score functions, masking, soft and hard attention.
+
+Both applications of showattend use this module and nothing else for attention:
+
+* captioning (Xu et al., "Show, Attend and Tell", ICML 2015): the keys and values are the annotation
+  vectors a_1..a_L of an image, the query is the previous LSTM state h_{t-1};
+* translation (Bahdanau et al. 2015; Luong et al. 2015): the keys and values are the encoder's per-token
+  outputs, the query is the decoder state, and padded source positions are masked.
+
+Notation (shapes in docstrings): B batch, L number of keys (image locations or source tokens), Q query
+size, K key size, D value size, A attention (projection) size.
+
+The key side of every score is projected **once** per image or sentence with :meth:`Attention.project_keys`;
+the per-step call then only projects the query. (Recomputing U a_i at every step is about 17x the decoder's
+own FLOPs in the captioner: see ``../shared/docs/anchors.md``.)
+
+Score functions, e_ti = f_att(a_i, h_{t-1}) (Xu et al. eq. 4):
+
+* ``"dot"``:      e = q^T k                       (Luong et al. eq. 8, "dot"; needs Q == K)
+* ``"general"``:  e = q^T W k                     (Luong et al. eq. 8, "general")
+* ``"additive"``: e = v^T tanh(W q + U k)          (Bahdanau et al. eq. 6 / appendix A.1.2; Luong "concat";
+                                                    the f_att MLP of Xu et al. §3.1.2)
+
+Weights α_t = softmax(e_t) over the valid keys (Xu et al. eq. 5); soft attention's context vector is
+ẑ_t = Σ_i α_ti a_i (Xu et al. eq. 13, the expectation of the context under α); hard attention samples a
+location s_t ~ Multinoulli_L(α_t) and uses ẑ_t = a_{s_t} (Xu et al. eq. 8-9).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["SCORES", "Attention", "AttentionOutput", "masked_softmax", "sample_locations"]
+
+SCORES = ("dot", "general", "additive")
+
+
+class AttentionOutput(NamedTuple):
+    """What one attention step returns.
+
+    Attributes:
+        context: (B, D) context vector ẑ_t.
+        alpha: (B, L) attention weights α_t; each row sums to 1 over valid keys, 0 at masked keys.
+        location: (B,) long, the sampled location s_t for hard attention, else None.
+    """
+
+    context: torch.Tensor
+    alpha: torch.Tensor
+    location: Optional[torch.Tensor] = None
+
+
+def masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax over the last dimension that gives exactly 0 weight to masked positions.
+
+    Args:
+        scores: (B, L) float scores e.
+        mask: (B, L) bool, True where the key is valid (not padding); None means all valid.
+
+    Returns:
+        (B, L) weights α; rows with at least one valid key sum to 1; a row with no valid key is all 0
+        (rather than NaN).
+    """
+    if mask is None:
+        return F.softmax(scores, dim=-1)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    alpha = F.softmax(scores, dim=-1)
+    return alpha.nan_to_num(0.0)  # all-masked rows: softmax of all -inf is NaN
+
+
+def sample_locations(alpha: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Sample one location per row, s_t ~ Multinoulli_L(α_t) (Xu et al. eq. 8).
+
+    The sample is a discrete index and carries no gradient; the REINFORCE term of eq. 12 reaches α through
+    ``log α_{s_t}``, which the caller computes from the returned indices.
+
+    Args:
+        alpha: (B, L) probabilities, rows summing to 1.
+        generator: optional torch.Generator for reproducible samples.
+
+    Returns:
+        (B,) long tensor of locations.
+    """
+    return torch.multinomial(alpha.detach().float(), 1, generator=generator).squeeze(1)
+
+
+class Attention(nn.Module):
+    """Attention with a choice of score function, a key padding mask, and soft or hard read-out.
+
+    Usage::
+
+        att = Attention(query_dim=512, key_dim=1280, attention_dim=512, score="additive")
+        keys = att.project_keys(annotations)          # (B, L, A), once per image
+        for t in ...:
+            out = att(h, keys, annotations, mask)      # out.context (B, D), out.alpha (B, L)
+
+    Args:
+        query_dim: Q, size of the query (decoder state).
+        key_dim: K, size of each key (annotation vector).
+        attention_dim: A, size of the additive score's hidden layer (ignored by "dot" and "general").
+        score: one of ``"dot"``, ``"general"``, ``"additive"`` (see the module docstring for the equations).
+
+    Raises:
+        ValueError: unknown score, or ``"dot"`` with ``query_dim != key_dim``.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, attention_dim: int = 512, score: str = "additive"):
+        super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"unknown attention score {score!r}; choose one of {SCORES}")
+        if score == "dot" and query_dim != key_dim:
+            raise ValueError(f"dot attention needs query_dim == key_dim, got {query_dim} and {key_dim}")
+        self.score, self.query_dim, self.key_dim = score, query_dim, key_dim
+        if score == "general":
+            self.W = nn.Linear(key_dim, query_dim, bias=False)  # applied to the keys once: W k
+        elif score == "additive":
+            self.U = nn.Linear(key_dim, attention_dim)  # U a_i (+ bias), once per image
+            self.W = nn.Linear(query_dim, attention_dim, bias=False)  # W h_{t-1}, every step
+            self.v = nn.Linear(attention_dim, 1, bias=False)
+
+    def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """Project the keys once, before the decoding loop.
+
+        Args:
+            keys: (B, L, K) keys (annotation vectors or encoder outputs).
+
+        Returns:
+            (B, L, K) for "dot" (unchanged), (B, L, Q) for "general" (W k), (B, L, A) for "additive" (U k).
+        """
+        if self.score == "dot":
+            return keys
+        return self.U(keys) if self.score == "additive" else self.W(keys)
+
+    def scores(self, query: torch.Tensor, projected_keys: torch.Tensor) -> torch.Tensor:
+        """Unnormalised scores e (Xu et al. eq. 4).
+
+        Args:
+            query: (B, Q).
+            projected_keys: (B, L, ·) from :meth:`project_keys`.
+
+        Returns:
+            (B, L) scores.
+        """
+        if self.score == "additive":
+            hidden = torch.tanh(projected_keys + self.W(query).unsqueeze(1))  # (B, L, A)
+            return self.v(hidden).squeeze(-1)  # (B, L)
+        return torch.bmm(projected_keys, query.unsqueeze(-1)).squeeze(-1)  # (B, L)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        projected_keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        hard: bool = False,
+        generator: Optional[torch.Generator] = None,
+    ) -> AttentionOutput:
+        """One attention step.
+
+        Args:
+            query: (B, Q) query, e.g. h_{t-1}.
+            projected_keys: (B, L, ·) from :meth:`project_keys`.
+            values: (B, L, D) values (the annotation vectors a_i).
+            mask: (B, L) bool, True for valid keys; None means all valid.
+            hard: False for soft attention, ẑ_t = Σ_i α_ti a_i (Xu et al. eq. 13); True to sample
+                s_t ~ Multinoulli(α_t) and return ẑ_t = a_{s_t} (eq. 8-9).
+            generator: optional torch.Generator for the hard sample.
+
+        Returns:
+            :class:`AttentionOutput` (context (B, D), alpha (B, L), location (B,) or None).
+        """
+        alpha = masked_softmax(self.scores(query, projected_keys), mask)  # (B, L)
+        if hard:
+            location = sample_locations(alpha, generator)  # (B,)
+            context = values[torch.arange(values.size(0), device=values.device), location]  # (B, D)
+            return AttentionOutput(context, alpha, location)
+        context = torch.bmm(alpha.unsqueeze(1), values).squeeze(1)  # (B, D)
+        return AttentionOutput(context, alpha, None)

@@ -1,0 +1,1 @@
+"""Image captioning with visual attention (Xu et al. 2015) on the shared attention core."""

@@ -1,0 +1,329 @@
+"""Caption data: Karpathy-split JSON, official COCO annotations, the feature cache, datasets and batching.
+
+Sources:
+
+* Karpathy JSON (``dataset_flickr8k.json``, ``dataset_flickr30k.json``, ``dataset_coco.json``): one entry per
+  image with ``filename`` (and ``filepath`` for COCO), ``split`` in train/val/test/restval, and
+  ``sentences[].tokens``. ``restval`` counts as train (the Karpathy COCO split: 113,287 train images).
+* Official COCO caption files (``captions_train2014.json`` ...), read with pycocotools; a Karpathy JSON, when
+  given, assigns the splits by ``cocoid``.
+
+The feature cache stores the frozen encoder's annotation vectors for every image once: a float16 ``.npy``
+array (N, L, D) opened memory-mapped (each DataLoader worker opens its own map, so any number of workers can
+read it), and an ``index.json`` naming the image of each row. It is written to ``*.partial`` files, can be
+resumed after an interruption, and is renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..vocab import Vocab
+from .images import ImageError, load_image
+
+__all__ = [
+    "CaptionRecord", "tokenize", "load_karpathy", "load_coco", "FeatureStore", "build_feature_cache",
+    "CaptionDataset", "collate_captions", "atomic_write_text",
+]
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def tokenize(text: str) -> List[str]:
+    """The Karpathy-JSON tokenisation: lower-case alphanumeric runs (``re.findall('[a-z0-9]+', ...)``)."""
+    return _TOKEN.findall(text.lower())
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a text file atomically (temporary file in the same folder, fsync, rename)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class CaptionRecord:
+    """One image and its reference captions.
+
+    Attributes:
+        key: relative image path inside the image folder (the cache index key).
+        split: "train", "val" or "test".
+        tokens: tokenised reference captions.
+        raw: the untokenised captions (for the coco-caption scorers).
+        image_id: dataset id (Flickr filename stem or COCO id).
+    """
+
+    key: str
+    split: str
+    tokens: List[List[str]]
+    raw: List[str] = field(default_factory=list)
+    image_id: str = ""
+
+
+def load_karpathy(path: str) -> List[CaptionRecord]:
+    """Read a Karpathy-format JSON file.
+
+    Args:
+        path: ``dataset_*.json``.
+
+    Returns:
+        one :class:`CaptionRecord` per image; ``restval`` images get split "train".
+
+    Raises:
+        FileNotFoundError, ValueError: missing file, or not a Karpathy JSON (message names the file).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"caption file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: not a Karpathy-format caption file (no 'images' list)")
+    records = []
+    for i, img in enumerate(data["images"]):
+        try:
+            key = os.path.join(img.get("filepath", ""), img["filename"])
+            sents = img["sentences"]
+            split = "train" if img["split"] == "restval" else img["split"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{path}: image entry {i} lacks filename/split/sentences") from None
+        tokens = [s.get("tokens") or tokenize(s["raw"]) for s in sents]
+        raw = [s.get("raw", " ".join(s.get("tokens", []))) for s in sents]
+        image_id = str(img.get("cocoid", img.get("imgid", os.path.splitext(img["filename"])[0])))
+        records.append(CaptionRecord(key, split, tokens, raw, image_id))
+    return records
+
+
+def load_coco(annotation_file: str, image_folder: str = "", karpathy_json: Optional[str] = None,
+              split: str = "val") -> List[CaptionRecord]:
+    """Read an official COCO caption annotation file with pycocotools.
+
+    Args:
+        annotation_file: e.g. ``captions_val2017.json``.
+        image_folder: prefix of the record keys (e.g. ``val2017``), joined to each image's ``file_name``.
+        karpathy_json: optional ``dataset_coco.json``; its ``split`` of each ``cocoid`` is used, and images it
+            does not list are dropped.
+        split: the split given to every image when ``karpathy_json`` is None.
+
+    Returns:
+        one :class:`CaptionRecord` per image, sorted by image id.
+    """
+    from pycocotools.coco import COCO
+
+    if not os.path.isfile(annotation_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing lines
+        coco = COCO(annotation_file)
+    splits = None
+    if karpathy_json:
+        splits = {}
+        with open(karpathy_json, encoding="utf-8") as f:
+            for img in json.load(f)["images"]:
+                splits[int(img["cocoid"])] = "train" if img["split"] == "restval" else img["split"]
+    records = []
+    for image_id in sorted(coco.getImgIds()):
+        s = split if splits is None else splits.get(image_id)
+        if s is None:
+            continue
+        anns = coco.imgToAnns[image_id]
+        raw = [a["caption"].strip() for a in anns]
+        key = os.path.join(image_folder, coco.imgs[image_id]["file_name"])
+        records.append(CaptionRecord(key, s, [tokenize(r) for r in raw], raw, str(image_id)))
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Feature cache
+
+
+class FeatureStore:
+    """Read-only view of a finished feature cache.
+
+    The memory map is opened lazily in each process, so the object can be handed to DataLoader workers.
+
+    Args:
+        folder: a cache folder written by :func:`build_feature_cache`.
+
+    Raises:
+        FileNotFoundError: the cache is missing or incomplete.
+    """
+
+    def __init__(self, folder: str):
+        index_path = os.path.join(folder, "index.json")
+        if not os.path.isfile(index_path) or not os.path.isfile(os.path.join(folder, "features.npy")):
+            raise FileNotFoundError(f"no complete feature cache in {folder} (build it with `showattend cache`)")
+        with open(index_path, encoding="utf-8") as f:
+            self.meta = json.load(f)
+        self.folder = folder
+        self.row = {k: i for i, k in enumerate(self.meta["keys"])}
+        self._array = None
+
+    @property
+    def array(self) -> np.ndarray:
+        """(N, L, D) float16 memory map."""
+        if self._array is None:
+            self._array = np.load(os.path.join(self.folder, "features.npy"), mmap_mode="r")
+        return self._array
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_array"] = None  # never pickle the map into workers
+        return state
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.row
+
+    def get(self, key: str) -> torch.Tensor:
+        """(L, D) float32 annotation vectors of one image."""
+        return torch.from_numpy(np.asarray(self.array[self.row[key]], dtype=np.float32))
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, folder: str, keys: Sequence[str], size: int):
+        self.folder, self.keys, self.size = folder, list(keys), size
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        return load_image(os.path.join(self.folder, self.keys[i]), self.size)
+
+
+@torch.no_grad()
+def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_folder: str, batch_size: int = 32,
+                        num_workers: int = 1, device: str = "cpu", progress: bool = True) -> FeatureStore:
+    """Encode every image once and store the annotation vectors as float16.
+
+    Resumable: rows already written to ``features.npy.partial`` (counted in ``progress.json``) are skipped
+    when the same call is repeated after an interruption. The finished array is renamed to ``features.npy``
+    and ``index.json`` is written last, so a reader never sees a half-written cache.
+
+    Args:
+        encoder: an :class:`~showattend.captioning.encoders.Encoder` (its ``spec`` names it in the index).
+        image_folder: folder the keys are relative to.
+        keys: relative image paths, one row each, in this order.
+        out_folder: the cache folder (created).
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers decoding JPEGs.
+        device: where the encoder runs.
+        progress: show a tqdm bar.
+
+    Returns:
+        a :class:`FeatureStore` over the cache.
+
+    Raises:
+        ImageError: an image cannot be read (the message names it); rows written so far are kept.
+    """
+    from tqdm import tqdm
+
+    os.makedirs(out_folder, exist_ok=True)
+    final = os.path.join(out_folder, "features.npy")
+    meta = {"encoder": encoder.spec.name, "image_size": encoder.spec.image_size, "keys": list(keys)}
+    if os.path.isfile(final) and os.path.isfile(os.path.join(out_folder, "index.json")):
+        store = FeatureStore(out_folder)
+        if store.meta["keys"] == meta["keys"] and store.meta["encoder"] == meta["encoder"]:
+            return store
+        raise ValueError(f"{out_folder} holds a different feature cache; choose another folder")
+    encoder = encoder.to(device).eval()
+    probe = encoder(torch.zeros(1, 3, meta["image_size"], meta["image_size"], device=device))
+    L, D = probe.shape[1:]
+    partial, progress_file = final + ".partial", os.path.join(out_folder, "progress.json")
+    done = 0
+    if os.path.isfile(partial) and os.path.isfile(progress_file):
+        with open(progress_file, encoding="utf-8") as f:
+            prog = json.load(f)
+        if prog.get("keys_hash") == hash_keys(keys) and prog.get("shape") == [len(keys), L, D]:
+            done = prog["done"]
+    if done:
+        arr = np.lib.format.open_memmap(partial, mode="r+")
+    else:
+        arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(keys), L, D))
+    files = _ImageFiles(image_folder, keys[done:], meta["image_size"])
+    loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
+    bar = tqdm(total=len(keys), initial=done, desc="encoding images", unit="img", disable=not progress)
+    row = done
+    for images in loader:
+        feats = encoder(images.to(device))  # (b, L, D)
+        arr[row:row + len(feats)] = feats.cpu().numpy().astype(np.float16)
+        row += len(feats)
+        arr.flush()
+        atomic_write_text(progress_file, json.dumps({"done": row, "keys_hash": hash_keys(keys),
+                                                     "shape": [len(keys), L, D]}))
+        bar.update(len(feats))
+    bar.close()
+    del arr
+    os.replace(partial, final)
+    meta.update(L=int(L), D=int(D))
+    atomic_write_text(os.path.join(out_folder, "index.json"), json.dumps(meta))
+    os.remove(progress_file)
+    return FeatureStore(out_folder)
+
+
+def hash_keys(keys: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training data
+
+
+class CaptionDataset(Dataset):
+    """(annotation vectors, caption ids) pairs, one per reference caption.
+
+    Each image's features are read from the cache once per caption it appears with, never re-encoded.
+
+    Args:
+        records: caption records of one split.
+        store: the feature cache.
+        vocab: vocabulary.
+        max_len: captions longer than this many words are truncated.
+    """
+
+    def __init__(self, records: Sequence[CaptionRecord], store: FeatureStore, vocab: Vocab, max_len: int = 40):
+        missing = [r.key for r in records if r.key not in store]
+        if missing:
+            raise KeyError(f"{len(missing)} images are not in the feature cache, e.g. {missing[:3]}")
+        self.store = store
+        self.items: List[Tuple[str, List[int]]] = [
+            (r.key, vocab.encode(tokens[:max_len])) for r in records for tokens in r.tokens if tokens
+        ]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        key, ids = self.items[i]
+        return self.store.get(key), torch.tensor(ids, dtype=torch.long)
+
+
+def collate_captions(batch, pad: int = 0):
+    """Stack features and pad captions, sorted by caption length (longest first).
+
+    Returns:
+        annotations (B, L, D) float32, captions (B, T) long padded with ``pad``, lengths (B,) long
+        (including ``<start>`` and ``<end>``).
+    """
+    batch = sorted(batch, key=lambda x: len(x[1]), reverse=True)
+    feats = torch.stack([b[0] for b in batch])  # (B, L, D)
+    lengths = torch.tensor([len(b[1]) for b in batch])
+    captions = torch.full((len(batch), int(lengths[0])), pad, dtype=torch.long)  # (B, T)
+    for i, (_, ids) in enumerate(batch):
+        captions[i, : len(ids)] = ids
+    return feats, captions, lengths

@@ -1,0 +1,210 @@
+"""The LSTM decoder of "Show, Attend and Tell" (Xu et al., ICML 2015, §3.1.2 and §4.2.1).
+
+Read top to bottom like the paper. At step t, with the previous word y_{t-1} and state (h_{t-1}, c_{t-1}):
+
+1. attention weights over the L annotation vectors, α_t = softmax(f_att(a_i, h_{t-1}))      (eq. 4-5)
+2. context vector ẑ_t = φ({a_i}, {α_i}): Σ_i α_ti a_i (soft, eq. 13) or a_{s_t} (hard, eq. 8-9)
+3. gating scalar β_t = σ(f_β(h_{t-1})), ẑ_t <- β_t ẑ_t                                     (§4.2.1; a scalar)
+4. LSTM step on [E y_{t-1}; ẑ_t]                                                            (eq. 1-3)
+5. deep output p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z ẑ_t))                            (eq. 7)
+
+The initial state is h_0 = tanh(f_init,h(mean_i a_i)), c_0 = tanh(f_init,c(mean_i a_i)) (§3.1.2). As in the
+authors' code (``capgen.py``), the deep output sums the three terms, applies tanh, then dropout, then L_o,
+and dropout is also applied to h_t before L_h.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attention import Attention
+
+__all__ = ["Decoder", "DecoderOutput", "doubly_stochastic_penalty", "caption_loss"]
+
+
+class DecoderOutput(NamedTuple):
+    """Teacher-forced decoder outputs.
+
+    Attributes:
+        logits: (B, T-1, V) unnormalised scores of y_1..y_{T-1}; meaningless at padded steps (see mask).
+        alphas: (B, T-1, L) attention weights; 0 at padded steps.
+        mask: (B, T-1) bool, True at real (non-padded) steps.
+        locations: (B, T-1) long sampled locations (hard attention), -1 at padded steps; None for soft.
+        betas: (B, T-1) gating scalars β_t; 0 at padded steps.
+    """
+
+    logits: torch.Tensor
+    alphas: torch.Tensor
+    mask: torch.Tensor
+    locations: Optional[torch.Tensor]
+    betas: torch.Tensor
+
+
+def doubly_stochastic_penalty(alphas: torch.Tensor) -> torch.Tensor:
+    """Doubly stochastic regularization of Xu et al. eq. 14, per caption: Σ_i (1 − Σ_t α_ti)².
+
+    Normalisation (implementations differ; this is ours): the sum over locations is divided by L, i.e. the
+    mean over locations of (1 − Σ_t α_ti)², and callers average it over the captions of a batch. Padded steps
+    must carry α = 0 so that they add nothing to Σ_t. With T words and L > T locations the value cannot fall
+    below (1 − T/L)², reached when every location gets the same total attention T/L; the term's gradient pushes
+    towards that even spread, whatever its constant floor.
+
+    Args:
+        alphas: (B, T, L) attention weights (0 at padded steps).
+
+    Returns:
+        (B,) penalty per caption.
+    """
+    return ((1.0 - alphas.sum(dim=1)) ** 2).mean(dim=1)
+
+
+class Decoder(nn.Module):
+    """LSTM decoder with attention over annotation vectors.
+
+    Args:
+        vocab_size: V.
+        annotation_dim: D.
+        embed_dim: m, size of the word embedding E y (and of the deep output's hidden layer).
+        hidden_dim: n, size of the LSTM state.
+        attention_dim: A, hidden size of the additive score f_att.
+        dropout: dropout probability of the deep output.
+        score: attention score function: "additive" (the paper's f_att), "general" or "dot".
+        selector: use the gating scalar β (§4.2.1).
+    """
+
+    def __init__(self, vocab_size: int, annotation_dim: int, embed_dim: int = 512, hidden_dim: int = 512,
+                 attention_dim: int = 512, dropout: float = 0.5, score: str = "additive", selector: bool = True):
+        super().__init__()
+        self.vocab_size, self.annotation_dim = vocab_size, annotation_dim
+        self.embedding = nn.Embedding(vocab_size, embed_dim)  # E
+        self.init_h = nn.Linear(annotation_dim, hidden_dim)  # f_init,h
+        self.init_c = nn.Linear(annotation_dim, hidden_dim)  # f_init,c
+        self.attention = Attention(hidden_dim, annotation_dim, attention_dim, score)  # f_att
+        self.f_beta = nn.Linear(hidden_dim, 1) if selector else None  # gating scalar β
+        self.lstm = nn.LSTMCell(embed_dim + annotation_dim, hidden_dim)
+        self.L_h = nn.Linear(hidden_dim, embed_dim)
+        self.L_z = nn.Linear(annotation_dim, embed_dim)
+        self.L_o = nn.Linear(embed_dim, vocab_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def init_state(self, annotations: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """h_0, c_0 from the mean annotation vector (§3.1.2).
+
+        Args:
+            annotations: (B, L, D).
+
+        Returns:
+            h_0, c_0, each (B, n).
+        """
+        mean = annotations.mean(dim=1)  # (B, D)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+
+    def step(self, y_prev: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
+             keys: torch.Tensor, hard: bool = False):
+        """One decoding step.
+
+        Args:
+            y_prev: (B,) previous word ids.
+            state: (h_{t-1}, c_{t-1}), each (B, n).
+            annotations: (B, L, D) annotation vectors a.
+            keys: (B, L, A) ``self.attention.project_keys(annotations)``, computed once per image.
+            hard: sample the attended location (hard attention) instead of the expected context.
+
+        Returns:
+            logits (B, V), new state (h_t, c_t), attention output (context, alpha (B, L), location), β (B,).
+        """
+        e = self.embedding(y_prev)  # (B, m)
+        (h, c), z, att, beta = self.recurrence(e, state, annotations, keys, hard)
+        return self.deep_output(e, h, z), (h, c), att, beta
+
+    def recurrence(self, e: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
+                   keys: torch.Tensor, hard: bool = False):
+        """Attention, gate and LSTM update of one step (eq. 1-5 and §4.2.1), shared by training and decoding.
+
+        Args:
+            e: (B, m) embedding of y_{t-1}; state: (h_{t-1}, c_{t-1}); annotations (B, L, D); keys (B, L, A).
+
+        Returns:
+            (h_t, c_t), gated context β_t ẑ_t (B, D), attention output, β_t (B,).
+        """
+        h, c = state
+        att = self.attention(h, keys, annotations, hard=hard)  # context (B, D), alpha (B, L)
+        beta = torch.sigmoid(self.f_beta(h)) if self.f_beta is not None else h.new_ones(h.size(0), 1)  # (B, 1)
+        z = beta * att.context  # (B, D)
+        h, c = self.lstm(torch.cat([e, z], dim=1), (h, c))  # (B, n)
+        return (h, c), z, att, beta.squeeze(1)
+
+    def deep_output(self, e: torch.Tensor, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Deep output layer, eq. 7: L_o(tanh(E y_{t-1} + L_h h_t + L_z ẑ_t)), with dropout.
+
+        Args:
+            e: (..., m) embedding of the previous word; h: (..., n) LSTM state h_t; z: (..., D) gated context.
+
+        Returns:
+            (..., V) logits.
+        """
+        return self.L_o(self.dropout(torch.tanh(e + self.L_h(self.dropout(h)) + self.L_z(z))))
+
+    def forward(self, annotations: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                hard: bool = False) -> DecoderOutput:
+        """Teacher-forced pass over a batch of captions sorted by decreasing length.
+
+        At step t only the captions still running are computed (the batch shrinks), so padding costs nothing
+        and never reaches the loss.
+
+        Args:
+            annotations: (B, L, D).
+            captions: (B, T) ids ``<start> w_1 .. w_n <end> <pad>..``, sorted by decreasing length.
+            lengths: (B,) tokens per caption including ``<start>`` and ``<end>``.
+            hard: hard attention (sample a location per step).
+
+        Returns:
+            :class:`DecoderOutput` for the T-1 predicted positions.
+
+        Raises:
+            ValueError: captions not sorted by decreasing length.
+        """
+        if (lengths[1:] > lengths[:-1]).any():
+            raise ValueError("captions must be sorted by decreasing length (use collate_captions)")
+        B, T = captions.shape
+        L = annotations.size(1)
+        keys = self.attention.project_keys(annotations)  # (B, L, A), once per image
+        h, c = self.init_state(annotations)
+        steps = (lengths - 1).tolist()  # predictions per caption
+        embedded = self.embedding(captions)  # (B, T, m)
+        hs = annotations.new_zeros(B, T - 1, self.lstm.hidden_size)
+        zs = annotations.new_zeros(B, T - 1, self.annotation_dim)
+        alphas = annotations.new_zeros(B, T - 1, L)
+        betas = annotations.new_zeros(B, T - 1)
+        locations = torch.full((B, T - 1), -1, dtype=torch.long, device=captions.device) if hard else None
+        for t in range(T - 1):
+            b = sum(n > t for n in steps)  # captions still running (sorted, so the first b)
+            (h, c), z, att, beta = self.recurrence(embedded[:b, t], (h[:b], c[:b]), annotations[:b], keys[:b], hard)
+            hs[:b, t], zs[:b, t], alphas[:b, t], betas[:b, t] = h, z, att.alpha, beta
+            if hard:
+                locations[:b, t] = att.location
+        # The deep output of all steps at once (one large matrix product instead of T-1 small ones).
+        logits = self.deep_output(embedded[:, :-1], hs, zs)  # (B, T-1, V)
+        mask = torch.arange(T - 1, device=captions.device).unsqueeze(0) < (lengths - 1).unsqueeze(1).to(captions.device)
+        return DecoderOutput(logits, alphas, mask, locations, betas)
+
+
+def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 1.0):
+    """Cross-entropy over real words plus λ times the doubly stochastic penalty.
+
+    Args:
+        out: :class:`DecoderOutput` of ``decoder(annotations, captions, lengths)``.
+        captions: (B, T) the same captions (targets are ``captions[:, 1:]``).
+        ds_lambda: λ of eq. 14 (the authors' default 1.0).
+
+    Returns:
+        (loss, cross_entropy, penalty): scalars; cross-entropy is the mean over non-padded target words (nats
+        per word), the penalty is :func:`doubly_stochastic_penalty` averaged over captions.
+    """
+    targets = captions[:, 1:]  # (B, T-1)
+    ce = F.cross_entropy(out.logits[out.mask], targets[out.mask])
+    penalty = doubly_stochastic_penalty(out.alphas).mean()
+    return ce + ds_lambda * penalty, ce, penalty

@@ -1,0 +1,245 @@
+"""Captioner = encoder + decoder: configuration, checkpoints, and the captioning API.
+
+Usage::
+
+    from showattend.captioning import Captioner
+    cap = Captioner.from_checkpoint("assets/showattend_flickr8k_lite0.pt")
+    for r in cap.caption(["assets/photos/coffee.jpg"], beam_size=3):
+        print(r.text)          # "a cup of coffee on a table"
+        r.alphas               # (n_words + 1, L) attention weights, one row per word and <end>
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from ..search import beam_search, greedy_search
+from ..vocab import Vocab
+from .decoder import Decoder
+from .encoders import ENCODERS, Encoder
+from .images import ImageError, load_image
+
+__all__ = ["ModelConfig", "CaptionResult", "Captioner", "build_decoder", "resolve_device", "CHECKPOINT_KIND"]
+
+CHECKPOINT_KIND = "showattend-captioner"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a captioner (stored in its checkpoint).
+
+    Attributes:
+        encoder: backbone name (see :data:`~showattend.captioning.encoders.ENCODERS`).
+        encoder_weights: optional local ``.pth`` for the backbone.
+        fine_tune_blocks: top CNN blocks trained with the decoder (0: frozen, the paper's setting).
+        image_size: input side in pixels.
+        embed_dim: word embedding size m.
+        hidden_dim: LSTM size n.
+        attention_dim: hidden size of f_att.
+        dropout: deep-output dropout.
+        score: attention score: "additive" (paper), "general", "dot".
+        selector: gating scalar β on (§4.2.1).
+        attention: "soft" (deterministic, §4.2).
+    """
+
+    encoder: str = "efficientnet_lite0"
+    encoder_weights: Optional[str] = None
+    fine_tune_blocks: int = 0
+    image_size: int = 224
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512
+    dropout: float = 0.5
+    score: str = "additive"
+    selector: bool = True
+    attention: str = "soft"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CheckpointError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class CaptionResult:
+    """One caption.
+
+    Attributes:
+        words: generated words (without ``<end>``).
+        log_prob: summed log-probability of the words and ``<end>`` (natural log).
+        alphas: (n, L) attention weights, one row per generated token (words, then ``<end>`` if emitted).
+        betas: (n,) gating scalars β_t.
+        grid: (h, w) of the annotation grid, h·w = L.
+        finished: False if the caption was cut at the maximum length.
+    """
+
+    words: List[str]
+    log_prob: float
+    alphas: torch.Tensor
+    betas: torch.Tensor
+    grid: tuple
+    finished: bool = True
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_decoder(config: ModelConfig, vocab_size: int) -> Decoder:
+    """Builder: the decoder of ``config`` for a vocabulary of ``vocab_size``."""
+    return Decoder(vocab_size, ENCODERS[config.encoder].dim, config.embed_dim, config.hidden_dim,
+                   config.attention_dim, config.dropout, config.score, config.selector)
+
+
+class Captioner:
+    """Encoder + decoder + vocabulary, ready to caption images.
+
+    Args:
+        decoder: a trained :class:`~showattend.captioning.decoder.Decoder`.
+        vocab: its vocabulary.
+        config: its :class:`ModelConfig`.
+        encoder: the CNN; built from ``config`` (with its ImageNet weights) on first use if None.
+        device: "auto", "cpu", "cuda", ...
+    """
+
+    def __init__(self, decoder: Decoder, vocab: Vocab, config: ModelConfig, encoder: Optional[Encoder] = None,
+                 device: Union[str, torch.device] = "auto"):
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.decoder = decoder.to(self.device).eval()
+        self.vocab, self.config = vocab, config
+        self._encoder = encoder.to(self.device).eval() if encoder is not None else None
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = Encoder(self.config.encoder, weights=self.config.encoder_weights).to(self.device).eval()
+        return self._encoder
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str, device: Union[str, torch.device] = "auto") -> "Captioner":
+        """Load a captioner saved by ``showattend train`` (or :meth:`save`).
+
+        Raises:
+            CheckpointError: missing/corrupt file, another format or version, or weights that do not match
+                the stored vocabulary and configuration.
+        """
+        ckpt = load_checkpoint(path, CHECKPOINT_KIND)
+        config = ModelConfig.from_dict(ckpt["config"])
+        vocab = Vocab(ckpt["vocab"])
+        decoder = build_decoder(config, len(vocab))
+        try:
+            decoder.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not match its vocabulary ({len(vocab)} words) and "
+                                  f"config: {str(err).splitlines()[0]} {str(err)[-300:]}") from None
+        encoder = None
+        if ckpt.get("encoder"):
+            encoder = Encoder(config.encoder, weights=config.encoder_weights,
+                              fine_tune_blocks=config.fine_tune_blocks)
+            encoder.net.load_state_dict(ckpt["encoder"])
+        decoder.float()
+        return cls(decoder, vocab, config, encoder, device)
+
+    def state(self, half: bool = False) -> dict:
+        """Checkpoint payload (plain data), optionally with fp16 weights."""
+        sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in self.decoder.state_dict().items()}
+        return {"format": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": asdict(self.config),
+                "vocab": self.vocab.to_list(), "model": sd}
+
+    def save(self, path: str, half: bool = False, **extra) -> None:
+        """Write an inference checkpoint atomically (``extra`` adds plain fields, e.g. metrics)."""
+        save_checkpoint(path, {**self.state(half), **extra})
+
+    # -- inference --------------------------------------------------------------------------------------
+    def _step(self, tokens, state, context):
+        annotations, keys = context
+        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys)
+        log_probs = F.log_softmax(logits.float(), dim=-1)  # (N, V)
+        log_probs[:, [self.vocab.pad, self.vocab.start]] = float("-inf")
+        if not self._allow_unk:
+            log_probs[:, self.vocab.unk] = float("-inf")
+        return log_probs, state, torch.cat([att.alpha, beta.unsqueeze(1)], dim=1)  # extra: (N, L + 1)
+
+    @torch.no_grad()
+    def decode(self, annotations: torch.Tensor, beam_size: int = 3, max_len: int = 20,
+               length_penalty: float = 0.0, allow_unk: bool = False) -> List[CaptionResult]:
+        """Caption a batch of annotation vectors (batched beam search; greedy when ``beam_size`` is 1).
+
+        Args:
+            annotations: (B, L, D).
+            beam_size: k; 1 means greedy decoding.
+            max_len: maximum generated tokens, ``<end>`` included.
+            length_penalty: p of score / n^p (0: plain log-probability).
+            allow_unk: let ``<unk>`` be generated (off by default: it is never a useful word).
+
+        Returns:
+            B :class:`CaptionResult`.
+        """
+        self.decoder.eval()
+        self._allow_unk = allow_unk
+        annotations = annotations.to(self.device, torch.float32)
+        keys = self.decoder.attention.project_keys(annotations)  # (B, L, A), once per image
+        state = self.decoder.init_state(annotations)
+        start, end = self.vocab.start, self.vocab.end
+        if beam_size == 1:
+            hyps = greedy_search(self._step, state, (annotations, keys), start, end, max_len)
+        else:
+            hyps = [h[0] for h in beam_search(self._step, state, (annotations, keys), start, end, beam_size,
+                                              max_len, length_penalty)]
+        L = annotations.size(1)
+        side = int(round(L ** 0.5))
+        grid = (side, side) if side * side == L else (1, L)
+        out = []
+        for h in hyps:
+            ext = h.extras.float().cpu() if h.extras is not None else torch.zeros(0, L + 1)
+            out.append(CaptionResult(self.vocab.decode(h.tokens), h.log_prob, ext[:, :L], ext[:, L], grid,
+                                     h.finished))
+        return out
+
+    @torch.no_grad()
+    def encode(self, images: Sequence[Union[str, os.PathLike, torch.Tensor]]) -> torch.Tensor:
+        """Images (paths or (3, H, W) tensors in [0, 1]) -> (B, L, D) annotation vectors."""
+        size = self.config.image_size
+        batch = torch.stack([load_image(x, size) if not isinstance(x, torch.Tensor) else x for x in images])
+        return self.encoder(batch.to(self.device))
+
+    def caption(self, images: Sequence[Union[str, os.PathLike, torch.Tensor]], beam_size: int = 3,
+                max_len: int = 20, length_penalty: float = 0.0, batch_size: int = 32) -> List[CaptionResult]:
+        """Caption images given as file paths or (3, H, W) tensors in [0, 1].
+
+        Raises:
+            ImageError: an image file cannot be read (the message names it). Use :meth:`caption_files` to
+                caption the readable files of a list and collect the failures.
+        """
+        results = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            results += self.decode(self.encode(chunk), beam_size, max_len, length_penalty)
+        return results
+
+    def caption_files(self, paths: Sequence[str], **kwargs):
+        """Caption each readable file; return (results by path, errors by path) without stopping at a bad file."""
+        good, errors = [], {}
+        for p in paths:
+            try:
+                good.append((p, load_image(p, self.config.image_size)))
+            except ImageError as err:
+                errors[p] = str(err)
+        results = self.caption([t for _, t in good], **kwargs) if good else []
+        return {p: r for (p, _), r in zip(good, results)}, errors

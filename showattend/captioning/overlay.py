@@ -1,0 +1,80 @@
+"""Attention maps over the image, one panel per generated word (the style of Xu et al. Figures 2-3)."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+__all__ = ["upsample_alpha", "plot_attention"]
+
+
+def upsample_alpha(alpha: Union[torch.Tensor, np.ndarray], grid: Sequence[int], size: Sequence[int],
+                   smooth: float = 0.04) -> np.ndarray:
+    """Turn one step's weights over the grid into a smooth map of the image's size.
+
+    Args:
+        alpha: (L,) weights of one step, L = h·w, row-major over the grid.
+        grid: (h, w) of the annotation grid.
+        size: (width, height) of the output in pixels.
+        smooth: Gaussian blur radius as a fraction of the image's longer side (0: none).
+
+    Returns:
+        (height, width) float32 array scaled to [0, 1] (the map's maximum is 1).
+    """
+    a = np.asarray(alpha, dtype=np.float32).reshape(grid)
+    img = Image.fromarray(a / max(float(a.max()), 1e-12)).resize(tuple(size), Image.BICUBIC)
+    if smooth:
+        img = img.filter(ImageFilter.GaussianBlur(radius=smooth * max(size)))
+    out = np.asarray(img, dtype=np.float32).clip(0, None)
+    return out / max(float(out.max()), 1e-12)
+
+
+def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tensor, grid: Sequence[int], path: str,
+                   title: Optional[str] = None, columns: int = 5, betas: Optional[torch.Tensor] = None) -> str:
+    """Write a PNG: the image, then one panel per word with its attention map overlaid.
+
+    Args:
+        image: the RGB image (any size; shown at 224 px).
+        words: generated words; ``<end>`` is added as a last panel if ``alphas`` has one more row.
+        alphas: (n, L) attention weights per generated token.
+        grid: (h, w) of the annotation grid.
+        path: output PNG (written atomically).
+        title: figure title (default: the caption).
+        columns: panels per row.
+        betas: optional (n,) gating scalars, shown in the panel titles.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = image.convert("RGB").resize((224, 224), Image.BICUBIC)
+    labels = list(words) + (["<end>"] if len(alphas) > len(words) else [])
+    n = len(labels) + 1
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title("image", fontsize=10)
+    for i, word in enumerate(labels):
+        ax = axes.flat[i + 1]
+        ax.imshow(image)
+        ax.imshow(upsample_alpha(alphas[i], grid, image.size), cmap="Greys_r", alpha=0.75, vmin=0, vmax=1)
+        label = word if betas is None else f"{word}  (β={float(betas[i]):.2f})"
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(title if title is not None else " ".join(words), fontsize=11)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

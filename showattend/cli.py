@@ -1,0 +1,208 @@
+"""The ``showattend`` command line: train, cache, caption, evaluate.
+
+Run ``showattend COMMAND --help`` for each command's options.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+__all__ = ["main", "DEFAULT_CHECKPOINT"]
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                  "showattend_flickr8k_lite0.pt")
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One ``--field-name`` option per dataclass field, defaulting to None (= keep the dataclass default)."""
+    doc = cls.__doc__ or ""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_line = next((ln.strip().split(":", 1)[1].strip() for ln in doc.splitlines()
+                          if ln.strip().startswith(f.name + ":")), "")
+        default = f.default
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_line} (default: {default})")
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), None) or \
+                (type(default) if default is not None and not isinstance(default, str) else str)
+            parser.add_argument(flag, dest=f.name, type=typ, default=None, help=f"{help_line} (default: {default})")
+
+
+def _build(cls, args, skip=()):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if f.name not in skip and getattr(args, f.name, None) is not None}
+    return cls(**values)
+
+
+def _setup_threads(n: int) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def cmd_train(args) -> int:
+    from .captioning.model import ModelConfig
+    from .captioning.train import TrainConfig, train
+
+    model_cfg = _build(ModelConfig, args)
+    cfg = _build(TrainConfig, args)
+    t0 = time.time()
+    best = train(model_cfg, cfg, resume=args.resume)
+    print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .captioning.model import ModelConfig, resolve_device
+    from .captioning.train import TrainConfig, load_records, prepare_cache
+
+    model_cfg = _build(ModelConfig, args)
+    cfg = _build(TrainConfig, args)
+    t0 = time.time()
+    store = prepare_cache(cfg, model_cfg, load_records(cfg), resolve_device(cfg.device))
+    print(f"feature cache: {store.folder} ({len(store.row)} images, {time.time() - t0:.0f} s)")
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from .captioning.images import open_rgb
+    from .captioning.model import Captioner
+    from .captioning.overlay import plot_attention
+
+    cap = Captioner.from_checkpoint(args.checkpoint, device=args.device)
+    results, errors = cap.caption_files(args.images, beam_size=args.beam_size, max_len=args.max_len,
+                                        length_penalty=args.length_penalty)
+    for path in args.images:
+        if path not in results:
+            continue
+        r = results[path]
+        print(f"{path}\t{r.text}" if len(args.images) > 1 else r.text, flush=True)
+        if args.attention_dir:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            out = os.path.join(args.attention_dir, f"{stem}_attention.png")
+            plot_attention(open_rgb(path), r.words, r.alphas, r.grid, out, betas=r.betas if args.show_beta else None)
+            print(f"  attention overlay: {out}", file=sys.stderr)
+    for path, msg in errors.items():
+        print(f"error: {msg}", file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} of {len(args.images)} images failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .captioning.evaluate import evaluate
+
+    report = evaluate(args.checkpoint, data=args.data, images=args.images, split=args.split,
+                      beam_size=args.beam_size, max_len=args.max_len, length_penalty=args.length_penalty,
+                      cache_dir=args.cache_dir, device=args.device, limit=args.limit,
+                      captions_out=args.captions_out)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        from .captioning.data import atomic_write_text
+
+        atomic_write_text(args.output, text + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .captioning.model import ModelConfig
+    from .captioning.train import TrainConfig
+
+    p = argparse.ArgumentParser(
+        prog="showattend",
+        description="Show, Attend and Tell (Xu et al. 2015): train captioners with visual attention, caption "
+                    "images, draw attention maps, evaluate with the coco-caption metrics.")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a captioner (feature cache, teacher forcing, early stopping on "
+                                     "validation BLEU-4)",
+                       description="Train a captioner. Builds the encoder's feature cache first if needed. Every "
+                                   "model and training setting below overrides the default.")
+    t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    g = t.add_argument_group("model")
+    _add_dataclass_options(g, ModelConfig)
+    g = t.add_argument_group("training")
+    _add_dataclass_options(g, TrainConfig)
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("cache", help="compute the frozen encoder's features of a dataset once, to disk",
+                       description="Encode every image of a dataset with the frozen CNN and store the annotation "
+                                   "vectors (fp16, memory-mapped). Resumable; `train` does this itself when needed.")
+    for name in ("encoder", "encoder_weights", "image_size"):
+        f = {x.name: x for x in dataclasses.fields(ModelConfig)}[name]
+        c.add_argument("--" + name.replace("_", "-"), dest=name, type=int if f.type in (int, "int") else str,
+                       default=None)
+    for name in ("data", "images", "karpathy_split", "cache_dir", "device"):
+        c.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+    c.set_defaults(func=cmd_cache)
+
+    def decode_options(q):
+        q.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model checkpoint (default: the bundled "
+                                                                        "Flickr8k model in assets/)")
+        q.add_argument("--beam-size", type=int, default=3, help="beam size; 1 = greedy (default: 3)")
+        q.add_argument("--max-len", type=int, default=20, help="maximum caption length in tokens (default: 20)")
+        q.add_argument("--length-penalty", type=float, default=0.0,
+                       help="rank hypotheses by log-prob / length^p (default: 0, plain log-prob)")
+        q.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+    k = sub.add_parser("caption", help="caption images, optionally with attention overlays",
+                       description="Print one caption per image (path<TAB>caption when several). With "
+                                   "--attention-dir, also write IMAGE_attention.png: the image and, per word, its "
+                                   "attention map. Unreadable images are reported and the others still captioned; "
+                                   "the exit code is 1 if any image failed.")
+    k.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    decode_options(k)
+    k.add_argument("--attention-dir", default=None, help="write one attention overlay PNG per image here")
+    k.add_argument("--show-beta", action="store_true", help="show the gating scalar β in the overlay titles")
+    k.set_defaults(func=cmd_caption)
+
+    e = sub.add_parser("evaluate", help="BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split (coco-caption scorers)",
+                       description="Caption a split with beam search and score it with pycocoevalcap (PTB tokenizer, "
+                                   "scores 0-100). SPICE is not computed (it needs a download).")
+    decode_options(e)
+    e.add_argument("--data", default=TrainConfig.data, help=f"Karpathy JSON or COCO captions file (default: "
+                                                            f"{TrainConfig.data})")
+    e.add_argument("--images", default=TrainConfig.images, help="image folder")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default: test)")
+    e.add_argument("--cache-dir", default=TrainConfig.cache_dir, help="feature cache folder (frozen encoders)")
+    e.add_argument("--limit", type=int, default=0, help="only the first N images of the split (0: all)")
+    e.add_argument("--output", default=None, help="also write the JSON report here")
+    e.add_argument("--captions-out", default=None, help="write the generated captions as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point; returns the process exit code (0 success, 1 failed input, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_threads(args.threads)
+    from .captioning.images import ImageError
+    from .checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, ImageError, FileNotFoundError, ValueError, KeyError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"showattend {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

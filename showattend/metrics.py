@@ -1,0 +1,83 @@
+"""Thin wrappers around the standard scorers: coco-caption (pycocoevalcap) for captions.
+
+All scores are on a 0-100 scale. BLEU is coco-caption's corpus BLEU (closest reference length, brevity
+penalty), METEOR is METEOR 1.5 (Java), ROUGE-L, CIDEr-D. SPICE needs a Stanford CoreNLP download and is not
+computed here.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Dict, List, Sequence
+
+__all__ = ["caption_metrics", "bleu4"]
+
+SPICE_NOTE = "SPICE not computed: it needs Stanford CoreNLP models that cannot be downloaded here"
+
+
+def _ptb_tokenize(captions: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+
+
+def caption_metrics(references: Dict[str, Sequence[str]], hypotheses: Dict[str, str],
+                    metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider")) -> Dict[str, float]:
+    """Score generated captions with the coco-caption scorers after PTB tokenisation.
+
+    Args:
+        references: image id -> reference captions (raw text).
+        hypotheses: image id -> one generated caption; every id must have references.
+        metrics: any of "bleu", "meteor", "rouge", "cider".
+
+    Returns:
+        {"BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} (those asked for), each on 0-100.
+
+    Raises:
+        KeyError: a hypothesis id has no references.
+        RuntimeError: METEOR could not start (Java missing).
+    """
+    missing = [k for k in hypotheses if k not in references]
+    if missing:
+        raise KeyError(f"{len(missing)} hypotheses have no references, e.g. {missing[:3]}")
+    gts = _ptb_tokenize({k: list(references[k]) for k in hypotheses})
+    res = _ptb_tokenize({k: [v] for k, v in hypotheses.items()})
+    return _score(gts, res, metrics)
+
+
+def _score(gts, res, metrics) -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    if "bleu" in metrics:
+        from pycocoevalcap.bleu.bleu import Bleu
+
+        with quiet:
+            scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        out.update({f"BLEU-{i + 1}": 100 * s for i, s in enumerate(scores)})
+    if "meteor" in metrics:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        try:
+            scorer = Meteor()
+        except (OSError, FileNotFoundError) as err:
+            raise RuntimeError(f"METEOR needs Java on PATH ({err})") from err
+        out["METEOR"] = 100 * scorer.compute_score(gts, res)[0]
+        with contextlib.suppress(Exception):
+            scorer.close()
+    if "rouge" in metrics:
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        out["ROUGE-L"] = 100 * Rouge().compute_score(gts, res)[0]
+    if "cider" in metrics:
+        from pycocoevalcap.cider.cider import Cider
+
+        out["CIDEr"] = 100 * Cider().compute_score(gts, res)[0]
+    return out
+
+
+def bleu4(references: Dict[str, Sequence[Sequence[str]]], hypotheses: Dict[str, Sequence[str]]) -> float:
+    """coco-caption corpus BLEU-4 (0-100) of already tokenised text (no Java; for validation during training)."""
+    gts = {k: [" ".join(r) for r in references[k]] for k in hypotheses}
+    res = {k: [" ".join(v)] for k, v in hypotheses.items()}
+    return _score(gts, res, ("bleu",))["BLEU-4"]

@@ -1,0 +1,204 @@
+"""Batched beam search and greedy decoding over a step function, shared by captioning and translation.
+
+A model plugs in through one callable::
+
+    step(tokens (N,) long, state: tuple of (N, ...) tensors, context: tuple of (N, ...) tensors)
+        -> log_probs (N, V), new state (tuple), extra (N, ...) tensor or None
+
+``state`` (e.g. the LSTM's h and c) is reordered after every step to follow the surviving beams; ``context``
+(e.g. the annotation vectors and their projected keys) is the same for every beam of one input, so it is
+expanded once and never copied again. ``extra`` (e.g. the attention weights α_t) is recorded per step and
+returned with each hypothesis. Scores are sums of log-probabilities; with ``length_penalty`` p > 0 a finished
+hypothesis of n tokens (``<end>`` included) is ranked by score / n^p.
+
+The search is exact in one sense that the tests check against brute-force enumeration: an input stops only
+when ``beam_size`` hypotheses have finished and no live beam can still beat the worst of them (log-probs are
+<= 0, so a live beam's score can only fall). With a beam as wide as the number of possible prefixes it returns
+the most probable sequence. When no hypothesis emits ``<end>`` within ``max_len`` steps, the live beams are
+returned unfinished (``finished=False``) instead of failing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["Hypothesis", "beam_search", "greedy_search"]
+
+StepFn = Callable[[torch.Tensor, Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]],
+                  Tuple[torch.Tensor, Tuple[torch.Tensor, ...], Optional[torch.Tensor]]]
+
+
+@dataclass
+class Hypothesis:
+    """One decoded sequence.
+
+    Attributes:
+        tokens: generated token ids, without ``<bos>`` and ``<end>``.
+        score: ranking score: log_prob / n^length_penalty.
+        log_prob: sum of the log-probabilities of the generated tokens (``<end>`` included when finished).
+        extras: (n, ...) the step function's per-step extras (one row per generated token, ``<end>`` included),
+            or None.
+        finished: True when the sequence ended with ``<end>``, False when cut at ``max_len``.
+    """
+
+    tokens: List[int]
+    score: float
+    log_prob: float
+    extras: Optional[torch.Tensor]
+    finished: bool
+
+
+def _normalise(log_prob: float, length: int, length_penalty: float) -> float:
+    return log_prob / (length ** length_penalty) if length_penalty else log_prob
+
+
+def _expand(tensors: Sequence[torch.Tensor], k: int) -> Tuple[torch.Tensor, ...]:
+    return tuple(t.repeat_interleave(k, dim=0) for t in tensors)
+
+
+@torch.no_grad()
+def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
+                beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
+                n_best: int = 1) -> List[List[Hypothesis]]:
+    """Beam search for a batch of B inputs at once (B·k rows through ``step`` per time step).
+
+    Args:
+        step: the model's step function (see the module docstring).
+        state: tuple of (B, ...) tensors, the initial decoder state.
+        context: tuple of (B, ...) tensors constant over time (keys/values of attention).
+        bos: id fed at the first step.
+        eos: id that ends a hypothesis.
+        beam_size: k >= 1.
+        max_len: maximum number of generated tokens (``<end>`` included).
+        length_penalty: p >= 0; 0 ranks by the summed log-probability.
+        n_best: hypotheses returned per input (<= beam_size), best first.
+
+    Returns:
+        a list of B lists of ``n_best`` :class:`Hypothesis`, best first.
+
+    Raises:
+        ValueError: beam_size < 1, n_best > beam_size, max_len < 1 or length_penalty < 0.
+    """
+    if beam_size < 1 or not 1 <= n_best <= beam_size or max_len < 1 or length_penalty < 0:
+        raise ValueError(f"bad search settings: beam_size={beam_size}, n_best={n_best}, max_len={max_len}, "
+                         f"length_penalty={length_penalty}")
+    B, k = state[0].size(0), beam_size
+    device = state[0].device
+    state, context = _expand(state, k), _expand(context, k)  # (B*k, ...)
+    tokens = torch.full((B * k,), bos, dtype=torch.long, device=device)
+    scores = torch.full((B, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # at t=0 all beams are the same: expand only the first
+    history = torch.zeros(B, k, 0, dtype=torch.long, device=device)  # (B, k, t)
+    extras: Optional[torch.Tensor] = None  # (B, k, t, ...)
+    finished: List[List[Hypothesis]] = [[] for _ in range(B)]
+    done = [False] * B
+    arange_b = torch.arange(B, device=device).unsqueeze(1)  # (B, 1)
+
+    for t in range(max_len):
+        log_probs, state, extra = step(tokens, tuple(state), context)  # (B*k, V)
+        V = log_probs.size(-1)
+        cand = scores.unsqueeze(-1) + log_probs.view(B, k, V).float()  # (B, k, V)
+        top_scores, top_idx = cand.view(B, k * V).topk(min(2 * k, k * V), dim=1)  # (B, 2k)
+        beam_idx = torch.div(top_idx, V, rounding_mode="floor")  # (B, 2k) integer division
+        top_tokens = top_idx % V
+        is_eos = top_tokens == eos
+        if extra is not None:
+            extra = extra.view(B, k, *extra.shape[1:])
+
+        # Hypotheses that end here: <end> candidates among the k best (as in fairseq, so that k=1 is greedy).
+        # Each beam has one <end> candidate, so at most k of the 2k candidates end and >= k continue.
+        in_top_k = torch.arange(is_eos.size(1), device=device).unsqueeze(0) < k
+        for b, j in zip(*torch.nonzero(is_eos & in_top_k & torch.isfinite(top_scores), as_tuple=True)):
+            b, j = int(b), int(j)
+            if done[b]:
+                continue
+            src = int(beam_idx[b, j])
+            ext = None
+            if extra is not None:
+                ext = torch.cat([extras[b, src], extra[b, src].unsqueeze(0)]) if extras is not None else \
+                    extra[b, src].unsqueeze(0)
+            lp = float(top_scores[b, j])
+            finished[b].append(Hypothesis(history[b, src].tolist(), _normalise(lp, t + 1, length_penalty), lp,
+                                          ext, True))
+
+        # The k best candidates that do not end continue (there are always >= k of them).
+        order = torch.argsort(is_eos.int() * (2 * k) + torch.arange(is_eos.size(1), device=device), dim=1)[:, :k]
+        scores = top_scores.gather(1, order)  # (B, k)
+        src_beam = beam_idx.gather(1, order)  # (B, k)
+        new_tokens = top_tokens.gather(1, order)  # (B, k)
+        history = torch.cat([history[arange_b, src_beam], new_tokens.unsqueeze(-1)], dim=2)  # (B, k, t+1)
+        if extra is not None:
+            step_extra = extra[arange_b, src_beam].unsqueeze(2)  # (B, k, 1, ...)
+            extras = step_extra if extras is None else torch.cat([extras[arange_b, src_beam], step_extra], dim=2)
+        flat_src = (arange_b * k + src_beam).view(-1)  # (B*k,) rows of the surviving beams
+        state = tuple(s.index_select(0, flat_src) for s in state)
+        tokens = new_tokens.view(-1)
+
+        # An input is done when k hypotheses finished and no live beam can beat the worst of them:
+        # a live beam's log-prob only falls, and its length can grow to max_len at most.
+        for b in range(B):
+            if done[b] or len(finished[b]) < k:
+                continue
+            kth = sorted((h.score for h in finished[b]), reverse=True)[k - 1]
+            best_live = float(scores[b].max())
+            bound = _normalise(best_live, max_len, length_penalty) if best_live < 0 else best_live
+            if bound <= kth:
+                done[b] = True
+        if all(done):
+            break
+    else:
+        # max_len reached: live beams become (unfinished) hypotheses so every input gets an answer.
+        for b in range(B):
+            if done[b]:
+                continue
+            for j in range(k):
+                lp = float(scores[b, j])
+                if not torch.isfinite(scores[b, j]):
+                    continue
+                ext = extras[b, j] if extras is not None else None
+                finished[b].append(Hypothesis(history[b, j].tolist(), _normalise(lp, max_len, length_penalty), lp,
+                                              ext, False))
+    return [sorted(f, key=lambda h: h.score, reverse=True)[:n_best] for f in finished]
+
+
+@torch.no_grad()
+def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
+                  max_len: int = 20) -> List[Hypothesis]:
+    """Greedy decoding (argmax at every step) for a batch; the same result as beam search with k=1.
+
+    Args:
+        step, state, context, bos, eos, max_len: as for :func:`beam_search`.
+
+    Returns:
+        a list of B :class:`Hypothesis` (score = log_prob).
+    """
+    B = state[0].size(0)
+    tokens = torch.full((B,), bos, dtype=torch.long, device=state[0].device)
+    state, context = tuple(state), tuple(context)
+    out_tokens, out_lp, out_extra = [], torch.zeros(B, device=tokens.device), []
+    alive = torch.ones(B, dtype=torch.bool, device=tokens.device)
+    lengths = torch.full((B,), max_len, dtype=torch.long)
+    for t in range(max_len):
+        log_probs, state, extra = step(tokens, state, context)  # (B, V)
+        lp, tokens = log_probs.float().max(dim=-1)  # (B,)
+        out_lp += torch.where(alive, lp, torch.zeros_like(lp))
+        out_tokens.append(tokens)
+        if extra is not None:
+            out_extra.append(extra)
+        ended = alive & (tokens == eos)
+        lengths[ended.cpu()] = t + 1
+        alive = alive & ~ended
+        if not alive.any():
+            break
+    seq = torch.stack(out_tokens, dim=1).cpu()  # (B, T)
+    ext = torch.stack(out_extra, dim=1) if out_extra else None  # (B, T, ...)
+    results = []
+    for b in range(B):
+        n = int(lengths[b])
+        fin = n <= seq.size(1) and int(seq[b, n - 1]) == eos
+        toks = seq[b, : n - 1 if fin else n].tolist()
+        results.append(Hypothesis(toks, float(out_lp[b]), float(out_lp[b]), ext[b, :n] if ext is not None else None,
+                                  fin))
+    return results
