@@ -26,7 +26,8 @@ def upsample_alpha(alpha: Union[torch.Tensor, np.ndarray], grid: Sequence[int], 
         (height, width) float32 array scaled to [0, 1] (the map's maximum is 1).
     """
     a = np.asarray(alpha, dtype=np.float32).reshape(grid)
-    img = Image.fromarray(a / max(float(a.max()), 1e-12)).resize(tuple(size), Image.BICUBIC)
+    a = np.round(255 * a / max(float(a.max()), 1e-12)).astype(np.uint8)  # 8-bit: Pillow blurs mode "L" only
+    img = Image.fromarray(a, mode="L").resize(tuple(size), Image.BICUBIC)
     if smooth:
         img = img.filter(ImageFilter.GaussianBlur(radius=smooth * max(size)))
     out = np.asarray(img, dtype=np.float32).clip(0, None)
@@ -38,7 +39,7 @@ def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tenso
     """Write a PNG: the image, then one panel per word with its attention map overlaid.
 
     Args:
-        image: the RGB image (any size; shown at 224 px).
+        image: the image (any size and mode; shown at 256 px on its longer side).
         words: generated words; ``<end>`` is added as a last panel if ``alphas`` has one more row.
         alphas: (n, L) attention weights per generated token.
         grid: (h, w) of the annotation grid.
@@ -55,7 +56,8 @@ def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tenso
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image = image.convert("RGB").resize((224, 224), Image.BICUBIC)
+    scale = 256 / max(image.size)  # keep the photo's aspect ratio; the grid covers the whole image
+    image = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
     labels = list(words) + (["<end>"] if len(alphas) > len(words) else [])
     n = len(labels) + 1
     rows = math.ceil(n / columns)

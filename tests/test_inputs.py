@@ -1,0 +1,171 @@
+"""Images, checkpoints and the CLI: conversions, bad input, atomic checkpoints, round-trips, overlays."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ASSETS
+from showattend.captioning.decoder import Decoder
+from showattend.captioning.images import ImageError, load_image, open_rgb
+from showattend.captioning.model import Captioner, ModelConfig, build_decoder
+from showattend.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from showattend.cli import main
+from showattend.vocab import Vocab
+
+PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
+BUNDLED = os.path.join(ASSETS, "showattend_flickr8k_lite0.pt")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A small random-weight captioner on the real Lite0 encoder, saved as a checkpoint."""
+    torch.manual_seed(0)
+    vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>", "a", "cup", "of", "coffee"])
+    cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8)
+    decoder = build_decoder(cfg, len(vocab))
+    with torch.no_grad():
+        decoder.L_o.bias[vocab.end] = -20.0  # never ends: captions run to --max-len words
+    cap = Captioner(decoder, vocab, cfg, device="cpu")
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    cap.save(path)
+    return path
+
+
+# -- images ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "LA", "I;16"])
+def test_image_modes_are_converted(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    img = rgb.convert(mode) if mode != "I;16" else rgb.convert("L").convert("I;16")
+    path = tmp_path / ("x.tif" if mode in ("CMYK", "I;16") else "x.png")
+    img.save(path)
+    x = load_image(path, 32)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "t.png")  # fully transparent red
+    assert np.asarray(open_rgb(tmp_path / "t.png")).min() == 255
+
+
+def test_very_large_image_is_reduced(tmp_path):
+    Image.new("RGB", (12000, 9000), (10, 200, 30)).save(tmp_path / "big.jpg", quality=50)
+    img = open_rgb(tmp_path / "big.jpg", max_side=4096)
+    assert max(img.size) <= 4096
+    assert load_image(tmp_path / "big.jpg", 64).shape == (3, 64, 64)
+
+
+def test_bad_image_files_name_the_file(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    Image.new("RGB", (64, 64)).save(tmp_path / "ok.jpg")
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    for name, msg in [("missing.jpg", "no such file"), ("empty.jpg", "empty"), ("text.jpg", "not an image"),
+                      ("trunc.jpg", "cannot decode")]:
+        with pytest.raises(ImageError, match=msg) as err:
+            load_image(tmp_path / name)
+        assert name in str(err.value)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+def test_checkpoint_round_trip(tiny_checkpoint):
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)  # plain data, no pickled modules
+    assert ckpt["format"] == "showattend-captioner" and ckpt["vocab"][4:] == ["a", "cup", "of", "coffee"]
+    a = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    feats = torch.randn(2, 49, 1280)
+    first = [r.words for r in a.decode(feats, beam_size=2)]
+    b = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    assert [r.words for r in b.decode(feats, beam_size=2)] == first
+    for k, v in a.decoder.state_dict().items():
+        assert torch.equal(v, b.decoder.state_dict()[k])
+
+
+def test_fp16_checkpoint_loads_as_float32(tmp_path, tiny_checkpoint):
+    a = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    a.save(str(tmp_path / "half.pt"), half=True)
+    b = Captioner.from_checkpoint(str(tmp_path / "half.pt"), device="cpu")
+    for k, v in a.decoder.state_dict().items():
+        w = b.decoder.state_dict()[k]
+        assert w.dtype == v.dtype and torch.allclose(w, v, atol=1e-2, rtol=1e-3)
+
+
+def test_bad_checkpoints(tmp_path, tiny_checkpoint):
+    with pytest.raises(CheckpointError, match="not found"):
+        Captioner.from_checkpoint(str(tmp_path / "nope.pt"))
+    data = open(tiny_checkpoint, "rb").read()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        Captioner.from_checkpoint(str(tmp_path / "trunc.pt"))
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    for change, msg in [({"format": "showattend-translator"}, "expected 'showattend-captioner'"),
+                        ({"format_version": 99}, "format version 99"),
+                        ({"vocab": ckpt["vocab"] + ["extra"]}, "do not match its vocabulary")]:
+        torch.save({**ckpt, **change}, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match=msg):
+            Captioner.from_checkpoint(str(tmp_path / "bad.pt"))
+    torch.save(Decoder(5, 4), tmp_path / "module.pt")  # a whole pickled module is refused
+    with pytest.raises(CheckpointError):
+        load_checkpoint(str(tmp_path / "module.pt"), "showattend-captioner")
+
+
+def test_atomic_save_keeps_the_old_file_on_failure(tmp_path):
+    path = str(tmp_path / "c.pt")
+    save_checkpoint(path, {"format": "x", "v": torch.ones(2)})
+
+    class Unsaveable:
+        pass
+
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"format": "x", "v": Unsaveable()})
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+# -- CLI -------------------------------------------------------------------------------------------------
+def test_cli_captions_and_writes_overlay(tmp_path, tiny_checkpoint, capsys):
+    code = main(["caption", PHOTO, "--checkpoint", tiny_checkpoint, "--device", "cpu", "--beam-size", "2",
+                 "--max-len", "4", "--attention-dir", str(tmp_path)])
+    assert code == 0
+    caption = capsys.readouterr().out.strip()
+    assert len(caption.split()) == 4 and set(caption.split()) <= {"a", "cup", "of", "coffee"}
+    png = tmp_path / "coffee_attention.png"
+    assert png.exists() and Image.open(png).size[0] > 300
+
+
+def test_cli_reports_bad_files_and_still_captions_the_others(tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    code = main(["caption", PHOTO, str(tmp_path / "empty.jpg"), str(tmp_path / "missing.png"),
+                 "--checkpoint", tiny_checkpoint, "--device", "cpu", "--max-len", "3"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.startswith(PHOTO + "\t")
+    assert "empty.jpg: empty file" in err and "missing.png: no such file" in err and "2 of 3 images failed" in err
+
+
+def test_cli_bad_checkpoint_exits_nonzero(tmp_path, capsys):
+    (tmp_path / "x.pt").write_text("garbage")
+    assert main(["caption", PHOTO, "--checkpoint", str(tmp_path / "x.pt")]) == 1
+    assert "x.pt" in capsys.readouterr().err
+
+
+def test_cli_help_runs():
+    out = subprocess.run([sys.executable, "-m", "showattend.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--ds-lambda" in out.stdout and "doubly stochastic" in out.stdout
+
+
+@pytest.mark.skipif(not os.path.exists(BUNDLED), reason="bundled model not present")
+def test_bundled_model_captions_sample_photos(tmp_path, capsys):
+    photos = sorted(os.path.join(ASSETS, "photos", f) for f in os.listdir(os.path.join(ASSETS, "photos"))
+                    if not f.endswith(".md"))
+    assert main(["caption", *photos, "--device", "cpu", "--attention-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(photos)
+    vocab = set(Captioner.from_checkpoint(BUNDLED, device="cpu").vocab.itos[4:])
+    for line in lines:
+        words = line.split("\t")[1].split()
+        assert 2 <= len(words) <= 20 and set(words) <= vocab
+    assert len(list(tmp_path.glob("*_attention.png"))) == len(photos)
