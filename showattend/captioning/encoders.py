@@ -143,6 +143,7 @@ class Encoder(nn.Module):
         for block in blocks[len(blocks) - fine_tune_blocks:] if fine_tune_blocks > 0 else []:
             block.requires_grad_(True)
         self.fine_tune_blocks = fine_tune_blocks
+        self.train(False)  # frozen batch-norm statistics unless fine-tuning (see train())
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
 

@@ -1,0 +1,130 @@
+"""Caption data: Karpathy JSON, COCO via pycocotools, vocabulary, the feature cache (resume, workers)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from conftest import shared_path
+from showattend.captioning.data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache,
+                                        collate_captions, load_coco, load_karpathy, tokenize)
+from showattend.captioning.encoders import Encoder
+from showattend.captioning.images import ImageError
+from showattend.vocab import Vocab
+
+
+def test_flickr8k_karpathy_json_loads():
+    records = load_karpathy(shared_path("flickr8k", "dataset_flickr8k.json"))
+    splits = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
+    assert splits == {"train": 6000, "val": 1000, "test": 1000}
+    assert all(len(r.tokens) == 5 and len(r.raw) == 5 for r in records)
+    r = records[0]
+    assert r.tokens[0] == tokenize(r.raw[0])
+    assert os.path.exists(os.path.join(shared_path("flickr8k", "images"), r.key))
+
+
+def test_coco_annotations_load_with_pycocotools():
+    records = load_coco(shared_path("coco", "annotations", "captions_val2017.json"), "val2017")
+    assert len(records) == 5000
+    assert sum(len(r.raw) for r in records) == 25014
+    assert all(r.key.startswith("val2017/") and r.split == "val" for r in records)
+    assert records[0].tokens[0] == tokenize(records[0].raw[0])
+
+
+def test_coco_with_karpathy_split(tmp_path):
+    ann = shared_path("coco", "annotations", "captions_val2017.json")
+    ids = [int(r.image_id) for r in load_coco(ann)][:3]
+    split_file = tmp_path / "dataset_coco.json"
+    split_file.write_text(json.dumps({"images": [{"cocoid": ids[0], "split": "test"},
+                                                 {"cocoid": ids[1], "split": "restval"}]}))
+    records = load_coco(ann, karpathy_json=str(split_file))
+    assert [(int(r.image_id), r.split) for r in records] == [(ids[0], "test"), (ids[1], "train")]
+
+
+def test_bad_caption_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_karpathy(str(tmp_path / "nope.json"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_karpathy(str(tmp_path / "bad.json"))
+    (tmp_path / "other.json").write_text('{"foo": 1}')
+    with pytest.raises(ValueError, match="not a Karpathy"):
+        load_karpathy(str(tmp_path / "other.json"))
+
+
+def test_vocabulary_counts_and_specials():
+    sents = [["a", "dog"], ["a", "cat"], ["a", "dog", "runs"]]
+    v = Vocab.build(sents, min_count=2)
+    assert v.itos == ["<pad>", "<start>", "<end>", "<unk>", "a", "dog"]
+    assert v.encode(["a", "cat"]) == [1, 4, 3, 2]
+    assert v.decode([4, 5, 2, 4]) == ["a", "dog"]
+    assert Vocab(v.to_list()).itos == v.itos
+    with pytest.raises(ValueError):
+        Vocab(["a", "b"])
+
+
+def test_collate_sorts_and_pads():
+    batch = [(torch.zeros(2, 3), torch.tensor([1, 5, 2])), (torch.ones(2, 3), torch.tensor([1, 5, 6, 7, 2]))]
+    feats, caps, lengths = collate_captions(batch)
+    assert lengths.tolist() == [5, 3]
+    assert caps.tolist() == [[1, 5, 6, 7, 2], [1, 5, 2, 0, 0]]
+    assert torch.equal(feats[0], torch.ones(2, 3))
+
+
+def _images(folder, n=6):
+    rng = np.random.default_rng(0)
+    keys = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(folder / f"im{i}.jpg")
+        keys.append(f"im{i}.jpg")
+    return keys
+
+
+def test_feature_cache_resumes_after_a_bad_image_and_matches_a_fresh_build(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    keys = _images(imgs)
+    good = (imgs / "im4.jpg").read_bytes()
+    (imgs / "im4.jpg").write_bytes(b"broken")
+    enc = Encoder("efficientnet_lite0")
+    with pytest.raises(ImageError, match="im4.jpg"):
+        build_feature_cache(enc, str(imgs), keys, str(tmp_path / "cache"), batch_size=2, num_workers=0,
+                            progress=False)
+    progress = json.loads((tmp_path / "cache" / "progress.json").read_text())
+    assert progress["done"] == 4 and not (tmp_path / "cache" / "features.npy").exists()
+    (imgs / "im4.jpg").write_bytes(good)
+    store = build_feature_cache(enc, str(imgs), keys, str(tmp_path / "cache"), batch_size=2, num_workers=0,
+                                progress=False)
+    fresh = build_feature_cache(enc, str(imgs), keys, str(tmp_path / "fresh"), batch_size=3, num_workers=0,
+                                progress=False)
+    assert store.array.shape == (6, 49, 1280) and store.array.dtype == np.float16
+    assert np.allclose(store.array, fresh.array, atol=2e-2)
+    assert sorted(os.listdir(tmp_path / "cache")) == ["features.npy", "index.json"]
+    # reuse: a second call with the same keys returns the cache without encoding again
+    mtime = os.path.getmtime(tmp_path / "cache" / "features.npy")
+    again = build_feature_cache(enc, str(imgs), keys, str(tmp_path / "cache"), progress=False)
+    assert again.folder == str(tmp_path / "cache") and os.path.getmtime(again.folder + "/features.npy") == mtime
+
+
+def test_feature_store_works_with_several_workers(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    keys = _images(imgs, 4)
+    store = build_feature_cache(Encoder("efficientnet_lite0"), str(imgs), keys, str(tmp_path / "c"),
+                                num_workers=0, progress=False)
+    vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>", "x"])
+    records = [CaptionRecord(k, "train", [["x"], ["x", "x"]]) for k in keys]
+    ds = CaptionDataset(records, FeatureStore(str(tmp_path / "c")), vocab)
+    assert len(ds) == 8
+    loaded = list(DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate_captions))
+    feats = loaded[0][0]
+    direct = torch.stack([store.get(k) for k in keys])
+    assert all(any(torch.equal(f, d) for d in direct) for f in feats)
+
+
+def test_missing_cache_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete feature cache"):
+        FeatureStore(str(tmp_path))
