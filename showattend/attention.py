@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SCORES", "Attention", "AttentionOutput", "masked_softmax", "sample_locations"]
+__all__ = ["SCORES", "Attention", "AttentionOutput", "masked_softmax", "sample_locations", "location_log_prob",
+           "attention_entropy"]
 
 SCORES = ("dot", "general", "additive")
 
@@ -84,6 +85,35 @@ def sample_locations(alpha: torch.Tensor, generator: Optional[torch.Generator] =
         (B,) long tensor of locations.
     """
     return torch.multinomial(alpha.detach().float(), 1, generator=generator).squeeze(1)
+
+
+def location_log_prob(alpha: torch.Tensor, location: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """log p(s_t | a) = log α_{t, s_t} of sampled locations, differentiable with respect to α.
+
+    This is the ``∂ log p(s̃ | a) / ∂W`` factor of the REINFORCE term of Xu et al. eq. 12; the sample itself
+    (``location``) is an integer and carries no gradient.
+
+    Args:
+        alpha: (..., L) attention weights.
+        location: (...) long sampled locations.
+        eps: floor inside the log.
+
+    Returns:
+        (...) log-probabilities.
+    """
+    return torch.log(alpha.gather(-1, location.unsqueeze(-1)).squeeze(-1).clamp_min(eps))
+
+
+def attention_entropy(alpha: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Entropy H = −Σ_i α_i log α_i of the location distribution (the H[s̃] of Xu et al. eq. 12), in nats.
+
+    Args:
+        alpha: (..., L) attention weights (masked keys have α = 0 and add nothing).
+
+    Returns:
+        (...) entropies.
+    """
+    return -(alpha * torch.log(alpha.clamp_min(eps))).sum(-1)
 
 
 class Attention(nn.Module):

@@ -20,9 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import Attention
+from ..attention import Attention, attention_entropy, location_log_prob
 
-__all__ = ["Decoder", "DecoderOutput", "doubly_stochastic_penalty", "caption_loss"]
+__all__ = ["Decoder", "DecoderOutput", "doubly_stochastic_penalty", "caption_loss", "MovingAverageBaseline",
+           "reinforce_surrogate", "hard_attention_loss"]
 
 
 class DecoderOutput(NamedTuple):
@@ -208,3 +209,95 @@ def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 
     ce = F.cross_entropy(out.logits[out.mask], targets[out.mask])
     penalty = doubly_stochastic_penalty(out.alphas).mean()
     return ce + ds_lambda * penalty, ce, penalty
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stochastic "hard" attention (Xu et al. §4.1)
+
+
+class MovingAverageBaseline:
+    """The REINFORCE baseline of Xu et al. eq. 11: b_k = decay · b_{k-1} + (1 − decay) · r_k.
+
+    A plain Python float outside the autograd graph, so it never receives gradient.
+
+    Args:
+        decay: 0.9 in the paper.
+        value: b_0.
+    """
+
+    def __init__(self, decay: float = 0.9, value: float = 0.0):
+        self.decay, self.value, self.steps = decay, float(value), 0
+
+    def update(self, reward: torch.Tensor) -> float:
+        """Fold in the mean reward of a minibatch (detached); returns the new b. The first call sets b = r."""
+        r = float(reward.detach().float().mean())
+        self.value = r if self.steps == 0 else self.decay * self.value + (1 - self.decay) * r
+        self.steps += 1
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "value": self.value, "steps": self.steps}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.decay, self.value, self.steps = d["decay"], d["value"], d["steps"]
+
+
+def reinforce_surrogate(log_prob_sample: torch.Tensor, reward: torch.Tensor, baseline: float) -> torch.Tensor:
+    """A surrogate whose gradient is the REINFORCE estimate (r − b) ∇ log p(s̃) (Xu et al. eq. 12).
+
+    The reward is detached (no gradient flows through the sampled outcome or the baseline), so only
+    ``log_prob_sample`` carries gradient.
+
+    Args:
+        log_prob_sample: (B,) log p(s̃ | a) of each sample, differentiable.
+        reward: (B,) the sample's reward, e.g. log p(y | s̃, a).
+        baseline: the scalar b.
+
+    Returns:
+        (B,) surrogate values, to be *maximised* (sum them into the objective).
+    """
+    return (reward.detach() - baseline) * log_prob_sample
+
+
+def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: float, reinforce_weight: float = 0.1,
+                        entropy_weight: float = 0.002, ds_lambda: float = 1.0):
+    """Negative of the Monte-Carlo objective of Xu et al. eq. 12 for a batch decoded with sampled locations.
+
+    For each caption with sampled locations s̃ (``out.locations``), the objective is
+
+        log p(y | s̃, a) + λ_r (r − b) log p(s̃ | a) + λ_e H[s̃],   r = log p(y | s̃, a) / |y|
+
+    where log p(s̃ | a) = Σ_t log α_{t, s̃_t} and H[s̃] = Σ_t H(α_t). As in the authors' code, the reward is the
+    per-word log-likelihood (their ``masked_cost.mean(0)``) and λ_r = 0.1 (their ``/10.``); b is the
+    :class:`MovingAverageBaseline` of that reward (eq. 11). The gradient of log p(y | s̃, a) reaches the
+    decoder but not α (ẑ_t = a_{s̃_t} is a selection); α learns through the REINFORCE and entropy terms and the
+    doubly stochastic penalty. The loss is divided by the number of words, like :func:`caption_loss`.
+
+    Args:
+        out: :class:`DecoderOutput` of ``decoder(..., hard=True)``.
+        captions: (B, T) the captions.
+        baseline: current b (the caller updates it afterwards with the returned reward).
+        reinforce_weight: λ_r.
+        entropy_weight: λ_e.
+        ds_lambda: λ of the doubly stochastic penalty (eq. 14).
+
+    Returns:
+        (loss, cross_entropy per word, penalty, reward (B,) detached).
+
+    Raises:
+        ValueError: ``out`` has no sampled locations.
+    """
+    if out.locations is None:
+        raise ValueError("hard_attention_loss needs a decoder output with sampled locations (hard=True)")
+    mask = out.mask.float()  # (B, T-1)
+    nll = F.cross_entropy(out.logits.transpose(1, 2), captions[:, 1:], reduction="none") * mask  # (B, T-1)
+    words = mask.sum(1)  # (B,)
+    log_lik = -nll.sum(1)  # (B,) log p(y | s̃, a)
+    reward = (log_lik / words).detach()  # (B,) per-word log-likelihood
+    log_p_s = (location_log_prob(out.alphas, out.locations.clamp_min(0)) * mask).sum(1)  # (B,) log p(s̃ | a)
+    entropy = (attention_entropy(out.alphas) * mask).sum(1)  # (B,) H[s̃]
+    objective = log_lik.sum() + reinforce_weight * reinforce_surrogate(log_p_s, reward, baseline).sum() \
+        + entropy_weight * entropy.sum()
+    penalty = doubly_stochastic_penalty(out.alphas).mean()
+    loss = -objective / words.sum() + ds_lambda * penalty
+    return loss, nll.sum() / words.sum(), penalty, reward

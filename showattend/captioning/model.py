@@ -44,7 +44,9 @@ class ModelConfig:
         dropout: deep-output dropout.
         score: attention score: "additive" (paper), "general", "dot".
         selector: gating scalar β on (§4.2.1).
-        attention: "soft" (deterministic, §4.2).
+        attention: "soft" (deterministic, §4.2) or "hard" (stochastic, trained with REINFORCE, §4.1). At
+            inference a hard model uses the expected context Σ_i α_ti a_i (the mean-field choice that the
+            authors' sampler makes too), so beam search and the captions are deterministic.
     """
 
     encoder: str = "efficientnet_lite0"
@@ -58,6 +60,10 @@ class ModelConfig:
     score: str = "additive"
     selector: bool = True
     attention: str = "soft"
+
+    def __post_init__(self):
+        if self.attention not in ("soft", "hard"):
+            raise ValueError(f"attention must be 'soft' or 'hard', got {self.attention!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -25,7 +25,7 @@ from ..metrics import bleu4
 from ..vocab import Vocab
 from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
                    load_karpathy)
-from .decoder import caption_loss
+from .decoder import MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
 from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder, resolve_device
 
@@ -56,6 +56,12 @@ class TrainConfig:
         val_max_len: maximum caption length when decoding.
         val_images: validate on the first N validation images (0: all).
         max_steps: stop an epoch after this many batches (0: whole epoch; for smoke tests).
+        hard_samples: Monte-Carlo location samples per caption for hard attention (N of Xu et al. eq. 12).
+        reinforce_weight: λ_r, weight of the REINFORCE term of eq. 12 (0.1, the authors' code).
+        entropy_weight: λ_e, weight of the entropy bonus of eq. 12 (0.002, the authors' code).
+        expected_context_prob: probability per minibatch of training a hard model on the expected context
+            (soft attention) instead of a sample (§4.1; 0.5, the authors' code).
+        baseline_decay: decay of the moving-average baseline of eq. 11 (0.9).
         seed: random seed.
         device: "auto", "cpu" or "cuda".
         num_workers: DataLoader workers.
@@ -81,6 +87,11 @@ class TrainConfig:
     val_max_len: int = 20
     val_images: int = 0
     max_steps: int = 0
+    hard_samples: int = 1
+    reinforce_weight: float = 0.1
+    entropy_weight: float = 0.002
+    expected_context_prob: float = 0.5
+    baseline_decay: float = 0.9
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -213,12 +224,16 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
                                  weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.lr_decay, patience=0)
     start_epoch, best, history, bad_epochs = 1, -1.0, [], 0
+    baseline = MovingAverageBaseline(cfg.baseline_decay)
+    hard = model_cfg.attention == "hard"
     if ckpt is not None:
         decoder.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["history"]
         bad_epochs = ckpt["bad_epochs"]
+        if ckpt.get("baseline"):
+            baseline.load_state_dict(ckpt["baseline"])
         torch.set_rng_state(ckpt["rng"])
     captioner = Captioner(decoder, vocab, model_cfg, device=device)
 
@@ -238,8 +253,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
         bar = tqdm(loader, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
         for feats, caps, lengths in bar:
             feats, caps = feats.to(device), caps.to(device)
-            out = decoder(feats, caps, lengths)
-            loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda)
+            if hard and float(torch.rand(())) >= cfg.expected_context_prob:
+                # stochastic hard attention: N sampled location sequences per caption (eq. 12)
+                n = cfg.hard_samples
+                feats_n, caps_n = feats.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
+                out = decoder(feats_n, caps_n, lengths.repeat_interleave(n, 0), hard=True)
+                loss, ce, ds, reward = hard_attention_loss(out, caps_n, baseline.value, cfg.reinforce_weight,
+                                                           cfg.entropy_weight, cfg.ds_lambda)
+                baseline.update(reward)  # after the step's gradient used the old b (eq. 11)
+            else:  # soft attention, or a hard model's expected-context minibatch
+                out = decoder(feats, caps, lengths)
+                loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -272,5 +296,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
         if improved:
             captioner.save(best_path, **meta)
         save_checkpoint(last_path, {**captioner.state(), **meta, "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()})
+                                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                                    "baseline": baseline.state_dict()})
     return best_path
