@@ -81,7 +81,8 @@ def cmd_caption(args) -> int:
 
     cap = Captioner.from_checkpoint(args.checkpoint, device=args.device)
     results, errors = cap.caption_files(args.images, beam_size=args.beam_size, max_len=args.max_len,
-                                        length_penalty=args.length_penalty)
+                                        length_penalty=args.length_penalty, attention=args.attention,
+                                        samples=args.samples)
     for path in args.images:
         if path not in results:
             continue
@@ -90,7 +91,8 @@ def cmd_caption(args) -> int:
         if args.attention_dir:
             stem = os.path.splitext(os.path.basename(path))[0]
             out = os.path.join(args.attention_dir, f"{stem}_attention.png")
-            plot_attention(open_rgb(path), r.words, r.alphas, r.grid, out, betas=r.betas if args.show_beta else None)
+            plot_attention(open_rgb(path), r.words, r.alphas, r.grid, out, betas=r.betas if args.show_beta else None,
+                           mark_location=cap.config.attention == "hard")
             print(f"  attention overlay: {out}", file=sys.stderr)
     for path, msg in errors.items():
         print(f"error: {msg}", file=sys.stderr)
@@ -106,7 +108,7 @@ def cmd_evaluate(args) -> int:
     report = evaluate(args.checkpoint, data=args.data, images=args.images, split=args.split,
                       beam_size=args.beam_size, max_len=args.max_len, length_penalty=args.length_penalty,
                       cache_dir=args.cache_dir, device=args.device, limit=args.limit,
-                      captions_out=args.captions_out)
+                      captions_out=args.captions_out, attention=args.attention, samples=args.samples)
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
@@ -157,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--length-penalty", type=float, default=0.0,
                        help="rank hypotheses by log-prob / length^p (default: 0, plain log-prob)")
         q.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+        q.add_argument("--attention", choices=["soft", "hard"], default="soft",
+                       help="soft: expected context Σ α_i a_i at every step (deterministic; default, also for "
+                            "hard-attention models); hard: sample the attended location at every step, run the "
+                            "search --samples times and keep the most probable caption")
+        q.add_argument("--samples", type=int, default=5, help="sampled searches with --attention hard (default: 5)")
 
     k = sub.add_parser("caption", help="caption images, optionally with attention overlays",
                        description="Print one caption per image (path<TAB>caption when several). With "

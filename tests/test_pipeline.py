@@ -76,3 +76,23 @@ def test_coco_caption_scores_by_hand():
 def test_meteor_runs():
     s = caption_metrics({"1": ["a dog runs on the grass"]}, {"1": "a dog runs on the grass"}, metrics=("meteor",))
     assert s["METEOR"] > 90
+
+
+def test_hard_attention_model_trains_reloads_and_captions(dataset, tmp_path, capsys):
+    common = ["--data", str(dataset / "dataset_toy.json"), "--images", str(dataset / "images"),
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main(["train", *common, "--attention", "hard", "--out-dir", str(tmp_path / "hard"), "--epochs", "2",
+                 "--min-count", "1", "--batch-size", "4", "--embed-dim", "32", "--hidden-dim", "32",
+                 "--attention-dim", "16", "--lr", "3e-3", "--val-beam-size", "1", "--no-progress",
+                 "--device", "cpu", "--hard-samples", "2", "--expected-context-prob", "0.5"]) == 0
+    ckpt = tmp_path / "hard" / "best.pt"
+    last = __import__("torch").load(tmp_path / "hard" / "last.pt", weights_only=True)
+    assert last["config"]["attention"] == "hard" and last["baseline"]["steps"] > 0
+    capsys.readouterr()
+    image = str(dataset / "images" / "0.jpg")
+    for mode in ("soft", "hard"):
+        assert main(["caption", image, "--checkpoint", str(ckpt), "--device", "cpu", "--attention", mode,
+                     "--samples", "2", "--attention-dir", str(tmp_path / "ov")]) == 0
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1 and len(out.split()) <= 20  # one caption (a barely trained model's may be empty)
+    assert (tmp_path / "ov" / "0_attention.png").exists()

@@ -18,7 +18,8 @@ __all__ = ["evaluate"]
 
 def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainConfig.images, split: str = "test",
              beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0, cache_dir: str = "runs/cache",
-             device: str = "auto", limit: int = 0, captions_out: Optional[str] = None) -> Dict:
+             device: str = "auto", limit: int = 0, captions_out: Optional[str] = None, attention: str = "soft",
+             samples: int = 5) -> Dict:
     """Caption every image of a split and score the captions against its references.
 
     The frozen encoder's features come from the feature cache (built if missing), so the images are encoded
@@ -33,6 +34,7 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
         device: "auto", "cpu", "cuda".
         limit: first N images only (0: all).
         captions_out: optional JSON file for the generated captions.
+        attention, samples: inference attention (see :meth:`Captioner.decode`).
 
     Returns:
         a report dict: metrics (0-100), decoding settings, split size, wall time.
@@ -53,7 +55,7 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
                          "not supported yet")
     store: FeatureStore = prepare_cache(cfg, captioner.config, records, captioner.device)
     results = evaluate_split(captioner, store, records, beam_size, max_len, progress=True,
-                             length_penalty=length_penalty)
+                             length_penalty=length_penalty, attention=attention, samples=samples)
     hyps = {r.image_id: results[r.key].text for r in records}
     refs = {r.image_id: r.raw for r in records}
     scores = caption_metrics(refs, hyps)
@@ -61,6 +63,8 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
     report = {
         "checkpoint": checkpoint, "data": data, "split": split, "images": len(records),
         "references_per_image": round(sum(len(r.raw) for r in records) / len(records), 2),
+        "model_attention": captioner.config.attention,
+        "inference_attention": attention if attention == "soft" else f"hard ({samples} sampled searches)",
         "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty,
         "scorer": "pycocoevalcap (coco-caption), PTB tokenizer, scale 0-100",
         "metrics": {k: round(v, 2) for k, v in scores.items()},

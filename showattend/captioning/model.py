@@ -175,7 +175,7 @@ class Captioner:
     # -- inference --------------------------------------------------------------------------------------
     def _step(self, tokens, state, context):
         annotations, keys = context
-        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys)
+        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=self._hard)
         log_probs = F.log_softmax(logits.float(), dim=-1)  # (N, V)
         log_probs[:, [self.vocab.pad, self.vocab.start]] = float("-inf")
         if not self._allow_unk:
@@ -184,7 +184,8 @@ class Captioner:
 
     @torch.no_grad()
     def decode(self, annotations: torch.Tensor, beam_size: int = 3, max_len: int = 20,
-               length_penalty: float = 0.0, allow_unk: bool = False) -> List[CaptionResult]:
+               length_penalty: float = 0.0, allow_unk: bool = False, attention: str = "soft",
+               samples: int = 5) -> List[CaptionResult]:
         """Caption a batch of annotation vectors (batched beam search; greedy when ``beam_size`` is 1).
 
         Args:
@@ -193,12 +194,28 @@ class Captioner:
             max_len: maximum generated tokens, ``<end>`` included.
             length_penalty: p of score / n^p (0: plain log-probability).
             allow_unk: let ``<unk>`` be generated (off by default: it is never a useful word).
+            attention: "soft" decodes with the expected context Σ_i α_ti a_i (deterministic; the default for
+                soft and hard models alike); "hard" samples a location s_t ~ α_t at every step of every beam,
+                runs the search ``samples`` times and keeps the most probable caption of each image (§4.1).
+            samples: number of sampled searches for ``attention="hard"``.
 
         Returns:
             B :class:`CaptionResult`.
+
+        Raises:
+            ValueError: unknown ``attention``.
         """
+        if attention not in ("soft", "hard"):
+            raise ValueError(f"attention must be 'soft' or 'hard', got {attention!r}")
+        if attention == "hard":
+            runs = [self._decode(annotations, beam_size, max_len, length_penalty, allow_unk, True)
+                    for _ in range(max(1, samples))]
+            return [max(options, key=lambda r: r.log_prob) for options in zip(*runs)]
+        return self._decode(annotations, beam_size, max_len, length_penalty, allow_unk, False)
+
+    def _decode(self, annotations, beam_size, max_len, length_penalty, allow_unk, hard):
         self.decoder.eval()
-        self._allow_unk = allow_unk
+        self._allow_unk, self._hard = allow_unk, hard
         annotations = annotations.to(self.device, torch.float32)
         keys = self.decoder.attention.project_keys(annotations)  # (B, L, A), once per image
         state = self.decoder.init_state(annotations)
@@ -226,8 +243,9 @@ class Captioner:
         return self.encoder(batch.to(self.device))
 
     def caption(self, images: Sequence[Union[str, os.PathLike, torch.Tensor]], beam_size: int = 3,
-                max_len: int = 20, length_penalty: float = 0.0, batch_size: int = 32) -> List[CaptionResult]:
-        """Caption images given as file paths or (3, H, W) tensors in [0, 1].
+                max_len: int = 20, length_penalty: float = 0.0, batch_size: int = 32, attention: str = "soft",
+                samples: int = 5) -> List[CaptionResult]:
+        """Caption images given as file paths or (3, H, W) tensors in [0, 1] (decoding options: :meth:`decode`).
 
         Raises:
             ImageError: an image file cannot be read (the message names it). Use :meth:`caption_files` to
@@ -236,7 +254,8 @@ class Captioner:
         results = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            results += self.decode(self.encode(chunk), beam_size, max_len, length_penalty)
+            results += self.decode(self.encode(chunk), beam_size, max_len, length_penalty, attention=attention,
+                                   samples=samples)
         return results
 
     def caption_files(self, paths: Sequence[str], **kwargs):

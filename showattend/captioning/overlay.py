@@ -35,7 +35,8 @@ def upsample_alpha(alpha: Union[torch.Tensor, np.ndarray], grid: Sequence[int], 
 
 
 def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tensor, grid: Sequence[int], path: str,
-                   title: Optional[str] = None, columns: int = 5, betas: Optional[torch.Tensor] = None) -> str:
+                   title: Optional[str] = None, columns: int = 5, betas: Optional[torch.Tensor] = None,
+                   mark_location: bool = False) -> str:
     """Write a PNG: the image, then one panel per word with its attention map overlaid.
 
     Args:
@@ -47,6 +48,8 @@ def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tenso
         title: figure title (default: the caption).
         columns: panels per row.
         betas: optional (n,) gating scalars, shown in the panel titles.
+        mark_location: outline the most probable location argmax_i α_ti of each word (for hard-attention models:
+            the location a sample most often picks).
 
     Returns:
         ``path``.
@@ -54,6 +57,7 @@ def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tenso
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.patches
     import matplotlib.pyplot as plt
 
     scale = 256 / max(image.size)  # keep the photo's aspect ratio; the grid covers the whole image
@@ -70,6 +74,12 @@ def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tenso
         ax = axes.flat[i + 1]
         ax.imshow(image)
         ax.imshow(upsample_alpha(alphas[i], grid, image.size), cmap="Greys_r", alpha=0.75, vmin=0, vmax=1)
+        if mark_location:
+            h, w = grid
+            k = int(torch.as_tensor(alphas[i]).argmax())
+            cw, ch = image.width / w, image.height / h
+            ax.add_patch(matplotlib.patches.Rectangle(((k % w) * cw, (k // w) * ch), cw, ch, fill=False,
+                                                      edgecolor="red", linewidth=2))
         label = word if betas is None else f"{word}  (β={float(betas[i]):.2f})"
         ax.set_title(label, fontsize=10)
     fig.suptitle(title if title is not None else " ".join(words), fontsize=11)

@@ -136,7 +136,8 @@ def _seed_all(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate_split(captioner: Captioner, store: FeatureStore, records: List[CaptionRecord], beam_size: int = 3,
-                   max_len: int = 20, batch_size: int = 50, progress: bool = False, length_penalty: float = 0.0):
+                   max_len: int = 20, batch_size: int = 50, progress: bool = False, length_penalty: float = 0.0,
+                   attention: str = "soft", samples: int = 5):
     """Caption every record's image from the feature cache (free-running decoding).
 
     Returns:
@@ -148,7 +149,8 @@ def evaluate_split(captioner: Captioner, store: FeatureStore, records: List[Capt
     for i in tqdm(range(0, len(records), batch_size), desc="decoding", disable=not progress, leave=False):
         chunk = records[i:i + batch_size]
         feats = torch.stack([store.get(r.key) for r in chunk])  # (b, L, D)
-        for r, res in zip(chunk, captioner.decode(feats, beam_size, max_len, length_penalty)):
+        for r, res in zip(chunk, captioner.decode(feats, beam_size, max_len, length_penalty, attention=attention,
+                                                  samples=samples)):
             out[r.key] = res
     return out
 
