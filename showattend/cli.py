@@ -1,4 +1,4 @@
-"""The ``showattend`` command line: train, cache, caption, evaluate.
+"""The ``showattend`` command line: train, cache, caption, evaluate, translate (train, evaluate).
 
 Run ``showattend COMMAND --help`` for each command's options.
 """
@@ -118,6 +118,47 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_translate_train(args) -> int:
+    from .translation.model import TranslatorConfig
+    from .translation.train import TranslationTrainConfig, train_translator
+
+    skip = ("src_vocab_size", "tgt_vocab_size")
+    t0 = time.time()
+    best = train_translator(_build(TranslatorConfig, args, skip), _build(TranslationTrainConfig, args),
+                            resume=args.resume)
+    print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
+    return 0
+
+
+def cmd_translate_evaluate(args) -> int:
+    from .translation.train import evaluate_translator
+
+    report = evaluate_translator(args.checkpoint, args.data, args.src, args.tgt, args.split, args.beam_size,
+                                 args.length_penalty, args.device, args.output)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_translate(args) -> int:
+    from .translation.plot import plot_alignment
+    from .translation.train import TranslatorBundle
+
+    bundle = TranslatorBundle.from_checkpoint(args.checkpoint, args.device)
+    sentences = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
+    results = bundle.translate(sentences, beam_size=args.beam_size, max_len=args.max_len,
+                               length_penalty=args.length_penalty)
+    for r in results:
+        print(r["text"], flush=True)
+    if args.alignment:
+        r = results[0]
+        if not r["source_pieces"]:
+            print("error: no alignment for an empty sentence", file=sys.stderr)
+            return 1
+        plot_alignment(r["source_pieces"], r["target_pieces"], r["alpha"], args.alignment, title=r["text"])
+        print(f"alignment of sentence 1: {args.alignment}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .captioning.model import ModelConfig
     from .captioning.train import TrainConfig
@@ -189,12 +230,56 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", default=None, help="also write the JSON report here")
     e.add_argument("--captions-out", default=None, help="write the generated captions as JSON here")
     e.set_defaults(func=cmd_evaluate)
+
+    from .translation.model import TranslatorConfig
+    from .translation.train import TranslationTrainConfig
+
+    default_tr = os.path.join("runs", "translator", "best.pt")
+    tr = sub.add_parser("translate", help="translate text with an attention seq2seq model "
+                                          "(also: translate train, translate evaluate)",
+                        description="Translate sentences given as arguments, or standard input one sentence per "
+                                    "line, to standard output. `showattend translate train --help` and "
+                                    "`showattend translate evaluate --help` describe training and evaluation.")
+    tr.add_argument("text", nargs="*", help="sentences (default: read standard input)")
+    tr.add_argument("--checkpoint", default=default_tr, help=f"translator checkpoint (default: {default_tr})")
+    tr.add_argument("--beam-size", type=int, default=5, help="beam size; 1 = greedy (default: 5)")
+    tr.add_argument("--max-len", type=int, default=100, help="maximum output subwords (default: 100)")
+    tr.add_argument("--length-penalty", type=float, default=1.0, help="score / length^p (default: 1.0)")
+    tr.add_argument("--alignment", default=None, help="write the first sentence's attention heatmap to this PNG")
+    tr.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    tr.set_defaults(func=cmd_translate)
+
+    tt = sub.add_parser("translate-train", help="(= translate train) train a translator",
+                        description="Train a Bahdanau or Luong attention translator on parallel text (subword "
+                                    "models trained on the training split, early stopping on validation sacreBLEU).")
+    tt.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    _add_dataclass_options(tt.add_argument_group("model"), TranslatorConfig, skip=("src_vocab_size", "tgt_vocab_size"))
+    _add_dataclass_options(tt.add_argument_group("training"), TranslationTrainConfig)
+    tt.set_defaults(func=cmd_translate_train)
+
+    te = sub.add_parser("translate-evaluate", help="(= translate evaluate) sacreBLEU and chrF on a split",
+                        description="Translate a split and score it with sacreBLEU (BLEU and chrF on detokenized "
+                                    "text; the signatures are printed).")
+    te.add_argument("--checkpoint", default=default_tr)
+    te.add_argument("--data", default=TranslationTrainConfig.data, help="folder of {split}.{lang}[.gz] files")
+    te.add_argument("--src", default="de")
+    te.add_argument("--tgt", default="en")
+    te.add_argument("--split", default="test_2016_flickr")
+    te.add_argument("--beam-size", type=int, default=5)
+    te.add_argument("--length-penalty", type=float, default=1.0)
+    te.add_argument("--device", default="auto")
+    te.add_argument("--output", default=None, help="write the translations here, one per line")
+    te.set_defaults(func=cmd_translate_evaluate)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code (0 success, 1 failed input, 2 usage error)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)  # the command word
+    if i is not None and argv[i] == "translate" and len(argv) > i + 1 and argv[i + 1] in ("train", "evaluate"):
+        argv[i:i + 2] = [f"translate-{argv[i + 1]}"]
     args = parser.parse_args(argv)
     _setup_threads(args.threads)
     from .captioning.images import ImageError

@@ -1,0 +1,83 @@
+"""Parallel text: two aligned files, one sentence per line, plain or gzip; length-bucketed batches."""
+from __future__ import annotations
+
+import gzip
+import os
+import random
+from typing import Iterator, List, Sequence, Tuple
+
+import torch
+
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
+
+__all__ = ["read_lines", "read_parallel", "find_split", "encode_pairs", "bucket_batches", "pad_batch"]
+
+
+def read_lines(path: str) -> List[str]:
+    """Lines of a UTF-8 text file (``.gz`` read transparently), without line ends.
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: not UTF-8 text (the message names the file).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text file not found: {path}")
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [line.rstrip("\n").rstrip("\r") for line in f]
+    except (UnicodeDecodeError, OSError) as err:
+        raise ValueError(f"{path}: not readable UTF-8 text ({err})") from None
+
+
+def read_parallel(src_path: str, tgt_path: str) -> Tuple[List[str], List[str]]:
+    """Two aligned files.
+
+    Raises:
+        ValueError: the files have different numbers of lines.
+    """
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise ValueError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: not aligned")
+    return src, tgt
+
+
+def find_split(folder: str, split: str, lang: str) -> str:
+    """``folder/{split}.{lang}`` or ``folder/{split}.{lang}.gz``, whichever exists."""
+    for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise FileNotFoundError(f"no {split}.{lang}[.gz] in {folder}")
+
+
+def encode_pairs(src: Sequence[str], tgt: Sequence[str], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
+                 max_len: int = 100) -> List[Tuple[List[int], List[int]]]:
+    """Subword ids of each pair; pairs with an empty side are dropped, longer ones cut to ``max_len``."""
+    pairs = []
+    for s, t in zip(src, tgt):
+        s_ids, t_ids = src_tok.encode(s)[:max_len], tgt_tok.encode(t)[:max_len]
+        if s_ids and t_ids:
+            pairs.append((s_ids, t_ids))
+    return pairs
+
+
+def bucket_batches(lengths: Sequence[int], batch_size: int, rng: random.Random,
+                   pool: int = 50) -> Iterator[List[int]]:
+    """Shuffled batches of indices whose lengths are similar (sorted within pools of ``pool`` batches)."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for i in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[i:i + batch_size * pool], key=lambda j: lengths[j])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return iter(batches)
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], bos: bool = False, eos: bool = False):
+    """Pad id lists into (B, L) with 0, optionally adding ``<s>`` / ``</s>``; returns (ids, lengths)."""
+    seqs = [([BOS_ID] if bos else []) + list(s) + ([EOS_ID] if eos else []) for s in seqs]
+    lengths = torch.tensor([len(s) for s in seqs])
+    out = torch.full((len(seqs), max(1, int(lengths.max()))), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out, lengths

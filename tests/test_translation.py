@@ -1,0 +1,207 @@
+"""The translator: a thin application of the shared attention core and the shared beam search."""
+import gzip
+import itertools
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import showattend.search
+import showattend.translation.model as tm
+from conftest import shared_path
+from showattend.attention import Attention
+from showattend.cli import main
+from showattend.translation.data import pad_batch, read_parallel
+from showattend.translation.model import Translator, TranslatorConfig
+from showattend.translation.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SubwordTokenizer
+from showattend.translation.train import (TranslationTrainConfig, TranslatorBundle, evaluate_translator,
+                                          train_translator)
+
+LEXICON = {"ein": "a", "der": "the", "mann": "man", "hund": "dog", "frau": "woman", "läuft": "runs",
+           "schläft": "sleeps", "isst": "eats", "rot": "red", "klein": "small"}
+VARIANTS = [("bahdanau", "concat"), ("luong", "dot"), ("luong", "general"), ("luong", "concat")]
+
+
+def toy_pairs(n, seed=0):
+    rng = random.Random(seed)
+    subj, adj, verb = ["mann", "hund", "frau"], ["rot", "klein"], ["läuft", "schläft", "isst"]
+    pairs = []
+    for _ in range(n):
+        words = [rng.choice(["ein", "der"])] + ([rng.choice(adj)] if rng.random() < 0.5 else []) + \
+            [rng.choice(subj), rng.choice(verb)]
+        pairs.append((" ".join(words), " ".join(LEXICON[w] for w in words)))
+    return pairs
+
+
+def tiny_cfg(decoder="luong", score="general", **kw):
+    return TranslatorConfig(decoder=decoder, score=score, embed_dim=16, encoder_hidden=16, decoder_hidden=32,
+                            attention_dim=16, dropout=0.0, src_vocab_size=30, tgt_vocab_size=20, **kw)
+
+
+@pytest.mark.parametrize("decoder,score", VARIANTS)
+def test_attention_is_the_shared_core_and_padding_gets_zero_weight(decoder, score):
+    torch.manual_seed(0)
+    model = Translator(tiny_cfg(decoder, score)).eval()
+    assert type(model.decoder.attention) is Attention
+    assert tm.beam_search is showattend.search.beam_search
+    src, lengths = pad_batch([[5, 6, 7, 8, 9], [5, 6], [10, 11, 12]])
+    tgt, _ = pad_batch([[4, 5, 6]] * 3, bos=True)
+    logits, alphas = model(src, lengths, tgt)
+    assert logits.shape == (3, 4, 20) and alphas.shape == (3, 4, 5)
+    mask = torch.arange(5)[None, :] < lengths[:, None]  # (B, S)
+    assert (alphas.masked_select(~mask[:, None, :].expand_as(alphas)) == 0).all()
+    assert torch.allclose(alphas.sum(-1), torch.ones(3, 4), atol=1e-5)
+    # padding does not change a sentence's output: alone or padded in a batch, the same logits
+    alone, _ = model(src[1:2, :2], lengths[1:2], tgt[1:2])
+    assert torch.allclose(alone, logits[1:2], atol=1e-5)
+
+
+def test_bahdanau_and_luong_differ_where_the_paper_says():
+    """Bahdanau attends with s_{t-1} before the RNN step; Luong attends with the new h_t after it."""
+    torch.manual_seed(0)
+    for decoder, expected_first in (("bahdanau", "attention"), ("luong", "rnn")):
+        model = Translator(tiny_cfg(decoder, "concat")).eval()
+        order = []
+        model.decoder.attention.register_forward_hook(lambda *a: order.append("attention"))
+        model.decoder.rnn.register_forward_hook(lambda *a: order.append("rnn"))
+        src, lengths = pad_batch([[5, 6, 7]])
+        model(src, lengths, torch.tensor([[BOS_ID]]))
+        assert order[0] == expected_first
+
+
+def test_dot_score_needs_matching_sizes():
+    with pytest.raises(ValueError, match="dot"):
+        Translator(TranslatorConfig(decoder="luong", score="dot", encoder_hidden=16, decoder_hidden=16))
+    with pytest.raises(ValueError):
+        TranslatorConfig(decoder="transformer")
+
+
+@pytest.mark.parametrize("decoder", ["bahdanau", "luong"])
+def test_wide_beam_equals_brute_force_on_the_model(decoder):
+    torch.manual_seed(1)
+    V, max_len = 6, 3  # ids 0..5: pad and bos never generated, so </s> and 3 subwords
+    model = Translator(TranslatorConfig(decoder=decoder, score="concat", embed_dim=8, encoder_hidden=8,
+                                        decoder_hidden=16, attention_dim=8, dropout=0.0, src_vocab_size=12,
+                                        tgt_vocab_size=V)).eval()
+    src, lengths = pad_batch([[4, 7, 9, 5]])
+
+    def log_prob(words, end):
+        tgt, _ = pad_batch([words], bos=True)
+        with torch.no_grad():
+            lp = F.log_softmax(model(src, lengths, tgt)[0][0], -1)
+        nxt = words + ([EOS_ID] if end else [])
+        return sum(float(lp[t, w]) for t, w in enumerate(nxt))
+
+    cands = [([], log_prob([], True))]
+    for n in range(1, max_len + 1):
+        for words in itertools.product([3, 4, 5], repeat=n):
+            cands.append((list(words), log_prob(list(words), n < max_len)))
+    best_words, best_lp = max(cands, key=lambda c: c[1])
+    (hyp,) = model.translate_ids(src, lengths, beam_size=V ** max_len, max_len=max_len, length_penalty=0.0)
+    assert hyp.tokens == best_words and hyp.log_prob == pytest.approx(best_lp, abs=1e-4)
+    greedy = model.translate_ids(src, lengths, beam_size=1, max_len=max_len)[0]
+    beam1 = showattend.search.beam_search(model._step, *model.encode(src, lengths), BOS_ID, EOS_ID, 1, max_len)
+    assert greedy.tokens == beam1[0][0].tokens
+
+
+def test_tokenizer_round_trip_and_unknown_characters():
+    pairs = toy_pairs(300)
+    tok = SubwordTokenizer.train([s for s, _ in pairs], vocab_size=40)
+    for s, _ in pairs[:20]:
+        assert tok.decode(tok.encode(s)) == s
+    assert UNK_ID in tok.encode("ein 漢字 hund")
+    again = SubwordTokenizer.from_bytes(tok.to_bytes())
+    assert again.encode("der kleine mann") == tok.encode("der kleine mann")
+
+
+def test_multi30k_loads_and_tokenizes():
+    folder = shared_path("multi30k")
+    de, en = read_parallel(f"{folder}/val.de.gz", f"{folder}/val.en.gz")
+    assert len(de) == len(en) == 1014
+    tok = SubwordTokenizer.train(en, vocab_size=500)
+    assert all(tok.decode(tok.encode(s)) == " ".join(s.split()) for s in en[:50])
+
+
+@pytest.mark.parametrize("decoder,score", [("bahdanau", "concat"), ("luong", "general")])
+def test_overfits_a_tiny_corpus(decoder, score):
+    torch.manual_seed(0)
+    pairs = toy_pairs(8, seed=1)
+    src_tok = SubwordTokenizer.train([s for s, _ in toy_pairs(300)], vocab_size=40)
+    tgt_tok = SubwordTokenizer.train([t for _, t in toy_pairs(300)], vocab_size=30)
+    cfg = tiny_cfg(decoder, score)
+    cfg.src_vocab_size, cfg.tgt_vocab_size = len(src_tok), len(tgt_tok)
+    model = Translator(cfg)
+    src, sl = pad_batch([src_tok.encode(s) for s, _ in pairs])
+    tgt_in, _ = pad_batch([tgt_tok.encode(t) for _, t in pairs], bos=True)
+    tgt_out, _ = pad_batch([tgt_tok.encode(t) for _, t in pairs], eos=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = F.cross_entropy(model(src, sl, tgt_in)[0].transpose(1, 2), tgt_out, ignore_index=PAD_ID)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    bundle = TranslatorBundle(model, src_tok, tgt_tok)
+    assert [r["text"] for r in bundle.translate([s for s, _ in pairs], beam_size=3)] == [t for _, t in pairs]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small translator trained with the real training function on a toy corpus (gzip files)."""
+    root = tmp_path_factory.mktemp("mt")
+    for split, n in (("train", 400), ("val", 30)):
+        pairs = toy_pairs(n, seed=len(split))
+        with gzip.open(root / f"{split}.de.gz", "wt", encoding="utf-8") as f:
+            f.write("\n".join(s for s, _ in pairs) + "\n")
+        (root / f"{split}.en").write_text("\n".join(t for _, t in pairs) + "\n", encoding="utf-8")
+    cfg = TranslationTrainConfig(data=str(root), out_dir=str(root / "run"), vocab_size=40, epochs=2,
+                                 batch_size=16, lr=5e-3, progress=False, device="cpu", patience=10)
+    model_cfg = tiny_cfg("bahdanau", "concat")
+    train_translator(model_cfg, cfg)
+    cfg.epochs = 3
+    train_translator(model_cfg, cfg, resume=True)
+    return root
+
+
+def test_training_resume_and_checkpoint_round_trip(trained):
+    rows = [json.loads(x) for x in open(trained / "run" / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    ckpt = torch.load(trained / "run" / "last.pt", weights_only=True)
+    assert ckpt["format"] == "showattend-translator" and isinstance(ckpt["src_tokenizer"], bytes)
+    a = TranslatorBundle.from_checkpoint(str(trained / "run" / "best.pt"), "cpu")
+    b = TranslatorBundle.from_checkpoint(str(trained / "run" / "best.pt"), "cpu")
+    sents = ["ein hund läuft", "der kleine mann isst"]
+    assert [r["text"] for r in a.translate(sents)] == [r["text"] for r in b.translate(sents)]
+    report = evaluate_translator(str(trained / "run" / "best.pt"), str(trained), "de", "en", "val", beam_size=2,
+                                 device="cpu")
+    assert report["sentences"] == 30 and "nrefs:1" in report["BLEU_signature"] and 0 <= report["chrF"] <= 100
+
+
+def test_cli_translates_and_writes_alignment(trained, tmp_path, capsys):
+    ckpt = str(trained / "run" / "best.pt")
+    png = tmp_path / "align.png"
+    assert main(["translate", "der hund schläft", "--checkpoint", ckpt, "--device", "cpu",
+                 "--alignment", str(png)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+    assert png.exists() and png.stat().st_size > 1000
+
+
+def test_cli_bad_input_lines(trained, monkeypatch, capsys):
+    import io
+
+    long = " ".join(["ein rot hund"] * 200)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"der mann isst\n\n漢字 ☃ ein hund\n{long}\n"))
+    assert main(["translate", "--checkpoint", str(trained / "run" / "best.pt"), "--device", "cpu",
+                 "--max-len", "20"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.split("\n")
+    assert len(lines) == 5 and lines[1] == "" and lines[4] == ""  # 4 outputs, the empty line stays empty
+    assert "cut to" in err
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    assert main(["translate", "ein hund", "--checkpoint", str(tmp_path / "none.pt")]) == 1
+    assert "none.pt" in capsys.readouterr().err
