@@ -63,7 +63,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .captioning.model import ModelConfig, resolve_device
+    from .captioning.model import ModelConfig
+    from .runs import resolve_device
     from .captioning.train import TrainConfig, load_records, prepare_cache
 
     model_cfg = _build(ModelConfig, args)
@@ -112,7 +113,7 @@ def cmd_evaluate(args) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
-        from .captioning.data import atomic_write_text
+        from .runs import atomic_write_text
 
         atomic_write_text(args.output, text + "\n")
     return 0

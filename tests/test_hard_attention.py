@@ -1,5 +1,4 @@
 """Stochastic hard attention (Xu et al. §4.1): the REINFORCE estimator, baseline, entropy bonus, training."""
-import json
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """End to end on a tiny synthetic dataset: cache, train, resume, evaluate with the coco-caption scorers."""
 import json
-import os
 import shutil
 
 import numpy as np

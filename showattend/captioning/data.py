@@ -19,18 +19,19 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..runs import atomic_write_text
 from ..vocab import Vocab
-from .images import ImageError, load_image
+from .images import load_image
 
 __all__ = [
     "CaptionRecord", "tokenize", "load_karpathy", "load_coco", "FeatureStore", "build_feature_cache",
-    "CaptionDataset", "collate_captions", "atomic_write_text",
+    "CaptionDataset", "collate_captions",
 ]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -39,16 +40,6 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 def tokenize(text: str) -> List[str]:
     """The Karpathy-JSON tokenisation: lower-case alphanumeric runs (``re.findall('[a-z0-9]+', ...)``)."""
     return _TOKEN.findall(text.lower())
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, fsync, rename)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Dict, Optional
 
-import torch
-
 from ..metrics import SPICE_NOTE, caption_metrics
-from .data import FeatureStore, atomic_write_text
+from ..runs import atomic_write_text
+from .data import FeatureStore
 from .model import Captioner
 from .train import TrainConfig, evaluate_split, load_records, prepare_cache
 

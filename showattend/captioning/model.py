@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from ..runs import resolve_device
 from ..search import beam_search, greedy_search
 from ..vocab import Vocab
 from .decoder import Decoder
@@ -97,13 +98,6 @@ class CaptionResult:
     @property
     def text(self) -> str:
         return " ".join(self.words)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def build_decoder(config: ModelConfig, vocab_size: int) -> Decoder:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+
+from ..runs import save_figure
 
 __all__ = ["upsample_alpha", "plot_attention"]
 
@@ -84,9 +85,4 @@ def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tenso
         ax.set_title(label, fontsize=10)
     fig.suptitle(title if title is not None else " ".join(words), fontsize=11)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=90)

@@ -7,9 +7,7 @@ argmax) and scores them with coco-caption BLEU-4. Every epoch appends a row to `
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import random
 import time
@@ -20,14 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..metrics import bleu4
+from ..runs import append_metrics, resolve_device, save_figure
 from ..vocab import Vocab
 from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
                    load_karpathy)
 from .decoder import MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
-from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder, resolve_device
+from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder
 
 __all__ = ["TrainConfig", "load_records", "prepare_cache", "train", "evaluate_split"]
 
@@ -170,22 +169,7 @@ def _plot(history: List[Dict], path: str) -> None:
     ax2.plot(ep, [h["val_bleu4"] for h in history], "s-", color="tab:red", label="val BLEU-4")
     ax2.set_ylabel("validation BLEU-4", color="tab:red")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _log(out_dir: str, row: Dict) -> None:
-    with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-    csv_path = os.path.join(out_dir, "metrics.csv")
-    new = not os.path.exists(csv_path)
-    with open(csv_path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    save_figure(fig, path)
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str:
@@ -290,7 +274,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
                "val_s": round(time.time() - t1, 1), "captions_per_s": round(len(dataset) / train_time, 1)
                if not cfg.max_steps else None}
         history.append(row)
-        _log(cfg.out_dir, row)
+        append_metrics(cfg.out_dir, row)
         _plot(history, os.path.join(cfg.out_dir, "curves.png"))
         print(json.dumps(row) + ("  (best)" if improved else ""), flush=True)
         meta = {"train_config": asdict(cfg), "epoch": epoch, "best_score": best, "history": history,

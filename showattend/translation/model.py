@@ -21,7 +21,7 @@ N decoder hidden size, V target vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn

@@ -1,10 +1,11 @@
 """Alignment heatmaps: attention weights with source subwords on one axis and target subwords on the other."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
+
+from ..runs import save_figure
 
 __all__ = ["plot_alignment"]
 
@@ -43,9 +44,4 @@ def plot_alignment(source: Sequence[str], target: Sequence[str], alpha: torch.Te
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -10,13 +10,14 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from ..runs import append_metrics, atomic_write_text, resolve_device
 from ..search import Hypothesis
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
 from .model import Translator, TranslatorConfig
@@ -96,8 +97,6 @@ class TranslatorBundle:
         Raises:
             CheckpointError: missing/corrupt file, another format, or weights that do not match the config.
         """
-        from ..captioning.model import resolve_device
-
         ckpt = load_checkpoint(path, CHECKPOINT_KIND)
         cfg = TranslatorConfig.from_dict(ckpt["config"])
         model = Translator(cfg)
@@ -176,9 +175,6 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     """
     from tqdm import tqdm
 
-    from ..captioning.model import resolve_device
-    from ..captioning.train import _log
-
     device = resolve_device(cfg.device)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -244,7 +240,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         row = {"epoch": epoch, "train_loss": round(tot_loss / max(tot_words, 1), 4), "val_bleu": val,
                "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_s, 1), "val_s": round(time.time() - t1, 1)}
         history.append(row)
-        _log(cfg.out_dir, row)
+        append_metrics(cfg.out_dir, row)
         print(json.dumps(row) + ("  (best)" if improved else ""), flush=True)
         meta = {"train_config": asdict(cfg), "epoch": epoch, "best_score": best, "bad_epochs": bad,
                 "history": history}
@@ -264,8 +260,6 @@ def evaluate_translator(checkpoint: str, data: str, src: str, tgt: str, split: s
     sources, refs = read_parallel(find_split(data, split, src), find_split(data, split, tgt))
     hyps = [r["text"] for r in bundle.translate(sources, beam_size=beam_size, length_penalty=length_penalty)]
     if output:
-        from ..captioning.data import atomic_write_text
-
         atomic_write_text(output, "\n".join(hyps) + "\n")
     return {"checkpoint": checkpoint, "direction": f"{src}->{tgt}", "split": split, "sentences": len(sources),
             "decoder": bundle.model.cfg.decoder, "beam_size": beam_size, "length_penalty": length_penalty,
