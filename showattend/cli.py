@@ -119,6 +119,19 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .captioning.model import Captioner
+    from .checkpoint import load_checkpoint
+
+    cap = Captioner.from_checkpoint(args.checkpoint, device="cpu")
+    src = load_checkpoint(args.checkpoint, "showattend-captioner")
+    keep = {k: src[k] for k in ("train_config", "epoch", "best_score", "history") if k in src}
+    cap.save(args.output, half=args.half, **keep)
+    size = os.path.getsize(args.output) / 2 ** 20
+    print(f"wrote {args.output} ({size:.1f} MiB{', fp16 weights' if args.half else ''})")
+    return 0
+
+
 def cmd_translate_train(args) -> int:
     from .translation.model import TranslatorConfig
     from .translation.train import TranslationTrainConfig, train_translator
@@ -192,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("data", "images", "karpathy_split", "cache_dir", "device"):
         c.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
     c.set_defaults(func=cmd_cache)
+
+    x = sub.add_parser("export", help="write an inference-only captioner checkpoint (optionally fp16)",
+                       description="Drop the optimizer and scheduler state from a training checkpoint and, with "
+                                   "--half, store the weights as float16 (they load back as float32).")
+    x.add_argument("checkpoint", help="training checkpoint (best.pt or last.pt)")
+    x.add_argument("output", help="output file")
+    x.add_argument("--half", action="store_true", help="store float16 weights")
+    x.set_defaults(func=cmd_export)
 
     def decode_options(q):
         q.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model checkpoint (default: the bundled "

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from showattend.cli import main
@@ -47,6 +48,10 @@ def test_train_resume_evaluate(dataset, tmp_path, capsys):
     rows = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["train_ce"] < rows[0]["train_ce"]
+    assert main(["export", str(tmp_path / "run" / "last.pt"), str(tmp_path / "small.pt"), "--half"]) == 0
+    small = torch.load(tmp_path / "small.pt", weights_only=True)
+    assert "optimizer" not in small and small["model"]["L_o.weight"].dtype == torch.float16
+    assert small["epoch"] == 4
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), *common, "--split", "test",
                  "--beam-size", "2", "--device", "cpu", "--output", str(tmp_path / "report.json")]) == 0

@@ -193,22 +193,26 @@ class Decoder(nn.Module):
         return DecoderOutput(logits, alphas, mask, locations, betas)
 
 
-def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 1.0):
+def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 1.0,
+                 label_smoothing: float = 0.0):
     """Cross-entropy over real words plus λ times the doubly stochastic penalty.
 
     Args:
         out: :class:`DecoderOutput` of ``decoder(annotations, captions, lengths)``.
         captions: (B, T) the same captions (targets are ``captions[:, 1:]``).
         ds_lambda: λ of eq. 14 (the authors' default 1.0).
+        label_smoothing: ε of label-smoothed cross-entropy (0: the paper's plain likelihood).
 
     Returns:
         (loss, cross_entropy, penalty): scalars; cross-entropy is the mean over non-padded target words (nats
-        per word), the penalty is :func:`doubly_stochastic_penalty` averaged over captions.
+        per word, without smoothing), the penalty is :func:`doubly_stochastic_penalty` averaged over captions.
     """
     targets = captions[:, 1:]  # (B, T-1)
-    ce = F.cross_entropy(out.logits[out.mask], targets[out.mask])
+    logits, gold = out.logits[out.mask], targets[out.mask]  # (n_words, V), (n_words,)
+    ce = F.cross_entropy(logits, gold)
+    fit = F.cross_entropy(logits, gold, label_smoothing=label_smoothing) if label_smoothing else ce
     penalty = doubly_stochastic_penalty(out.alphas).mean()
-    return ce + ds_lambda * penalty, ce, penalty
+    return fit + ds_lambda * penalty, ce, penalty
 
 
 # --------------------------------------------------------------------------------------------------------

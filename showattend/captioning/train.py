@@ -48,6 +48,7 @@ class TrainConfig:
         weight_decay: Adam L2 penalty.
         grad_clip: gradient norm clip (0: off).
         ds_lambda: λ of the doubly stochastic regularization (eq. 14).
+        label_smoothing: ε of label-smoothed cross-entropy (0: plain likelihood, as in the paper).
         min_count: minimum training-split frequency of a vocabulary word.
         max_caption_len: training captions are cut to this many words.
         patience: epochs without a new best validation BLEU-4 before stopping.
@@ -79,6 +80,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     ds_lambda: float = 1.0
+    label_smoothing: float = 0.0
     min_count: int = 5
     max_caption_len: int = 40
     patience: int = 3
@@ -249,7 +251,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
                 baseline.update(reward)  # after the step's gradient used the old b (eq. 11)
             else:  # soft attention, or a hard model's expected-context minibatch
                 out = decoder(feats, caps, lengths)
-                loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda)
+                loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
