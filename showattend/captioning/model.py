@@ -158,7 +158,8 @@ class Captioner:
 
     def state(self, half: bool = False) -> dict:
         """Checkpoint payload (plain data), optionally with fp16 weights."""
-        sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in self.decoder.state_dict().items()}
+        sd = {k: (v.half() if half and v.is_floating_point() else v).cpu()
+              for k, v in self.decoder.state_dict().items()}
         return {"format": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": asdict(self.config),
                 "vocab": self.vocab.to_list(), "model": sd}
 

@@ -258,8 +258,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
                 torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
             optimizer.step()
             words = int(out.mask.sum())
-            n_words, sum_ce, sum_ds, n_batches = n_words + words, sum_ce + float(ce.detach()) * words, sum_ds + float(ds.detach()), \
-                n_batches + 1
+            n_words, n_batches = n_words + words, n_batches + 1
+            sum_ce, sum_ds = sum_ce + float(ce.detach()) * words, sum_ds + float(ds.detach())
             bar.set_postfix(ce=f"{sum_ce / n_words:.3f}", ds=f"{sum_ds / n_batches:.3f}")
             if cfg.max_steps and n_batches >= cfg.max_steps:
                 break
