@@ -234,11 +234,11 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     probe = encoder(torch.zeros(1, 3, meta["image_size"], meta["image_size"], device=device))
     L, D = probe.shape[1:]
     partial, progress_file = final + ".partial", os.path.join(out_folder, "progress.json")
-    done = 0
+    done, keys_hash = 0, hash_keys(keys)  # identifies the key list in progress.json; computed once
     if os.path.isfile(partial) and os.path.isfile(progress_file):
         with open(progress_file, encoding="utf-8") as f:
             prog = json.load(f)
-        if prog.get("keys_hash") == hash_keys(keys) and prog.get("shape") == [len(keys), L, D]:
+        if prog.get("keys_hash") == keys_hash and prog.get("shape") == [len(keys), L, D]:
             done = prog["done"]
     if done:
         arr = np.lib.format.open_memmap(partial, mode="r+")
@@ -253,7 +253,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
         arr[row:row + len(feats)] = feats.cpu().numpy().astype(np.float16)
         row += len(feats)
         arr.flush()
-        atomic_write_text(progress_file, json.dumps({"done": row, "keys_hash": hash_keys(keys),
+        atomic_write_text(progress_file, json.dumps({"done": row, "keys_hash": keys_hash,
                                                      "shape": [len(keys), L, D]}))
         bar.update(len(feats))
     bar.close()
