@@ -3,6 +3,7 @@ import gzip
 import itertools
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -204,3 +205,17 @@ def test_cli_bad_input_lines(trained, monkeypatch, capsys):
 def test_cli_missing_checkpoint(tmp_path, capsys):
     assert main(["translate", "ein hund", "--checkpoint", str(tmp_path / "none.pt")]) == 1
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_cli_resume_respects_the_wall_time_budget(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    threads = torch.get_num_threads()
+    try:  # global options before the command word, then `translate train`
+        code = main(["--threads", "1", "translate", "train", "--data", str(trained), "--out-dir", str(run),
+                     "--resume", "--epochs", "5", "--max-minutes", "1e-6", "--no-progress", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    assert "stopping before epoch 4" in capsys.readouterr().out
+    assert [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")] == [1, 2, 3]

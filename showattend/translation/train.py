@@ -46,6 +46,8 @@ class TranslationTrainConfig:
         grad_clip: gradient norm clip.
         label_smoothing: label smoothing of the cross-entropy.
         patience: epochs without a new best validation BLEU before stopping.
+        max_minutes: wall-time budget in minutes (0: none), counted over all epochs including those before a
+            ``--resume``; no epoch starts when the time spent plus the last epoch's time would exceed it.
         val_beam_size: beam size of the validation decoding.
         length_penalty: p of score / length^p when decoding.
         seed: random seed.
@@ -68,6 +70,7 @@ class TranslationTrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     patience: int = 3
+    max_minutes: float = 0.0
     val_beam_size: int = 1
     length_penalty: float = 1.0
     seed: int = 0
@@ -213,6 +216,12 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     for epoch in range(start, cfg.epochs + 1):
         if bad >= cfg.patience:
             break
+        if cfg.max_minutes > 0 and history:
+            spent = sum(r["train_s"] + r["val_s"] for r in history)
+            if spent + history[-1]["train_s"] + history[-1]["val_s"] > 60 * cfg.max_minutes:
+                print(f"stopping before epoch {epoch}: {spent / 60:.1f} min spent, another epoch would pass the "
+                      f"{cfg.max_minutes:g}-minute budget", flush=True)
+                break
         model.train()
         t0, tot_loss, tot_words = time.time(), 0.0, 0
         batches = list(bucket_batches([len(s) for s, _ in pairs], cfg.batch_size, rng))
