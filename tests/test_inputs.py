@@ -146,6 +146,29 @@ def test_cli_reports_bad_files_and_still_captions_the_others(tmp_path, tiny_chec
     assert "empty.jpg: empty file" in err and "missing.png: no such file" in err and "2 of 3 images failed" in err
 
 
+def test_comparison_figure_stacks_one_block_per_checkpoint(tmp_path, tiny_checkpoint, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_attention",
+                                                  os.path.join(ASSETS, "..", "scripts", "compare_attention.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    common = [PHOTO, "--device", "cpu", "--beam-size", "1", "--columns", "5"]
+    assert script.main([*common, "--checkpoint", tiny_checkpoint, "--out", str(one)]) == 0
+    assert script.main([*common, "--checkpoint", tiny_checkpoint, "--checkpoint", tiny_checkpoint,
+                        "--label", "first", "--label", "second", "--out", str(two)]) == 0
+    out = capsys.readouterr().out
+    assert "first: " in out and "second: " in out
+    # 20 words + the image = 21 panels = 5 lines of 5 per block; two blocks are about twice as tall
+    h1, h2 = Image.open(one).size[1], Image.open(two).size[1]
+    assert 1.8 < h2 / h1 < 2.2
+    assert script.main([str(tmp_path / "missing.jpg"), "--checkpoint", tiny_checkpoint]) == 1
+    with pytest.raises(ValueError):
+        from showattend.captioning.overlay import plot_attention_rows
+        plot_attention_rows(Image.open(PHOTO), [], (7, 7), str(tmp_path / "none.png"))
+
+
 def test_cli_bad_checkpoint_exits_nonzero(tmp_path, capsys):
     (tmp_path / "x.pt").write_text("garbage")
     assert main(["caption", PHOTO, "--checkpoint", str(tmp_path / "x.pt")]) == 1

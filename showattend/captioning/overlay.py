@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ from PIL import Image, ImageFilter
 
 from ..runs import save_figure
 
-__all__ = ["upsample_alpha", "plot_attention"]
+__all__ = ["upsample_alpha", "plot_attention", "plot_attention_rows", "AttentionRow"]
 
 
 def upsample_alpha(alpha: Union[torch.Tensor, np.ndarray], grid: Sequence[int], size: Sequence[int],
@@ -55,34 +55,84 @@ def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tenso
     Returns:
         ``path``.
     """
+    entry = AttentionRow("image", words, alphas, betas, mark_location)
+    return plot_attention_rows(image, [entry], grid, path, title if title is not None else " ".join(words), columns)
+
+
+class AttentionRow(NamedTuple):
+    """One model's caption of an image, for :func:`plot_attention_rows`.
+
+    Attributes:
+        label: title of the row's first panel (the plain image), e.g. "soft attention".
+        words: generated words.
+        alphas: (n, L) attention weights, one row per generated token (``<end>`` last if n = len(words) + 1).
+        betas: optional (n,) gating scalars β_t shown in the panel titles.
+        mark_location: outline argmax_i α_ti per word (the location a hard-attention sample most often picks).
+    """
+
+    label: str
+    words: Sequence[str]
+    alphas: torch.Tensor
+    betas: Optional[torch.Tensor] = None
+    mark_location: bool = False
+
+
+def plot_attention_rows(image: Image.Image, rows: Sequence[AttentionRow], grid: Sequence[int], path: str,
+                        title: Optional[str] = None, columns: int = 5) -> str:
+    """Write a PNG with one block of panels per caption of the same image (e.g. soft vs hard attention).
+
+    Each block starts with the plain image titled ``row.label``, then one panel per word with its map.
+
+    Args:
+        image: the image (any size and mode; shown at 256 px on its longer side).
+        rows: the captions to show, one :class:`AttentionRow` each.
+        grid: (h, w) of the annotation grid, h·w = L.
+        path: output PNG (written atomically).
+        title: figure title (default: "label: caption" per row, one line each).
+        columns: panels per line.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: ``rows`` is empty.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.patches
     import matplotlib.pyplot as plt
 
+    if not rows:
+        raise ValueError("plot_attention_rows needs at least one row")
     scale = 256 / max(image.size)  # keep the photo's aspect ratio; the grid covers the whole image
     image = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
-    labels = list(words) + (["<end>"] if len(alphas) > len(words) else [])
-    n = len(labels) + 1
-    rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    labels = [list(r.words) + (["<end>"] if len(r.alphas) > len(r.words) else []) for r in rows]
+    lines = [math.ceil((len(lab) + 1) / columns) for lab in labels]  # panel lines per block
+    fig, axes = plt.subplots(sum(lines), columns, figsize=(2.2 * columns, 2.4 * sum(lines) + 0.3 * len(rows)),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes.flat[0].imshow(image)
-    axes.flat[0].set_title("image", fontsize=10)
-    for i, word in enumerate(labels):
-        ax = axes.flat[i + 1]
-        ax.imshow(image)
-        ax.imshow(upsample_alpha(alphas[i], grid, image.size), cmap="Greys_r", alpha=0.75, vmin=0, vmax=1)
-        if mark_location:
-            h, w = grid
-            k = int(torch.as_tensor(alphas[i]).argmax())
-            cw, ch = image.width / w, image.height / h
-            ax.add_patch(matplotlib.patches.Rectangle(((k % w) * cw, (k // w) * ch), cw, ch, fill=False,
-                                                      edgecolor="red", linewidth=2))
-        label = word if betas is None else f"{word}  (β={float(betas[i]):.2f})"
-        ax.set_title(label, fontsize=10)
-    fig.suptitle(title if title is not None else " ".join(words), fontsize=11)
-    fig.tight_layout()
+    top = 0
+    h, w = grid
+    cw, ch = image.width / w, image.height / h
+    for row, lab, n_lines in zip(rows, labels, lines):
+        panels = axes[top:top + n_lines].flat
+        top += n_lines
+        panels[0].imshow(image)
+        panels[0].set_title(row.label, fontsize=10, fontweight="bold")
+        for i, word in enumerate(lab):
+            ax = panels[i + 1]
+            ax.imshow(image)
+            ax.imshow(upsample_alpha(row.alphas[i], grid, image.size), cmap="Greys_r", alpha=0.75, vmin=0, vmax=1)
+            if row.mark_location:
+                k = int(torch.as_tensor(row.alphas[i]).argmax())
+                ax.add_patch(matplotlib.patches.Rectangle(((k % w) * cw, (k // w) * ch), cw, ch, fill=False,
+                                                          edgecolor="red", linewidth=2))
+            ax.set_title(word if row.betas is None else f"{word}  (β={float(row.betas[i]):.2f})", fontsize=10)
+    if title is None:
+        title = "\n".join(f"{r.label}: {' '.join(r.words)}" for r in rows)
+    fig.suptitle(title, fontsize=11)
+    top_margin = 0.25 * (title.count("\n") + 1) / fig.get_figheight()  # room for the title lines, in figure units
+    fig.tight_layout(rect=(0, 0, 1, 1 - top_margin))
     return save_figure(fig, path, dpi=90)
