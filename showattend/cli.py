@@ -299,7 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code (0 success, 1 failed input, 2 usage error)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("train", "cache", "export", "caption", "evaluate", "translate")
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     i = next((k for k, a in enumerate(argv) if a in commands), None)  # the command word (after --threads N)
     if i is not None and argv[i] == "translate" and len(argv) > i + 1 and argv[i + 1] in ("train", "evaluate"):
         argv[i:i + 2] = [f"translate-{argv[i + 1]}"]
