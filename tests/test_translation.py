@@ -219,3 +219,25 @@ def test_cli_resume_respects_the_wall_time_budget(trained, tmp_path, capsys):
     assert code == 0
     assert "stopping before epoch 4" in capsys.readouterr().out
     assert [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("epoch, stops", [(4, True), (3, False)])
+def test_resume_counts_the_time_of_an_interrupted_epoch(trained, tmp_path, capsys, epoch, stops):
+    """running.json says epoch 4 ran 10 minutes and died: a 10-minute budget is spent. A stale file (epoch 3,
+    already in last.pt) is ignored, and the file is gone once an epoch is saved."""
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    (run / "running.json").write_text(json.dumps({"epoch": epoch, "started": 1000.0, "last_seen": 1600.0,
+                                                  "lost_s": 0.0}))
+    code = main(["translate", "train", "--data", str(trained), "--out-dir", str(run), "--resume", "--epochs", "4",
+                 "--max-minutes", "10", "--no-progress", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    epochs = [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")]
+    if stops:
+        assert "10.0 min of interrupted epochs" in out and "stopping before epoch 4" in out
+        assert epochs == [1, 2, 3]
+    else:
+        assert "interrupted" not in out and epochs == [1, 2, 3, 4]
+        assert not (run / "running.json").exists()
+        assert torch.load(run / "last.pt", weights_only=True)["lost_s"] == 0.0

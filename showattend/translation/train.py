@@ -47,7 +47,8 @@ class TranslationTrainConfig:
         label_smoothing: label smoothing of the cross-entropy.
         patience: epochs without a new best validation BLEU before stopping.
         max_minutes: wall-time budget in minutes (0: none), counted over all epochs including those before a
-            ``--resume``; no epoch starts when the time spent plus the last epoch's time would exceed it.
+            ``--resume`` and the part of an epoch lost to an interruption; no epoch starts when the time spent
+            plus the last epoch's time would exceed it.
         val_beam_size: beam size of the validation decoding.
         length_penalty: p of score / length^p when decoding.
         seed: random seed.
@@ -170,6 +171,45 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> Dict:
             "chrF_signature": str(chrf.get_signature())}
 
 
+class _Heartbeat:
+    """``out_dir/running.json`` while an epoch runs: when it started and when it was last seen alive (rewritten
+    atomically at most once a minute), so that a ``--resume`` can count the time an interruption threw away."""
+
+    def __init__(self, out_dir: str, epoch: int, lost_s: float, every_s: float = 60.0):
+        self.path, self.every_s = os.path.join(out_dir, "running.json"), every_s
+        self.state = {"epoch": epoch, "started": time.time(), "last_seen": 0.0, "lost_s": lost_s}
+        self.written = 0.0
+        self()
+
+    def __call__(self) -> None:
+        now = time.time()
+        if now - self.written >= self.every_s:
+            self.state["last_seen"], self.written = now, now
+            atomic_write_text(self.path, json.dumps(self.state))
+
+    def done(self) -> None:
+        """The epoch's checkpoint is written: nothing is lost any more."""
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def _lost_seconds(out_dir: str, ckpt: Optional[Dict], start: int) -> float:
+    """Seconds of interrupted epochs before this (re)start: the checkpoint's count, or, when ``running.json``
+    shows that epoch ``start`` was under way and died, that file's count plus the part of the epoch it saw."""
+    lost = float(ckpt.get("lost_s", 0.0)) if ckpt is not None else 0.0
+    path = os.path.join(out_dir, "running.json")
+    if ckpt is None or not os.path.exists(path):
+        return lost
+    try:
+        with open(path, encoding="utf-8") as f:
+            beat = json.load(f)
+        if int(beat["epoch"]) == start:
+            lost = max(lost, float(beat["lost_s"]) + float(beat["last_seen"]) - float(beat["started"]))
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"ignoring unreadable {path} ({e})", flush=True)
+    return lost
+
+
 def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, resume: bool = False) -> str:
     """Train a translator with teacher forcing; early stopping on validation sacreBLEU. Returns ``best.pt``.
 
@@ -206,6 +246,9 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start, best, bad, history = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["bad_epochs"], ckpt["history"]
+    lost_s = _lost_seconds(cfg.out_dir, ckpt, start)
+    if lost_s > 0:
+        print(f"{lost_s / 60:.1f} min of interrupted epochs count toward the time spent", flush=True)
     pairs = encode_pairs(tr_src, tr_tgt, src_tok, tgt_tok, cfg.max_len)
     print(f"{cfg.src}->{cfg.tgt} {model_cfg.decoder}: {len(pairs)} training pairs, subword vocabularies "
           f"{len(src_tok)}/{len(tgt_tok)}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
@@ -217,7 +260,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         if bad >= cfg.patience:
             break
         if cfg.max_minutes > 0 and history:
-            spent = sum(r["train_s"] + r["val_s"] for r in history)
+            spent = lost_s + sum(r["train_s"] + r["val_s"] for r in history)
             if spent + history[-1]["train_s"] + history[-1]["val_s"] > 60 * cfg.max_minutes:
                 print(f"stopping before epoch {epoch}: {spent / 60:.1f} min spent, another epoch would pass the "
                       f"{cfg.max_minutes:g}-minute budget", flush=True)
@@ -225,7 +268,9 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         model.train()
         t0, tot_loss, tot_words = time.time(), 0.0, 0
         batches = list(bucket_batches([len(s) for s, _ in pairs], cfg.batch_size, rng))
+        beat = _Heartbeat(cfg.out_dir, epoch, lost_s)
         for idx in tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False):
+            beat()
             src, src_len = pad_batch([pairs[i][0] for i in idx])
             tgt_in, _ = pad_batch([pairs[i][1] for i in idx], bos=True)
             tgt_out, _ = pad_batch([pairs[i][1] for i in idx], eos=True)
@@ -239,6 +284,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
             words = int((tgt_out != PAD_ID).sum())
             tot_loss, tot_words = tot_loss + float(loss.detach()) * words, tot_words + words
         train_s = time.time() - t0
+        beat()
         t1 = time.time()
         hyps = [r["text"] for r in bundle.translate(va_src, beam_size=cfg.val_beam_size,
                                                     length_penalty=cfg.length_penalty)]
@@ -252,11 +298,12 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         append_metrics(cfg.out_dir, row)
         print(json.dumps(row) + ("  (best)" if improved else ""), flush=True)
         meta = {"train_config": asdict(cfg), "epoch": epoch, "best_score": best, "bad_epochs": bad,
-                "history": history}
+                "history": history, "lost_s": lost_s}
         if improved:
             save_checkpoint(best_path, {**bundle.state(), **meta})
         save_checkpoint(last_path, {**bundle.state(), **meta, "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict()})
+        beat.done()
     return best_path
 
 
