@@ -6,6 +6,7 @@
 # best.pt is kept, not recomputed.
 #
 #   bash scripts/multi30k.sh [DATA_DIR] [OUT_DIR]      # defaults: ../shared/data/multi30k runs/mt
+#   MULTI30K_LANES=bahdanau bash scripts/multi30k.sh   # one lane only
 #
 # Per run: OUT_DIR/<src><tgt>_<decoder>/{best.pt,last.pt,metrics.csv}, a log OUT_DIR/<name>.log and the test
 # report OUT_DIR/<name>_test.json (sacreBLEU BLEU and chrF on test_2016_flickr, beam 5, with signatures).
@@ -37,7 +38,8 @@ lane() {  # decoder
     run en de "$1"
 }
 
-lane luong & a=$!
-lane bahdanau & b=$!
-wait $a
-wait $b
+pids=()
+for decoder in ${MULTI30K_LANES:-luong bahdanau}; do
+    lane "$decoder" & pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
