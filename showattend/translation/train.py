@@ -175,16 +175,17 @@ class _Heartbeat:
     """``out_dir/running.json`` while an epoch runs: when it started and when it was last seen alive (rewritten
     atomically at most once a minute), so that a ``--resume`` can count the time an interruption threw away."""
 
+    FILE = "running.json"
+
     def __init__(self, out_dir: str, epoch: int, lost_s: float, every_s: float = 60.0):
-        self.path, self.every_s = os.path.join(out_dir, "running.json"), every_s
+        self.path, self.every_s = os.path.join(out_dir, self.FILE), every_s
         self.state = {"epoch": epoch, "started": time.time(), "last_seen": 0.0, "lost_s": lost_s}
-        self.written = 0.0
         self()
 
     def __call__(self) -> None:
         now = time.time()
-        if now - self.written >= self.every_s:
-            self.state["last_seen"], self.written = now, now
+        if now - self.state["last_seen"] >= self.every_s:
+            self.state["last_seen"] = now
             atomic_write_text(self.path, json.dumps(self.state))
 
     def done(self) -> None:
@@ -197,7 +198,7 @@ def _lost_seconds(out_dir: str, ckpt: Optional[Dict], start: int) -> float:
     """Seconds of interrupted epochs before this (re)start: the checkpoint's count, or, when ``running.json``
     shows that epoch ``start`` was under way and died, that file's count plus the part of the epoch it saw."""
     lost = float(ckpt.get("lost_s", 0.0)) if ckpt is not None else 0.0
-    path = os.path.join(out_dir, "running.json")
+    path = os.path.join(out_dir, _Heartbeat.FILE)
     if ckpt is None or not os.path.exists(path):
         return lost
     try:
