@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from typing import List, Optional
@@ -18,15 +19,37 @@ DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
                                   "showattend_flickr8k_lite0.pt")
 
 
+def _field_docs(cls) -> dict:
+    """The ``Attributes:`` entries of a dataclass docstring: {field name: text}.
+
+    An entry is ``name: text`` or ``name_a, name_b: text`` (one text for several fields); lines indented deeper
+    than the entry continue its text. Sphinx markup is reduced to plain text for ``--help``.
+    """
+    docs, names, indent = {}, [], None
+    for ln in (cls.__doc__ or "").splitlines():
+        depth, text = len(ln) - len(ln.lstrip()), ln.strip()
+        head, _, rest = text.partition(":")
+        if rest.strip() and all(n.strip().isidentifier() for n in head.split(",")) and \
+                (indent is None or depth <= indent):
+            names, indent = [n.strip() for n in head.split(",")], depth
+            for n in names:
+                docs[n] = rest.strip()
+        elif text and names and depth > indent:
+            for n in names:
+                docs[n] += " " + text
+        else:
+            names = []
+    return {n: re.sub(r":\w+:`~?(?:[\w.]*\.)?(\w+)`", r"\1", t).replace("``", "") for n, t in docs.items()}
+
+
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     """One ``--field-name`` option per dataclass field, defaulting to None (= keep the dataclass default)."""
-    doc = cls.__doc__ or ""
+    docs = _field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_line = next((ln.strip().split(":", 1)[1].strip() for ln in doc.splitlines()
-                          if ln.strip().startswith(f.name + ":")), "")
+        help_line = docs.get(f.name, "")
         default = f.default
         if f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
@@ -180,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="showattend",
         description="Show, Attend and Tell (Xu et al. 2015): train captioners with visual attention, caption "
-                    "images, draw attention maps, evaluate with the coco-caption metrics.")
+                    "images, draw attention maps, evaluate with the coco-caption metrics; translate text with "
+                    "Bahdanau or Luong attention on the same attention core.")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -272,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_translate)
 
     tt = sub.add_parser("translate-train", help="(= translate train) train a translator",
+                        prog="showattend translate train",
                         description="Train a Bahdanau or Luong attention translator on parallel text (subword "
                                     "models trained on the training split, early stopping on validation sacreBLEU).")
     tt.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
@@ -280,16 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     tt.set_defaults(func=cmd_translate_train)
 
     te = sub.add_parser("translate-evaluate", help="(= translate evaluate) sacreBLEU and chrF on a split",
+                        prog="showattend translate evaluate",
                         description="Translate a split and score it with sacreBLEU (BLEU and chrF on detokenized "
                                     "text; the signatures are printed).")
-    te.add_argument("--checkpoint", default=default_tr)
-    te.add_argument("--data", default=TranslationTrainConfig.data, help="folder of {split}.{lang}[.gz] files")
-    te.add_argument("--src", default="de")
-    te.add_argument("--tgt", default="en")
-    te.add_argument("--split", default="test_2016_flickr")
-    te.add_argument("--beam-size", type=int, default=5)
-    te.add_argument("--length-penalty", type=float, default=1.0)
-    te.add_argument("--device", default="auto")
+    te.add_argument("--checkpoint", default=default_tr, help=f"translator checkpoint (default: {default_tr})")
+    te.add_argument("--data", default=TranslationTrainConfig.data,
+                    help="folder of {split}.{lang}[.gz] files (default: %(default)s)")
+    te.add_argument("--src", default="de", help="source language code, the file suffix (default: de)")
+    te.add_argument("--tgt", default="en", help="target language code: the references (default: en)")
+    te.add_argument("--split", default="test_2016_flickr", help="split to translate (default: test_2016_flickr)")
+    te.add_argument("--beam-size", type=int, default=5, help="beam size; 1 = greedy (default: 5)")
+    te.add_argument("--length-penalty", type=float, default=1.0, help="score / length^p (default: 1.0)")
+    te.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     te.add_argument("--output", default=None, help="write the translations here, one per line")
     te.set_defaults(func=cmd_translate_evaluate)
     return p

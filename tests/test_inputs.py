@@ -1,4 +1,5 @@
 """Images, checkpoints and the CLI: conversions, bad input, atomic checkpoints, round-trips, overlays."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,8 +13,11 @@ from conftest import ASSETS
 from showattend.captioning.decoder import Decoder
 from showattend.captioning.images import ImageError, load_image, open_rgb
 from showattend.captioning.model import Captioner, ModelConfig, build_decoder
+from showattend.captioning.train import TrainConfig
 from showattend.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from showattend.cli import main
+from showattend.cli import _field_docs, main
+from showattend.translation.model import TranslatorConfig
+from showattend.translation.train import TranslationTrainConfig
 from showattend.vocab import Vocab
 
 PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
@@ -178,6 +182,33 @@ def test_cli_bad_checkpoint_exits_nonzero(tmp_path, capsys):
 def test_cli_help_runs():
     out = subprocess.run([sys.executable, "-m", "showattend.cli", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--ds-lambda" in out.stdout and "doubly stochastic" in out.stdout
+
+
+def test_option_help_is_the_whole_docstring_entry(capsys):
+    @dataclasses.dataclass
+    class Settings:
+        """Settings.
+
+        Attributes:
+            a, b: shared text.
+            long: first line,
+                second line with ``markup`` and :data:`~pkg.mod.NAME`.
+            c: plain: with a colon.
+        """
+        a: int = 1
+        b: int = 2
+        long: str = "x"
+        c: float = 0.5
+
+    assert _field_docs(Settings) == {"a": "shared text.", "b": "shared text.", "c": "plain: with a colon.",
+                                     "long": "first line, second line with markup and NAME."}
+    for config in (ModelConfig, TrainConfig, TranslatorConfig, TranslationTrainConfig):
+        assert {f.name for f in dataclasses.fields(config)} <= set(_field_docs(config)), config.__name__
+    with pytest.raises(SystemExit):
+        main(["translate", "train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("usage: showattend translate train")
+    assert "plus the last epoch's time would exceed it. (default: 0.0)" in out  # a continued entry, whole
 
 
 @pytest.mark.skipif(not os.path.exists(BUNDLED), reason="bundled model not present")

@@ -35,7 +35,8 @@ class ModelConfig:
     """Architecture of a captioner (stored in its checkpoint).
 
     Attributes:
-        encoder: backbone name (see :data:`~showattend.captioning.encoders.ENCODERS`).
+        encoder: backbone, a key of :data:`~showattend.captioning.encoders.ENCODERS`: ``efficientnet_lite0``,
+            ``resnet101`` or ``vgg19``.
         encoder_weights: optional local ``.pth`` for the backbone.
         fine_tune_blocks: top CNN blocks trained with the decoder (0: frozen, the paper's setting).
         image_size: input side in pixels.

@@ -34,8 +34,10 @@ class TranslationTrainConfig:
 
     Attributes:
         data: folder with ``{train,val,test_2016_flickr}.{lang}[.gz]`` files.
-        src, tgt: language codes (file suffixes).
-        train_split, val_split: split names.
+        src: source language code, the file suffix (``train.de``: ``de``).
+        tgt: target language code.
+        train_split: split the model and the subword vocabularies are trained on.
+        val_split: split whose BLEU selects ``best.pt`` and drives early stopping.
         out_dir: run folder (checkpoints, metrics).
         vocab_size: sentencepiece vocabulary size per language.
         max_len: subword tokens kept per training sentence.
