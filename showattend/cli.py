@@ -20,25 +20,26 @@ DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 
 
 def _field_docs(cls) -> dict:
-    """The ``Attributes:`` entries of a dataclass docstring: {field name: text}.
+    """The entries of the ``Attributes:`` (or ``Args:``) section of a dataclass docstring: {field name: text}.
 
     An entry is ``name: text`` or ``name_a, name_b: text`` (one text for several fields); lines indented deeper
     than the entry continue its text. Sphinx markup is reduced to plain text for ``--help``.
     """
-    docs, names, indent = {}, [], None
+    docs, names, section, indent = {}, [], None, 0
     for ln in (cls.__doc__ or "").splitlines():
         depth, text = len(ln) - len(ln.lstrip()), ln.strip()
         head, _, rest = text.partition(":")
-        if rest.strip() and all(n.strip().isidentifier() for n in head.split(",")) and \
-                (indent is None or depth <= indent):
+        if text in ("Attributes:", "Args:"):
+            section, names = depth, []
+        elif section is None or not text or depth <= section:  # outside the section, or a blank line
+            section, names = (None if text else section), []
+        elif names and depth > indent:
+            for n in names:
+                docs[n] += " " + text
+        elif rest.strip() and all(n.strip().isidentifier() for n in head.split(",")):
             names, indent = [n.strip() for n in head.split(",")], depth
             for n in names:
                 docs[n] = rest.strip()
-        elif text and names and depth > indent:
-            for n in names:
-                docs[n] += " " + text
-        else:
-            names = []
     return {n: re.sub(r":\w+:`~?(?:[\w.]*\.)?(\w+)`", r"\1", t).replace("``", "") for n, t in docs.items()}
 
 

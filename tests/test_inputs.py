@@ -189,11 +189,16 @@ def test_option_help_is_the_whole_docstring_entry(capsys):
     class Settings:
         """Settings.
 
+        Note: not an entry.
+
         Attributes:
             a, b: shared text.
             long: first line,
                 second line with ``markup`` and :data:`~pkg.mod.NAME`.
             c: plain: with a colon.
+
+        Raises:
+            d: not an entry either.
         """
         a: int = 1
         b: int = 2
