@@ -282,18 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .translation.train import TranslationTrainConfig
 
     default_tr = os.path.join("runs", "translator", "best.pt")
+
+    def translate_decode_options(q):
+        q.add_argument("--checkpoint", default=default_tr, help=f"translator checkpoint (default: {default_tr})")
+        q.add_argument("--beam-size", type=int, default=5, help="beam size; 1 = greedy (default: 5)")
+        q.add_argument("--length-penalty", type=float, default=1.0, help="score / length^p (default: 1.0)")
+        q.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
     tr = sub.add_parser("translate", help="translate text with an attention seq2seq model "
                                           "(also: translate train, translate evaluate)",
                         description="Translate sentences given as arguments, or standard input one sentence per "
                                     "line, to standard output. `showattend translate train --help` and "
                                     "`showattend translate evaluate --help` describe training and evaluation.")
     tr.add_argument("text", nargs="*", help="sentences (default: read standard input)")
-    tr.add_argument("--checkpoint", default=default_tr, help=f"translator checkpoint (default: {default_tr})")
-    tr.add_argument("--beam-size", type=int, default=5, help="beam size; 1 = greedy (default: 5)")
+    translate_decode_options(tr)
     tr.add_argument("--max-len", type=int, default=100, help="maximum output subwords (default: 100)")
-    tr.add_argument("--length-penalty", type=float, default=1.0, help="score / length^p (default: 1.0)")
     tr.add_argument("--alignment", default=None, help="write the first sentence's attention heatmap to this PNG")
-    tr.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     tr.set_defaults(func=cmd_translate)
 
     tt = sub.add_parser("translate-train", help="(= translate train) train a translator",
@@ -309,15 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
                         prog="showattend translate evaluate",
                         description="Translate a split and score it with sacreBLEU (BLEU and chrF on detokenized "
                                     "text; the signatures are printed).")
-    te.add_argument("--checkpoint", default=default_tr, help=f"translator checkpoint (default: {default_tr})")
+    translate_decode_options(te)
     te.add_argument("--data", default=TranslationTrainConfig.data,
                     help="folder of {split}.{lang}[.gz] files (default: %(default)s)")
-    te.add_argument("--src", default="de", help="source language code, the file suffix (default: de)")
-    te.add_argument("--tgt", default="en", help="target language code: the references (default: en)")
-    te.add_argument("--split", default="test_2016_flickr", help="split to translate (default: test_2016_flickr)")
-    te.add_argument("--beam-size", type=int, default=5, help="beam size; 1 = greedy (default: 5)")
-    te.add_argument("--length-penalty", type=float, default=1.0, help="score / length^p (default: 1.0)")
-    te.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    te.add_argument("--src", default=TranslationTrainConfig.src,
+                    help="source language code, the file suffix (default: %(default)s)")
+    te.add_argument("--tgt", default=TranslationTrainConfig.tgt,
+                    help="target language code: the references (default: %(default)s)")
+    te.add_argument("--split", default="test_2016_flickr", help="split to translate (default: %(default)s)")
     te.add_argument("--output", default=None, help="write the translations here, one per line")
     te.set_defaults(func=cmd_translate_evaluate)
     return p
