@@ -8,18 +8,25 @@ A model plugs in through one callable::
 ``state`` (e.g. the LSTM's h and c) is reordered after every step to follow the surviving beams; ``context``
 (e.g. the annotation vectors and their projected keys) is the same for every beam of one input, so it is
 expanded once and never copied again. ``extra`` (e.g. the attention weights α_t) is recorded per step and
-returned with each hypothesis. Scores are sums of log-probabilities; with ``length_penalty`` p > 0 a finished
-hypothesis of n tokens (``<end>`` included) is ranked by score / n^p.
+returned with each hypothesis. Scores are sums of log-probabilities; with ``length_penalty`` p > 0 a
+hypothesis of n tokens (``<end>`` included) is ranked by log_prob / n^p.
+
+Every hypothesis is scored as a complete sequence, ``<end>`` included: at the last step (the ``max_len``-th
+token) only ``<end>`` may be chosen, as in fairseq, so a sequence cut at the maximum length pays
+log p(``<end>`` | prefix) like any other and cannot outrank a finished one for free. A sequence therefore has at
+most ``max_len - 1`` words. Only when ``<end>`` has probability 0 at that last step is a hypothesis returned
+unfinished (``finished=False``, ranking score −inf, ``log_prob`` of its words alone), so that every input still
+gets an answer.
 
 The search is exact in one sense that the tests check against brute-force enumeration: an input stops only
 when ``beam_size`` hypotheses have finished and no live beam can still beat the worst of them (log-probs are
-<= 0, so a live beam's score can only fall). With a beam as wide as the number of possible prefixes it returns
-the most probable sequence. When no hypothesis emits ``<end>`` within ``max_len`` steps, the live beams are
-returned unfinished (``finished=False``) instead of failing.
+<= 0, so a live beam's score can only fall; under a length penalty its best possible ranking score is
+score / max_len^p). With a beam as wide as the number of possible prefixes it returns the most probable
+sequence.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -36,11 +43,15 @@ class Hypothesis:
 
     Attributes:
         tokens: generated token ids, without ``<bos>`` and ``<end>``.
-        score: ranking score: log_prob / n^length_penalty.
+        score: ranking score: log_prob / n^length_penalty, n the number of generated tokens (``<end>``
+            included); −inf for an unfinished hypothesis.
         log_prob: sum of the log-probabilities of the generated tokens (``<end>`` included when finished).
         extras: (n, ...) the step function's per-step extras (one row per generated token, ``<end>`` included),
             or None.
-        finished: True when the sequence ended with ``<end>``, False when cut at ``max_len``.
+        finished: True when the sequence ended with ``<end>``; False only when ``<end>`` had probability 0 at
+            the last allowed step (see the module docstring).
+        token_log_probs: log p of each generated token given its prefix (``<end>`` included when finished);
+            they sum to ``log_prob``.
     """
 
     tokens: List[int]
@@ -48,6 +59,7 @@ class Hypothesis:
     log_prob: float
     extras: Optional[torch.Tensor]
     finished: bool
+    token_log_probs: List[float] = field(default_factory=list)
 
 
 def _normalise(log_prob: float, length: int, length_penalty: float) -> float:
@@ -56,6 +68,13 @@ def _normalise(log_prob: float, length: int, length_penalty: float) -> float:
 
 def _expand(tensors: Sequence[torch.Tensor], k: int) -> Tuple[torch.Tensor, ...]:
     return tuple(t.repeat_interleave(k, dim=0) for t in tensors)
+
+
+def _force_end(log_probs: torch.Tensor, eos: int) -> torch.Tensor:
+    """(N, V) log-probs with every token but ``eos`` at −inf: the last allowed step must end the sequence."""
+    forced = torch.full_like(log_probs, float("-inf"))
+    forced[:, eos] = log_probs[:, eos]
+    return forced
 
 
 @torch.no_grad()
@@ -71,12 +90,13 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         bos: id fed at the first step.
         eos: id that ends a hypothesis.
         beam_size: k >= 1.
-        max_len: maximum number of generated tokens (``<end>`` included).
+        max_len: maximum number of generated tokens, ``<end>`` included (so at most ``max_len - 1`` words);
+            the ``max_len``-th token is always ``<end>``.
         length_penalty: p >= 0; 0 ranks by the summed log-probability.
         n_best: hypotheses returned per input (<= beam_size), best first.
 
     Returns:
-        a list of B lists of ``n_best`` :class:`Hypothesis`, best first.
+        a list of B lists of (at most) ``n_best`` :class:`Hypothesis`, best first.
 
     Raises:
         ValueError: beam_size < 1, n_best > beam_size, max_len < 1 or length_penalty < 0.
@@ -90,7 +110,8 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
     tokens = torch.full((B * k,), bos, dtype=torch.long, device=device)
     scores = torch.full((B, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # at t=0 all beams are the same: expand only the first
-    history = torch.zeros(B, k, 0, dtype=torch.long, device=device)  # (B, k, t)
+    history = torch.zeros(B, k, 0, dtype=torch.long, device=device)  # (B, k, t) token ids
+    token_lps = torch.zeros(B, k, 0, device=device)  # (B, k, t) log p of each token given its prefix
     extras: Optional[torch.Tensor] = None  # (B, k, t, ...)
     finished: List[List[Hypothesis]] = [[] for _ in range(B)]
     done = [False] * B
@@ -98,14 +119,29 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
 
     for t in range(max_len):
         log_probs, state, extra = step(tokens, tuple(state), context)  # (B*k, V)
+        log_probs = log_probs.float()
+        last = t == max_len - 1
+        if last:
+            log_probs = _force_end(log_probs, eos)
         V = log_probs.size(-1)
-        cand = scores.unsqueeze(-1) + log_probs.view(B, k, V).float()  # (B, k, V)
+        cand = scores.unsqueeze(-1) + log_probs.view(B, k, V)  # (B, k, V)
         top_scores, top_idx = cand.view(B, k * V).topk(min(2 * k, k * V), dim=1)  # (B, 2k)
+        top_lps = log_probs.view(B, k * V).gather(1, top_idx)  # (B, 2k) the new token's own log-prob
         beam_idx = torch.div(top_idx, V, rounding_mode="floor")  # (B, 2k) integer division
         top_tokens = top_idx % V
         is_eos = top_tokens == eos
         if extra is not None:
             extra = extra.view(B, k, *extra.shape[1:])
+
+        def path(b: int, src: int, lp: Optional[float] = None):
+            """(tokens, per-token log-probs, extras) of beam ``src`` of input ``b``, plus this step's <end>."""
+            lps = token_lps[b, src].tolist() + ([lp] if lp is not None else [])
+            if extras is None and extra is None:
+                return history[b, src].tolist(), lps, None
+            if lp is None:
+                return history[b, src].tolist(), lps, extras[b, src]
+            now = extra[b, src].unsqueeze(0)
+            return history[b, src].tolist(), lps, torch.cat([extras[b, src], now]) if extras is not None else now
 
         # Hypotheses that end here: <end> candidates among the k best (as in fairseq, so that k=1 is greedy).
         # Each beam has one <end> candidate, so at most k of the 2k candidates end and >= k continue.
@@ -114,14 +150,19 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
             b, j = int(b), int(j)
             if done[b]:
                 continue
-            src = int(beam_idx[b, j])
-            ext = None
-            if extra is not None:
-                ext = torch.cat([extras[b, src], extra[b, src].unsqueeze(0)]) if extras is not None else \
-                    extra[b, src].unsqueeze(0)
+            words, lps, ext = path(b, int(beam_idx[b, j]), float(top_lps[b, j]))
             lp = float(top_scores[b, j])
-            finished[b].append(Hypothesis(history[b, src].tolist(), _normalise(lp, t + 1, length_penalty), lp,
-                                          ext, True))
+            finished[b].append(Hypothesis(words, _normalise(lp, t + 1, length_penalty), lp, ext, True, lps))
+
+        if last:
+            # <end> was the only choice. A live beam that could not take it (p(<end>) = 0) is returned unfinished.
+            for b in range(B):
+                for j in range(k):
+                    if done[b] or not torch.isfinite(scores[b, j]) or torch.isfinite(cand[b, j, eos]):
+                        continue
+                    words, lps, ext = path(b, j)
+                    finished[b].append(Hypothesis(words, float("-inf"), float(scores[b, j]), ext, False, lps))
+            break
 
         # The k best candidates that do not end continue (there are always >= k of them).
         order = torch.argsort(is_eos.int() * (2 * k) + torch.arange(is_eos.size(1), device=device), dim=1)[:, :k]
@@ -129,6 +170,7 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         src_beam = beam_idx.gather(1, order)  # (B, k)
         new_tokens = top_tokens.gather(1, order)  # (B, k)
         history = torch.cat([history[arange_b, src_beam], new_tokens.unsqueeze(-1)], dim=2)  # (B, k, t+1)
+        token_lps = torch.cat([token_lps[arange_b, src_beam], top_lps.gather(1, order).unsqueeze(-1)], dim=2)
         if extra is not None:
             step_extra = extra[arange_b, src_beam].unsqueeze(2)  # (B, k, 1, ...)
             extras = step_extra if extras is None else torch.cat([extras[arange_b, src_beam], step_extra], dim=2)
@@ -137,7 +179,8 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         tokens = new_tokens.view(-1)
 
         # An input is done when k hypotheses finished and no live beam can beat the worst of them:
-        # a live beam's log-prob only falls, and its length can grow to max_len at most.
+        # a live beam's log-prob only falls, and its length (<end> included) can grow to max_len at most,
+        # so its best possible ranking score is score / max_len^p.
         for b in range(B):
             if done[b] or len(finished[b]) < k:
                 continue
@@ -148,57 +191,53 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
                 done[b] = True
         if all(done):
             break
-    else:
-        # max_len reached: live beams become (unfinished) hypotheses so every input gets an answer.
-        for b in range(B):
-            if done[b]:
-                continue
-            for j in range(k):
-                lp = float(scores[b, j])
-                if not torch.isfinite(scores[b, j]):
-                    continue
-                ext = extras[b, j] if extras is not None else None
-                finished[b].append(Hypothesis(history[b, j].tolist(), _normalise(lp, max_len, length_penalty), lp,
-                                              ext, False))
     return [sorted(f, key=lambda h: h.score, reverse=True)[:n_best] for f in finished]
 
 
 @torch.no_grad()
 def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
-                  max_len: int = 20) -> List[Hypothesis]:
+                  max_len: int = 20, length_penalty: float = 0.0) -> List[Hypothesis]:
     """Greedy decoding (argmax at every step) for a batch; the same result as beam search with k=1.
+
+    As in :func:`beam_search`, the ``max_len``-th token is always ``<end>``.
 
     Args:
         step, state, context, bos, eos, max_len: as for :func:`beam_search`.
+        length_penalty: p of the returned ranking score log_prob / n^p (it does not change the argmax path).
 
     Returns:
-        a list of B :class:`Hypothesis` (score = log_prob).
+        a list of B :class:`Hypothesis` (score −inf when unfinished).
     """
     B = state[0].size(0)
     tokens = torch.full((B,), bos, dtype=torch.long, device=state[0].device)
     state, context = tuple(state), tuple(context)
-    out_tokens, out_lp, out_extra = [], torch.zeros(B, device=tokens.device), []
+    out_tokens, out_lps, out_extra = [], [], []  # per step: (B,) tokens, (B,) log-probs, extras
     alive = torch.ones(B, dtype=torch.bool, device=tokens.device)
-    lengths = torch.full((B,), max_len, dtype=torch.long)
     for t in range(max_len):
         log_probs, state, extra = step(tokens, state, context)  # (B, V)
-        lp, tokens = log_probs.float().max(dim=-1)  # (B,)
-        out_lp += torch.where(alive, lp, torch.zeros_like(lp))
+        if t == max_len - 1:  # the last allowed token is <end>
+            tokens = torch.full_like(tokens, eos)
+            lp = log_probs.float()[:, eos]
+        else:
+            lp, tokens = log_probs.float().max(dim=-1)  # (B,)
         out_tokens.append(tokens)
+        out_lps.append(lp)
         if extra is not None:
             out_extra.append(extra)
-        ended = alive & (tokens == eos)
-        lengths[ended.cpu()] = t + 1
-        alive = alive & ~ended
+        alive = alive & (tokens != eos)
         if not alive.any():
             break
     seq = torch.stack(out_tokens, dim=1).cpu()  # (B, T)
+    lps = torch.stack(out_lps, dim=1).cpu()  # (B, T)
     ext = torch.stack(out_extra, dim=1) if out_extra else None  # (B, T, ...)
     results = []
     for b in range(B):
-        n = int(lengths[b])
-        fin = n <= seq.size(1) and int(seq[b, n - 1]) == eos
-        toks = seq[b, : n - 1 if fin else n].tolist()
-        results.append(Hypothesis(toks, float(out_lp[b]), float(out_lp[b]), ext[b, :n] if ext is not None else None,
-                                  fin))
+        n = int((seq[b] == eos).nonzero()[0]) + 1  # tokens generated, <end> included (always emitted by max_len)
+        fin = bool(torch.isfinite(lps[b, n - 1]))  # False only when p(<end>) = 0 at the last step
+        m = n if fin else n - 1
+        token_lps = lps[b, :m].tolist()
+        log_prob = float(sum(token_lps))
+        score = _normalise(log_prob, n, length_penalty) if fin else float("-inf")
+        results.append(Hypothesis(seq[b, : n - 1].tolist(), score, log_prob,
+                                  ext[b, :m] if ext is not None else None, fin, token_lps))
     return results

@@ -95,10 +95,10 @@ def test_wide_beam_equals_brute_force_on_the_model(decoder):
         nxt = words + ([EOS_ID] if end else [])
         return sum(float(lp[t, w]) for t, w in enumerate(nxt))
 
-    cands = [([], log_prob([], True))]
-    for n in range(1, max_len + 1):
+    cands = []  # every complete target: n < max_len subwords, then </s> (max_len tokens at most)
+    for n in range(0, max_len):
         for words in itertools.product([3, 4, 5], repeat=n):
-            cands.append((list(words), log_prob(list(words), n < max_len)))
+            cands.append((list(words), log_prob(list(words), True)))
     best_words, best_lp = max(cands, key=lambda c: c[1])
     (hyp,) = model.translate_ids(src, lengths, beam_size=V ** max_len, max_len=max_len, length_penalty=0.0)
     assert hyp.tokens == best_words and hyp.log_prob == pytest.approx(best_lp, abs=1e-4)

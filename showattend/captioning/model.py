@@ -10,6 +10,7 @@ Usage::
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import List, Optional, Sequence, Union
@@ -83,6 +84,8 @@ class CaptionResult:
     Attributes:
         words: generated words (without ``<end>``).
         log_prob: summed log-probability of the words and ``<end>`` (natural log).
+        score: the search's ranking score, log_prob / n^p for n tokens (``<end>`` included) and length penalty
+            p; −inf for an unfinished caption.
         alphas: (n, L) attention weights, one row per generated token (words, then ``<end>`` if emitted).
         betas: (n,) gating scalars β_t.
         grid: (h, w) of the annotation grid, h·w = L.
@@ -95,6 +98,7 @@ class CaptionResult:
     betas: torch.Tensor
     grid: tuple
     finished: bool = True
+    score: float = 0.0
 
     @property
     def text(self) -> str:
@@ -169,12 +173,13 @@ class Captioner:
         save_checkpoint(path, {**self.state(half), **extra})
 
     # -- inference --------------------------------------------------------------------------------------
-    def _step(self, tokens, state, context):
+    def _step(self, tokens, state, context, hard: bool = False, allow_unk: bool = False):
+        """The search's step function (``functools.partial`` binds ``hard`` and ``allow_unk``)."""
         annotations, keys = context
-        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=self._hard)
+        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=hard)
         log_probs = F.log_softmax(logits.float(), dim=-1)  # (N, V)
         log_probs[:, [self.vocab.pad, self.vocab.start]] = float("-inf")
-        if not self._allow_unk:
+        if not allow_unk:
             log_probs[:, self.vocab.unk] = float("-inf")
         return log_probs, state, torch.cat([att.alpha, beta.unsqueeze(1)], dim=1)  # extra: (N, L + 1)
 
@@ -188,11 +193,13 @@ class Captioner:
             annotations: (B, L, D).
             beam_size: k; 1 means greedy decoding.
             max_len: maximum generated tokens, ``<end>`` included.
-            length_penalty: p of score / n^p (0: plain log-probability).
+            length_penalty: p of score / n^p (0: plain log-probability); also ranks the sampled searches of
+                ``attention="hard"``.
             allow_unk: let ``<unk>`` be generated (off by default: it is never a useful word).
             attention: "soft" decodes with the expected context Σ_i α_ti a_i (deterministic; the default for
                 soft and hard models alike); "hard" samples a location s_t ~ α_t at every step of every beam,
-                runs the search ``samples`` times and keeps the most probable caption of each image (§4.1).
+                runs the search ``samples`` times and keeps the caption of each image with the best ranking score
+                (log-probability / n^p, §4.1).
             samples: number of sampled searches for ``attention="hard"``.
 
         Returns:
@@ -206,20 +213,20 @@ class Captioner:
         if attention == "hard":
             runs = [self._decode(annotations, beam_size, max_len, length_penalty, allow_unk, True)
                     for _ in range(max(1, samples))]
-            return [max(options, key=lambda r: r.log_prob) for options in zip(*runs)]
+            return [max(options, key=lambda r: r.score) for options in zip(*runs)]
         return self._decode(annotations, beam_size, max_len, length_penalty, allow_unk, False)
 
     def _decode(self, annotations, beam_size, max_len, length_penalty, allow_unk, hard):
         self.decoder.eval()
-        self._allow_unk, self._hard = allow_unk, hard
+        step = functools.partial(self._step, hard=hard, allow_unk=allow_unk)
         annotations = annotations.to(self.device, torch.float32)
         keys = self.decoder.attention.project_keys(annotations)  # (B, L, A), once per image
         state = self.decoder.init_state(annotations)
         start, end = self.vocab.start, self.vocab.end
         if beam_size == 1:
-            hyps = greedy_search(self._step, state, (annotations, keys), start, end, max_len)
+            hyps = greedy_search(step, state, (annotations, keys), start, end, max_len, length_penalty)
         else:
-            hyps = [h[0] for h in beam_search(self._step, state, (annotations, keys), start, end, beam_size,
+            hyps = [h[0] for h in beam_search(step, state, (annotations, keys), start, end, beam_size,
                                               max_len, length_penalty)]
         L = annotations.size(1)
         side = int(round(L ** 0.5))
@@ -228,7 +235,7 @@ class Captioner:
         for h in hyps:
             ext = h.extras.float().cpu() if h.extras is not None else torch.zeros(0, L + 1)
             out.append(CaptionResult(self.vocab.decode(h.tokens), h.log_prob, ext[:, :L], ext[:, L], grid,
-                                     h.finished))
+                                     h.finished, h.score))
         return out
 
     @torch.no_grad()

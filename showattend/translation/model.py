@@ -236,6 +236,6 @@ class Translator(nn.Module):
         self.eval()
         state, context = self.encode(src, lengths)
         if beam_size == 1:
-            return greedy_search(self._step, state, context, BOS_ID, EOS_ID, max_len)
+            return greedy_search(self._step, state, context, BOS_ID, EOS_ID, max_len, length_penalty)
         return [h[0] for h in beam_search(self._step, state, context, BOS_ID, EOS_ID, beam_size, max_len,
                                           length_penalty)]
