@@ -186,6 +186,7 @@ class Attention(nn.Module):
         mask: Optional[torch.Tensor] = None,
         hard: bool = False,
         generator: Optional[torch.Generator] = None,
+        location: Optional[torch.Tensor] = None,
     ) -> AttentionOutput:
         """One attention step.
 
@@ -197,13 +198,16 @@ class Attention(nn.Module):
             hard: False for soft attention, ẑ_t = Σ_i α_ti a_i (Xu et al. eq. 13); True to sample
                 s_t ~ Multinoulli(α_t) and return ẑ_t = a_{s_t} (eq. 8-9).
             generator: optional torch.Generator for the hard sample.
+            location: (B,) long, with ``hard``: attend to these locations instead of sampling them (to evaluate
+                log p(y | s, a) for a given s, e.g. when enumerating every s).
 
         Returns:
             :class:`AttentionOutput` (context (B, D), alpha (B, L), location (B,) or None).
         """
         alpha = masked_softmax(self.scores(query, projected_keys), mask)  # (B, L)
         if hard:
-            location = sample_locations(alpha, generator)  # (B,)
+            if location is None:
+                location = sample_locations(alpha, generator)  # (B,)
             context = values[torch.arange(values.size(0), device=values.device), location]  # (B, D)
             return AttentionOutput(context, alpha, location)
         context = torch.bmm(alpha.unsqueeze(1), values).squeeze(1)  # (B, D)

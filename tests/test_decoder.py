@@ -1,9 +1,11 @@
 """The captioning decoder: shapes, gradients, the doubly stochastic term, padding, overfitting a tiny batch."""
+import math
+
 import pytest
 import torch
 
 from showattend.captioning.data import collate_captions
-from showattend.captioning.decoder import Decoder, caption_loss, doubly_stochastic_penalty
+from showattend.captioning.decoder import Decoder, DecoderOutput, caption_loss, doubly_stochastic_penalty
 from showattend.captioning.model import Captioner, ModelConfig
 from showattend.vocab import Vocab
 
@@ -53,18 +55,65 @@ def test_padding_does_not_change_the_loss():
     assert torch.allclose(caption_loss(out, caps)[1], caption_loss(out3, garbage)[1], atol=1e-6)
 
 
-def test_doubly_stochastic_penalty_by_hand():
-    # one caption, 2 steps, 3 locations: totals per location (0.5+0.25, 0.5+0.25, 0+0.5) = (.75, .75, .5)
-    alphas = torch.tensor([[[0.5, 0.5, 0.0], [0.25, 0.25, 0.5]]])
-    expected = ((1 - 0.75) ** 2 + (1 - 0.75) ** 2 + (1 - 0.5) ** 2) / 3
-    assert doubly_stochastic_penalty(alphas).item() == pytest.approx(expected)
-    # its floor with T=2, L=3 is (1 - 2/3)^2, reached by uniform attention
-    assert doubly_stochastic_penalty(torch.full((1, 2, 3), 1 / 3)).item() == pytest.approx((1 / 3) ** 2)
+# Two captions over L = 3 locations. Caption 0 has 2 real steps: totals per location (.75, .75, .5), deficits
+# (1 - total)^2 = (.0625, .0625, .25). Caption 1 has 1 real step and 1 padded step (α = 0): totals (1, 0, 0),
+# deficits (0, 1, 1). Σ_b Σ_i d_bi = 2.375 over B = 2 captions and N = 3 predicted words.
+DS_ALPHAS = torch.tensor([[[0.5, 0.5, 0.0], [0.25, 0.25, 0.5]],
+                          [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+DS_EXPECTED = {"mean": 2.375 / (2 * 3),  # mean over captions and locations
+               "eq14": 2.375 / 3,  # Σ_i per caption, summed over the batch, per word
+               "capgen": 2.375 * (2 / 3) / 3}  # (1/L) Σ_b Σ_i, times B/N
 
 
-def test_gate_is_a_scalar_per_step():
-    dec = Decoder(12, 8, embed_dim=8, hidden_dim=8, attention_dim=5)
-    assert dec.f_beta.out_features == 1  # the paper's scalar β, not a vector gate
+@pytest.mark.parametrize("normalisation", sorted(DS_EXPECTED))
+def test_doubly_stochastic_penalty_by_hand(normalisation):
+    assert doubly_stochastic_penalty(DS_ALPHAS, 3, normalisation).item() == pytest.approx(DS_EXPECTED[normalisation])
+
+
+@pytest.mark.parametrize("normalisation", sorted(DS_EXPECTED))
+def test_caption_loss_matches_each_definition(normalisation):
+    """The loss (nats per word) times N is eq. 14 summed over the batch; times N/B it is capgen's cost."""
+    V, lam = 5, 0.7
+    logits = torch.tensor([[[2.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0]], [[0, 0, 3.0, 0, 0], [9.0, 9, 9, 9, 9]]])
+    mask = torch.tensor([[True, True], [True, False]])
+    captions = torch.tensor([[1, 0, 1], [1, 2, 0]])  # targets: caption 0 -> (0, 1), caption 1 -> (2,)
+    out = DecoderOutput(logits, DS_ALPHAS, mask, None, torch.zeros(2, 2))
+    loss, ce, penalty = caption_loss(out, captions, lam, ds_normalisation=normalisation)
+    nll = [-math.log(math.e ** 2 / (math.e ** 2 + 4)) - math.log(math.e / (math.e + 4)),  # caption 0
+           -math.log(math.e ** 3 / (math.e ** 3 + 4))]  # caption 1 (its padded step is ignored)
+    assert ce.item() == pytest.approx(sum(nll) / 3)
+    assert penalty.item() == pytest.approx(DS_EXPECTED[normalisation])
+    deficits = [0.375, 2.0]  # Σ_i d_bi per caption
+    if normalisation == "eq14":  # Σ_b [-log p(y_b) + λ Σ_i d_bi]
+        assert loss.item() * 3 == pytest.approx(sum(n + lam * d for n, d in zip(nll, deficits)))
+    elif normalisation == "capgen":  # mean_b(-log p(y_b)) + λ (1/L) Σ_b Σ_i d_bi
+        assert loss.item() * 3 / 2 == pytest.approx(sum(nll) / 2 + lam * sum(deficits) / 3)
+    else:  # mean per word + λ mean over captions and locations
+        assert loss.item() == pytest.approx(sum(nll) / 3 + lam * sum(deficits) / 6)
+    with pytest.raises(ValueError, match="normalisation"):
+        caption_loss(out, captions, lam, ds_normalisation="sum")
+
+
+def test_gate_scales_the_context_by_a_scalar_beta():
+    """§4.2.1: ẑ_t = β_t Σ_i α_ti a_i with one scalar β_t = σ(f_β(h_{t-1})) per step (not a vector gate)."""
+    torch.manual_seed(0)
+    dec = Decoder(12, 8, embed_dim=8, hidden_dim=8, attention_dim=5).eval()
+    assert dec.f_beta.out_features == 1
+    with torch.no_grad():
+        dec.f_beta.weight.zero_()
+        dec.f_beta.bias.fill_(math.log(0.25 / 0.75))  # β = σ(log(1/3)) = 0.25 exactly
+    feats, caps, lengths = tiny_batch()
+    keys = dec.attention.project_keys(feats)
+    state = dec.init_state(feats)
+    (h, c), z, att, beta = dec.recurrence(dec.embedding(caps[:, 0]), state, feats, keys)
+    assert torch.allclose(beta, torch.full_like(beta, 0.25))
+    assert torch.allclose(z, 0.25 * torch.bmm(att.alpha.unsqueeze(1), feats).squeeze(1), atol=1e-6)
+    # the gated context is what the LSTM reads: feeding it the ungated context gives another h_t
+    h_ungated, _ = dec.lstm(torch.cat([dec.embedding(caps[:, 0]), att.context], 1), state)
+    h_gated, _ = dec.lstm(torch.cat([dec.embedding(caps[:, 0]), z], 1), state)
+    assert torch.allclose(h, h_gated) and not torch.allclose(h, h_ungated, atol=1e-3)
+    out = dec(feats, caps, lengths)
+    assert torch.allclose(out.betas[out.mask], torch.full((int(out.mask.sum()),), 0.25))
 
 
 def test_unsorted_batch_is_rejected():

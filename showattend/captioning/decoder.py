@@ -14,7 +14,7 @@ and dropout is also applied to h_t before L_h.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..attention import Attention, attention_entropy, location_log_prob
 
-__all__ = ["Decoder", "DecoderOutput", "doubly_stochastic_penalty", "caption_loss", "MovingAverageBaseline",
+__all__ = ["Decoder", "DecoderOutput", "DS_NORMALISATIONS", "doubly_stochastic_penalty", "caption_loss", "MovingAverageBaseline",
            "reinforce_surrogate", "hard_attention_loss"]
 
 
@@ -44,22 +44,50 @@ class DecoderOutput(NamedTuple):
     betas: torch.Tensor
 
 
-def doubly_stochastic_penalty(alphas: torch.Tensor) -> torch.Tensor:
-    """Doubly stochastic regularization of Xu et al. eq. 14, per caption: Σ_i (1 − Σ_t α_ti)².
+DS_NORMALISATIONS = ("mean", "eq14", "capgen")
 
-    Normalisation (implementations differ; this is ours): the sum over locations is divided by L, i.e. the
-    mean over locations of (1 − Σ_t α_ti)², and callers average it over the captions of a batch. Padded steps
-    must carry α = 0 so that they add nothing to Σ_t. With T words and L > T locations the value cannot fall
-    below (1 − T/L)², reached when every location gets the same total attention T/L; the term's gradient pushes
-    towards that even spread, whatever its constant floor.
+
+def doubly_stochastic_penalty(alphas: torch.Tensor, words: Union[torch.Tensor, int],
+                              normalisation: str = "mean") -> torch.Tensor:
+    """Doubly stochastic regularization (Xu et al. eq. 14), scaled to be added to a per-word cross-entropy.
+
+    With the deficit d_bi = (1 − Σ_t α_bti)² of location i in caption b (B captions, L locations, N words
+    predicted in the batch, ``<end>`` included), and a training loss written as the mean cross-entropy per word
+    plus λ times this penalty P, the three normalisations are (implementations differ; they are not the same
+    strength):
+
+    * ``"mean"``: P = (1/(B·L)) Σ_b Σ_i d_bi, the mean over captions and locations. This is showattend's
+      original choice; per caption it weighs (N/B)/L ≈ T/L of eq. 14 (≈ 0.25 for 12-word captions at L = 49).
+    * ``"eq14"``: P = (1/N) Σ_b Σ_i d_bi. Eq. 14 exactly, per caption −log p(y|x) + λ Σ_i d_i, summed over the
+      batch and divided by N so that the loss stays in nats per word (the ratio of the two terms is eq. 14's).
+    * ``"capgen"``: P = (B/(L·N)) Σ_b Σ_i d_bi. The authors' Theano code (``capgen.py``: the batch mean of the
+      per-caption summed NLL plus λ ``((1 - alphas.sum(0))**2).sum(0).mean()``, summed over the batch and
+      averaged over locations), multiplied by B/N like ``"eq14"``. One difference remains: capgen computes α
+      at padded steps too and sums them into Σ_t; here padded steps carry α = 0 and add nothing.
+
+    With T words and L > T locations, d_bi summed over i cannot fall below L(1 − T/L)², reached when every
+    location gets the same total attention T/L; the gradient pushes towards that even spread.
 
     Args:
-        alphas: (B, T, L) attention weights (0 at padded steps).
+        alphas: (B, T, L) attention weights, 0 at padded steps.
+        words: N, the number of predicted (non-padded) tokens in the batch.
+        normalisation: ``"mean"``, ``"eq14"`` or ``"capgen"``.
 
     Returns:
-        (B,) penalty per caption.
+        () the penalty P (add λ·P to the mean per-word cross-entropy).
+
+    Raises:
+        ValueError: unknown ``normalisation``.
     """
-    return ((1.0 - alphas.sum(dim=1)) ** 2).mean(dim=1)
+    deficit = (1.0 - alphas.sum(dim=1)) ** 2  # (B, L)
+    B, L = deficit.shape
+    if normalisation == "mean":
+        return deficit.mean()
+    if normalisation == "eq14":
+        return deficit.sum() / words
+    if normalisation == "capgen":
+        return deficit.sum() * (B / L) / words
+    raise ValueError(f"unknown doubly stochastic normalisation {normalisation!r}; choose one of {DS_NORMALISATIONS}")
 
 
 class Decoder(nn.Module):
@@ -122,17 +150,18 @@ class Decoder(nn.Module):
         return self.deep_output(e, h, z), (h, c), att, beta
 
     def recurrence(self, e: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
-                   keys: torch.Tensor, hard: bool = False):
+                   keys: torch.Tensor, hard: bool = False, location: Optional[torch.Tensor] = None):
         """Attention, gate and LSTM update of one step (eq. 1-5 and §4.2.1), shared by training and decoding.
 
         Args:
             e: (B, m) embedding of y_{t-1}; state: (h_{t-1}, c_{t-1}); annotations (B, L, D); keys (B, L, A).
+            hard: hard attention; location: (B,) given locations s_t instead of sampled ones (with ``hard``).
 
         Returns:
             (h_t, c_t), gated context β_t ẑ_t (B, D), attention output, β_t (B,).
         """
         h, c = state
-        att = self.attention(h, keys, annotations, hard=hard)  # context (B, D), alpha (B, L)
+        att = self.attention(h, keys, annotations, hard=hard, location=location)  # context (B, D), alpha (B, L)
         beta = torch.sigmoid(self.f_beta(h)) if self.f_beta is not None else h.new_ones(h.size(0), 1)  # (B, 1)
         z = beta * att.context  # (B, D)
         h, c = self.lstm(torch.cat([e, z], dim=1), (h, c))  # (B, n)
@@ -150,7 +179,7 @@ class Decoder(nn.Module):
         return self.L_o(self.dropout(torch.tanh(e + self.L_h(self.dropout(h)) + self.L_z(z))))
 
     def forward(self, annotations: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
-                hard: bool = False) -> DecoderOutput:
+                hard: bool = False, locations: Optional[torch.Tensor] = None) -> DecoderOutput:
         """Teacher-forced pass over a batch of captions sorted by decreasing length.
 
         At step t only the captions still running are computed (the batch shrinks), so padding costs nothing
@@ -161,6 +190,8 @@ class Decoder(nn.Module):
             captions: (B, T) ids ``<start> w_1 .. w_n <end> <pad>..``, sorted by decreasing length.
             lengths: (B,) tokens per caption including ``<start>`` and ``<end>``.
             hard: hard attention (sample a location per step).
+            locations: (B, T-1) long, hard attention at these locations instead of sampled ones (implies
+                ``hard``); entries at padded steps are ignored.
 
         Returns:
             :class:`DecoderOutput` for the T-1 predicted positions.
@@ -172,6 +203,7 @@ class Decoder(nn.Module):
             raise ValueError("captions must be sorted by decreasing length (use collate_captions)")
         B, T = captions.shape
         L = annotations.size(1)
+        hard = hard or locations is not None
         keys = self.attention.project_keys(annotations)  # (B, L, A), once per image
         h, c = self.init_state(annotations)
         steps = (lengths - 1).tolist()  # predictions per caption
@@ -183,7 +215,9 @@ class Decoder(nn.Module):
         locations = torch.full((B, T - 1), -1, dtype=torch.long, device=captions.device) if hard else None
         for t in range(T - 1):
             b = sum(n > t for n in steps)  # captions still running (sorted, so the first b)
-            (h, c), z, att, beta = self.recurrence(embedded[:b, t], (h[:b], c[:b]), annotations[:b], keys[:b], hard)
+            given = locations[:b, t] if locations is not None else None
+            (h, c), z, att, beta = self.recurrence(embedded[:b, t], (h[:b], c[:b]), annotations[:b], keys[:b], hard,
+                                                   given)
             hs[:b, t], zs[:b, t], alphas[:b, t], betas[:b, t] = h, z, att.alpha, beta
             if hard:
                 locations[:b, t] = att.location
@@ -194,24 +228,25 @@ class Decoder(nn.Module):
 
 
 def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 1.0,
-                 label_smoothing: float = 0.0):
-    """Cross-entropy over real words plus λ times the doubly stochastic penalty.
+                 label_smoothing: float = 0.0, ds_normalisation: str = "mean"):
+    """Cross-entropy over real words plus λ times the doubly stochastic penalty (Xu et al. eq. 14).
 
     Args:
         out: :class:`DecoderOutput` of ``decoder(annotations, captions, lengths)``.
         captions: (B, T) the same captions (targets are ``captions[:, 1:]``).
-        ds_lambda: λ of eq. 14 (the authors' default 1.0).
+        ds_lambda: λ of eq. 14 (1.0; the paper and the authors' code use 1, each with its own normalisation).
         label_smoothing: ε of label-smoothed cross-entropy (0: the paper's plain likelihood).
+        ds_normalisation: how the penalty is scaled against the likelihood, see :func:`doubly_stochastic_penalty`.
 
     Returns:
         (loss, cross_entropy, penalty): scalars; cross-entropy is the mean over non-padded target words (nats
-        per word, without smoothing), the penalty is :func:`doubly_stochastic_penalty` averaged over captions.
+        per word, without smoothing), the penalty is :func:`doubly_stochastic_penalty` (before λ).
     """
     targets = captions[:, 1:]  # (B, T-1)
     logits, gold = out.logits[out.mask], targets[out.mask]  # (n_words, V), (n_words,)
     ce = F.cross_entropy(logits, gold)
     fit = F.cross_entropy(logits, gold, label_smoothing=label_smoothing) if label_smoothing else ce
-    penalty = doubly_stochastic_penalty(out.alphas).mean()
+    penalty = doubly_stochastic_penalty(out.alphas, out.mask.sum(), ds_normalisation)
     return fit + ds_lambda * penalty, ce, penalty
 
 
@@ -264,18 +299,24 @@ def reinforce_surrogate(log_prob_sample: torch.Tensor, reward: torch.Tensor, bas
 
 
 def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: float, reinforce_weight: float = 0.1,
-                        entropy_weight: float = 0.002, ds_lambda: float = 1.0):
+                        entropy_weight: float = 0.002, ds_lambda: float = 1.0, label_smoothing: float = 0.0,
+                        ds_normalisation: str = "mean"):
     """Negative of the Monte-Carlo objective of Xu et al. eq. 12 for a batch decoded with sampled locations.
 
     For each caption with sampled locations s̃ (``out.locations``), the objective is
 
         log p(y | s̃, a) + λ_r (r − b) log p(s̃ | a) + λ_e H[s̃],   r = log p(y | s̃, a) / |y|
 
-    where log p(s̃ | a) = Σ_t log α_{t, s̃_t} and H[s̃] = Σ_t H(α_t). As in the authors' code, the reward is the
+    where log p(s̃ | a) = Σ_t log α_{t, s̃_t} and H[s̃] = Σ_t H(α_t). Its gradient is the estimate of eq. 12 of
+    the gradient of the variational lower bound L_s = Σ_s p(s | a) log p(y | s, a) (eq. 10): unbiased for any
+    constant b when λ_e = 0 and λ_r·r = log p(y | s̃, a) (λ_r = |y|). As in the authors' code, the reward is the
     per-word log-likelihood (their ``masked_cost.mean(0)``) and λ_r = 0.1 (their ``/10.``); b is the
     :class:`MovingAverageBaseline` of that reward (eq. 11). The gradient of log p(y | s̃, a) reaches the
     decoder but not α (ẑ_t = a_{s̃_t} is a selection); α learns through the REINFORCE and entropy terms and the
     doubly stochastic penalty. The loss is divided by the number of words, like :func:`caption_loss`.
+
+    With ``label_smoothing`` ε > 0 the likelihood term is the label-smoothed cross-entropy (as in
+    :func:`caption_loss`); the reward stays the plain log-likelihood.
 
     Args:
         out: :class:`DecoderOutput` of ``decoder(..., hard=True)``.
@@ -284,6 +325,8 @@ def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: fl
         reinforce_weight: λ_r.
         entropy_weight: λ_e.
         ds_lambda: λ of the doubly stochastic penalty (eq. 14).
+        label_smoothing: ε of the likelihood term.
+        ds_normalisation: see :func:`doubly_stochastic_penalty`.
 
     Returns:
         (loss, cross_entropy per word, penalty, reward (B,) detached).
@@ -294,14 +337,17 @@ def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: fl
     if out.locations is None:
         raise ValueError("hard_attention_loss needs a decoder output with sampled locations (hard=True)")
     mask = out.mask.float()  # (B, T-1)
-    nll = F.cross_entropy(out.logits.transpose(1, 2), captions[:, 1:], reduction="none") * mask  # (B, T-1)
+    logits, targets = out.logits.transpose(1, 2), captions[:, 1:]  # (B, V, T-1), (B, T-1)
+    nll = F.cross_entropy(logits, targets, reduction="none") * mask  # (B, T-1)
+    fit = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing) * mask \
+        if label_smoothing else nll
     words = mask.sum(1)  # (B,)
     log_lik = -nll.sum(1)  # (B,) log p(y | s̃, a)
-    reward = (log_lik / words).detach()  # (B,) per-word log-likelihood
+    reward = log_lik.detach() / words  # (B,) per-word log-likelihood, a constant for the gradient
     log_p_s = (location_log_prob(out.alphas, out.locations.clamp_min(0)) * mask).sum(1)  # (B,) log p(s̃ | a)
     entropy = (attention_entropy(out.alphas) * mask).sum(1)  # (B,) H[s̃]
-    objective = log_lik.sum() + reinforce_weight * reinforce_surrogate(log_p_s, reward, baseline).sum() \
+    objective = -fit.sum() + reinforce_weight * reinforce_surrogate(log_p_s, reward, baseline).sum() \
         + entropy_weight * entropy.sum()
-    penalty = doubly_stochastic_penalty(out.alphas).mean()
+    penalty = doubly_stochastic_penalty(out.alphas, words.sum(), ds_normalisation)
     loss = -objective / words.sum() + ds_lambda * penalty
     return loss, nll.sum() / words.sum(), penalty, reward

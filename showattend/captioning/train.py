@@ -24,7 +24,7 @@ from ..runs import append_metrics, resolve_device, save_figure
 from ..vocab import Vocab
 from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
                    load_karpathy)
-from .decoder import MovingAverageBaseline, caption_loss, hard_attention_loss
+from .decoder import DS_NORMALISATIONS, MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
 from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder
 
@@ -48,7 +48,12 @@ class TrainConfig:
         weight_decay: Adam L2 penalty.
         grad_clip: gradient norm clip (0: off).
         ds_lambda: λ of the doubly stochastic regularization (eq. 14).
-        label_smoothing: ε of label-smoothed cross-entropy (0: plain likelihood, as in the paper).
+        ds_normalisation: how that penalty is scaled against the per-word cross-entropy: "mean" (the mean of
+            (1 − Σ_t α_ti)² over captions and locations; showattend's original choice, ≈ T/L of eq. 14), "eq14"
+            (the paper's Σ_i per caption against the caption's summed NLL) or "capgen" (the authors' Theano
+            code). Formulas: :func:`~showattend.captioning.decoder.doubly_stochastic_penalty`.
+        label_smoothing: ε of label-smoothed cross-entropy (0: plain likelihood, as in the paper); applied to
+            the likelihood term of hard attention too.
         min_count: minimum training-split frequency of a vocabulary word.
         max_caption_len: training captions are cut to this many words.
         patience: epochs without a new best validation BLEU-4 before stopping.
@@ -80,6 +85,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     ds_lambda: float = 1.0
+    ds_normalisation: str = "mean"
     label_smoothing: float = 0.0
     min_count: int = 5
     max_caption_len: int = 40
@@ -184,8 +190,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
 
     Raises:
         FileNotFoundError: missing data or, with ``resume``, no ``last.pt``.
+        ValueError: unknown ``ds_normalisation``.
     """
     from tqdm import tqdm
+
+    if cfg.ds_normalisation not in DS_NORMALISATIONS:
+        raise ValueError(f"--ds-normalisation {cfg.ds_normalisation!r}: choose one of {', '.join(DS_NORMALISATIONS)}")
 
     device = resolve_device(cfg.device)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -247,11 +257,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
                 feats_n, caps_n = feats.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
                 out = decoder(feats_n, caps_n, lengths.repeat_interleave(n, 0), hard=True)
                 loss, ce, ds, reward = hard_attention_loss(out, caps_n, baseline.value, cfg.reinforce_weight,
-                                                           cfg.entropy_weight, cfg.ds_lambda)
+                                                           cfg.entropy_weight, cfg.ds_lambda,
+                                                           cfg.label_smoothing, cfg.ds_normalisation)
                 baseline.update(reward)  # after the step's gradient used the old b (eq. 11)
             else:  # soft attention, or a hard model's expected-context minibatch
                 out = decoder(feats, caps, lengths)
-                loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda, cfg.label_smoothing)
+                loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
