@@ -1,7 +1,9 @@
 """Stochastic hard attention (Xu et al. §4.1): the REINFORCE estimator, baseline, entropy bonus, training."""
+import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from showattend.attention import (Attention, attention_entropy, location_log_prob, masked_softmax,
                                   sample_locations)
@@ -41,8 +43,52 @@ def test_reinforce_is_unbiased_and_the_baseline_reduces_variance():
         mean, sem = est.mean(0), est.std(0) / len(est) ** 0.5
         assert torch.all((mean - exact).abs() < 4 * sem + 1e-3), (mean, exact, sem)
     var_plain, var_based = plain.var(0).sum().item(), based.var(0).sum().item()
-    print(f"REINFORCE gradient variance: no baseline {var_plain:.3f}, moving-average baseline {var_based:.3f}")
-    assert var_based < 0.2 * var_plain
+    assert var_based < 0.2 * var_plain, (var_plain, var_based)
+
+
+def _flat_grads(params):
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+
+
+def test_the_full_hard_loss_is_an_unbiased_estimate_of_the_gradient_of_eq_10():
+    """On a tiny decoder (L = 3 locations, 2 predicted tokens) enumerate the 9 location sequences s, differentiate
+    the lower bound L_s = Σ_s p(s | a) log p(y | s, a) (eq. 10) exactly, and compare the Monte-Carlo average of
+    the gradient of :func:`hard_attention_loss` with it. With λ_r = |y| = 2 (the per-word reward times 2 is
+    log p(y | s̃, a)), λ_e = 0 and any constant b, −|y| ∇loss estimates ∇L_s without bias (eq. 12). A flipped
+    REINFORCE sign negates the attention parameters' gradient; a reward left in the graph adds
+    log p(s̃) ∇ log p(y | s̃) to the decoder's."""
+    torch.manual_seed(0)
+    L, V, D = 3, 6, 4
+    dec = Decoder(V, D, embed_dim=4, hidden_dim=5, attention_dim=4, dropout=0.0)
+    with torch.no_grad():
+        dec.attention.v.weight *= 4  # a peaked, location-dependent α
+    feats = torch.randn(1, L, D) * 2
+    caption, lengths = torch.tensor([[1, 4, 2]]), torch.tensor([3])  # <start> w <end>
+    params = list(dec.parameters())
+    bound = 0.0
+    for s in itertools.product(range(L), repeat=2):
+        out = dec(feats, caption, lengths, locations=torch.tensor([s]))
+        log_lik = -F.cross_entropy(out.logits[0], caption[0, 1:], reduction="sum")  # log p(y | s, a)
+        log_p_s = location_log_prob(out.alphas[0], torch.tensor(s)).sum()  # log p(s | a), α_2 depends on s_1
+        bound = bound + log_p_s.exp() * log_lik
+    bound.backward()
+    exact = _flat_grads(params)
+    baseline = float(bound.detach()) / 2  # a constant per-word baseline, near the mean reward
+    N, R = 1000, 20  # R batches of N samples each
+    estimates = []
+    for _ in range(R):
+        dec.zero_grad()
+        out = dec(feats.expand(N, L, D), caption.expand(N, 3), lengths.expand(N), hard=True)
+        loss, _, _, reward = hard_attention_loss(out, caption.expand(N, 3), baseline, reinforce_weight=2.0,
+                                                 entropy_weight=0.0, ds_lambda=0.0)
+        assert not reward.requires_grad
+        loss.backward()
+        estimates.append(-2 * _flat_grads(params))
+    estimate = torch.stack(estimates).mean(0)
+    is_att = torch.cat([torch.full((p.numel(),), any(p is q for q in dec.attention.parameters())) for p in params])
+    assert exact[is_att].norm() > 0.2 * exact.norm()  # the attention's share (all from REINFORCE) is not negligible
+    assert (estimate - exact).norm() < 0.03 * exact.norm()
+    assert (estimate - exact)[is_att].norm() < 0.1 * exact[is_att].norm()
 
 
 def test_no_gradient_reaches_the_baseline_or_through_the_sample():
@@ -108,7 +154,6 @@ def test_entropy_bonus_raises_the_entropy_of_alpha():
         with torch.no_grad():
             out = dec(*batch)
         entropies.append(float((attention_entropy(out.alphas) * out.mask).sum() / out.mask.sum()))
-    print(f"mean entropy of α after 15 steps: λ_e=0: {entropies[0]:.3f}, λ_e=0.5: {entropies[1]:.3f} nats")
     assert entropies[1] > entropies[0] + 0.1, entropies
 
 
@@ -125,3 +170,68 @@ def test_hard_loss_needs_sampled_locations():
     dec = Decoder(len(WORDS), 16, embed_dim=8, hidden_dim=8)
     with pytest.raises(ValueError, match="hard=True"):
         hard_attention_loss(dec(*batch), batch[1], 0.0)
+
+
+# -- a synthetic pointing task -------------------------------------------------------------------------------
+# Each image has L = 6 regions. For step t (t = 0, 1) one region, at a random place, holds a content word c_t
+# (one-hot of K = 6) and a tag "for step t"; the other regions are blank. The caption is "c_0 c_1": the word at
+# step t is whatever its tagged region contains, so a decoder must attend to that region to say it (chance is
+# 1/K). f_init is zeroed and frozen so that h_0 cannot read the contents from the mean annotation vector.
+P_L, P_K, P_T = 6, 6, 2
+
+
+def _pointing_batch(n, g):
+    content = torch.randint(0, P_K, (n, P_T), generator=g)  # (n, T) word ids - 4
+    where = torch.stack([torch.randperm(P_L, generator=g)[:P_T] for _ in range(n)])  # (n, T) region of step t
+    feats = torch.zeros(n, P_L, P_K + P_T + 1)
+    feats[:, :, -1] = 1  # blank
+    rows = torch.arange(n)
+    for t in range(P_T):
+        feats[rows, where[:, t]] = 0
+        feats[rows, where[:, t], content[:, t]] = 1
+        feats[rows, where[:, t], P_K + t] = 1
+    batch = collate_captions([(feats[i], torch.tensor([1, *(4 + content[i]).tolist(), 2])) for i in range(n)])
+    return batch, where  # all captions have the same length: collate keeps the order
+
+
+def _train_pointing(attention, steps, reinforce_weight=0.1, seed=0):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    dec = Decoder(4 + P_K, P_K + P_T + 1, embed_dim=16, hidden_dim=32, attention_dim=16, dropout=0.0)
+    for layer in (dec.init_h, dec.init_c):
+        torch.nn.init.zeros_(layer.weight)
+        layer.weight.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in dec.parameters() if p.requires_grad], lr=1e-2)
+    baseline = MovingAverageBaseline()
+    for _ in range(steps):
+        (feats, caps, lengths), _ = _pointing_batch(64, g)
+        if attention == "soft":
+            loss = caption_loss(dec(feats, caps, lengths), caps, ds_lambda=0.0)[0]
+        else:  # pure REINFORCE: no expected-context minibatches that could teach α by backpropagation
+            out = dec(feats, caps, lengths, hard=True)
+            loss, _, _, reward = hard_attention_loss(out, caps, baseline.value, reinforce_weight, 0.002, 0.0)
+            baseline.update(reward)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    (feats, caps, lengths), where = _pointing_batch(500, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        out = dec(feats, caps, lengths, hard=attention == "hard")  # a hard model reads its sampled region
+    accuracy = (out.logits[:, :P_T].argmax(-1) == caps[:, 1:P_T + 1]).float().mean().item()
+    pointing = (out.alphas[:, :P_T].argmax(-1) == where).float().mean().item()
+    return accuracy, pointing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention, steps, reinforce_weight, learns", [
+    ("soft", 300, 0.0, True),
+    ("hard", 800, 0.1, True),  # the authors' λ_r
+    ("hard", 800, 0.0, False),  # without the REINFORCE term α never learns where to look
+    ("hard", 800, -0.1, False),  # a REINFORCE term of the wrong sign learns to look away
+])
+def test_soft_and_hard_attention_learn_to_point(attention, steps, reinforce_weight, learns):
+    accuracy, pointing = _train_pointing(attention, steps, reinforce_weight)
+    if learns:
+        assert accuracy > 0.95 and pointing > 0.95, (accuracy, pointing)
+    else:
+        assert accuracy < 0.5 and pointing < 0.5, (accuracy, pointing)  # chance: 1/6 (+ lucky samples)

@@ -212,7 +212,7 @@ class Decoder(nn.Module):
         zs = annotations.new_zeros(B, T - 1, self.annotation_dim)
         alphas = annotations.new_zeros(B, T - 1, L)
         betas = annotations.new_zeros(B, T - 1)
-        locations = torch.full((B, T - 1), -1, dtype=torch.long, device=captions.device) if hard else None
+        chosen = torch.full((B, T - 1), -1, dtype=torch.long, device=captions.device) if hard else None
         for t in range(T - 1):
             b = sum(n > t for n in steps)  # captions still running (sorted, so the first b)
             given = locations[:b, t] if locations is not None else None
@@ -220,11 +220,11 @@ class Decoder(nn.Module):
                                                    given)
             hs[:b, t], zs[:b, t], alphas[:b, t], betas[:b, t] = h, z, att.alpha, beta
             if hard:
-                locations[:b, t] = att.location
+                chosen[:b, t] = att.location
         # The deep output of all steps at once (one large matrix product instead of T-1 small ones).
         logits = self.deep_output(embedded[:, :-1], hs, zs)  # (B, T-1, V)
         mask = torch.arange(T - 1, device=captions.device).unsqueeze(0) < (lengths - 1).unsqueeze(1).to(captions.device)
-        return DecoderOutput(logits, alphas, mask, locations, betas)
+        return DecoderOutput(logits, alphas, mask, chosen, betas)
 
 
 def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 1.0,
