@@ -24,12 +24,22 @@ def test_annotation_shape_and_frozen(name):
     assert not enc.net.training  # frozen batch norm stays in eval mode while the decoder trains
 
 
+# The top blocks by parameter-name prefix: Lite0's head (conv + batch norm) then its last MBConv block; the
+# Bottleneck blocks of ResNet-101's layer4 (child 7 of the trunk); VGG-19's conv5_4 (34) then conv5_3 (32).
+TOP_BLOCKS = {"efficientnet_lite0": ["_conv_head.", "_bn1.", "_blocks.15."], "resnet101": ["7.2.", "7.1."],
+              "vgg19": ["34.", "32."]}
+HEAD_PREFIXES = {"efficientnet_lite0": 2, "resnet101": 1, "vgg19": 1}  # prefixes that make up block 1
+
+
 @pytest.mark.parametrize("name", sorted(ENCODERS))
-def test_fine_tune_unfreezes_only_top_blocks(name):
-    enc = Encoder(name, pretrained=False, fine_tune_blocks=1)
-    trainable = [n for n, p in enc.net.named_parameters() if p.requires_grad]
-    frozen = [n for n, p in enc.net.named_parameters() if not p.requires_grad]
-    assert trainable and frozen
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_fine_tune_unfreezes_exactly_the_top_blocks(name, n):
+    enc = Encoder(name, pretrained=False, fine_tune_blocks=n)
+    prefixes = tuple(TOP_BLOCKS[name][:HEAD_PREFIXES[name] + n - 1]) if n else ()
+    names = [k for k, _ in enc.net.named_parameters()]
+    trainable = {k for k, p in enc.net.named_parameters() if p.requires_grad}
+    assert trainable == {k for k in names if prefixes and k.startswith(prefixes)}
+    assert len(trainable) < len(names)  # everything below the top blocks stays frozen
 
 
 def test_lite0_weights_and_normalisation_recognise_the_espresso():

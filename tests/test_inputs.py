@@ -24,18 +24,22 @@ PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
 BUNDLED = os.path.join(ASSETS, "showattend_flickr8k_lite0.pt")
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A small random-weight captioner on the real Lite0 encoder, saved as a checkpoint."""
+def _tiny_captioner():
+    """A small random-weight captioner on the real Lite0 encoder (the same weights on every call)."""
     torch.manual_seed(0)
     vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>", "a", "cup", "of", "coffee"])
     cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8)
     decoder = build_decoder(cfg, len(vocab))
     with torch.no_grad():
         decoder.L_o.bias[vocab.end] = -20.0  # never ends by choice: --max-len - 1 words, then the forced <end>
-    cap = Captioner(decoder, vocab, cfg, device="cpu")
+    return Captioner(decoder, vocab, cfg, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """:func:`_tiny_captioner` saved as a checkpoint."""
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-    cap.save(path)
+    _tiny_captioner().save(path)
     return path
 
 
@@ -79,13 +83,16 @@ def test_bad_image_files_name_the_file(tmp_path):
 def test_checkpoint_round_trip(tiny_checkpoint):
     ckpt = torch.load(tiny_checkpoint, weights_only=True)  # plain data, no pickled modules
     assert ckpt["format"] == "showattend-captioner" and ckpt["vocab"][4:] == ["a", "cup", "of", "coffee"]
-    a = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
-    feats = torch.randn(2, 49, 1280)
-    first = [r.words for r in a.decode(feats, beam_size=2)]
-    b = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
-    assert [r.words for r in b.decode(feats, beam_size=2)] == first
-    for k, v in a.decoder.state_dict().items():
-        assert torch.equal(v, b.decoder.state_dict()[k])
+    original = _tiny_captioner()  # the model in memory before it was saved
+    loaded = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    for k, v in original.decoder.state_dict().items():
+        assert torch.equal(v, loaded.decoder.state_dict()[k]), k
+    assert loaded.vocab.itos == original.vocab.itos and loaded.config == original.config
+    feats = torch.randn(3, 49, 1280)
+    for beam in (1, 3):
+        want, got = original.decode(feats, beam_size=beam), loaded.decode(feats, beam_size=beam)
+        assert [r.words for r in got] == [r.words for r in want]
+        assert [r.log_prob for r in got] == pytest.approx([r.log_prob for r in want], abs=1e-5)
 
 
 def test_fp16_checkpoint_loads_as_float32(tmp_path, tiny_checkpoint):
@@ -151,6 +158,7 @@ def test_cli_reports_bad_files_and_still_captions_the_others(tmp_path, tiny_chec
     assert "empty.jpg: empty file" in err and "missing.png: no such file" in err and "2 of 3 images failed" in err
 
 
+@pytest.mark.slow
 def test_comparison_figure_stacks_one_block_per_checkpoint(tmp_path, tiny_checkpoint, capsys):
     import importlib.util
 
@@ -217,6 +225,7 @@ def test_option_help_is_the_whole_docstring_entry(capsys):
     assert "plus the last epoch's time would exceed it. (default: 0.0)" in out  # a continued entry, whole
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(BUNDLED), reason="bundled model not present")
 def test_bundled_model_captions_sample_photos(tmp_path, capsys):
     photos = sorted(os.path.join(ASSETS, "photos", f) for f in os.listdir(os.path.join(ASSETS, "photos"))

@@ -68,7 +68,8 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
         "metrics": {k: round(v, 2) for k, v in scores.items()},
         "SPICE": SPICE_NOTE,
         "mean_caption_words": round(sum(lengths) / len(lengths), 2),
-        "unfinished_captions": sum(not results[r.key].finished for r in records),
+        # captions that used all max_len tokens: max_len - 1 words, then the <end> that the search forces there
+        "captions_at_max_len": sum(len(results[r.key].words) >= max_len - 1 for r in records),
         "wall_s": round(time.time() - t0, 1),
     }
     if captions_out:
