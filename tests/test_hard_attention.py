@@ -235,3 +235,41 @@ def test_soft_and_hard_attention_learn_to_point(attention, steps, reinforce_weig
         assert accuracy > 0.95 and pointing > 0.95, (accuracy, pointing)
     else:
         assert accuracy < 0.5 and pointing < 0.5, (accuracy, pointing)  # chance: 1/6 (+ lucky samples)
+
+
+def test_label_smoothing_reaches_the_hard_likelihood_term_but_not_the_reward():
+    vocab, feats, batch = _toy()
+    torch.manual_seed(0)
+    dec = Decoder(len(vocab), 16, embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.0)
+    torch.manual_seed(1)
+    out = dec(*batch, hard=True)
+    caps = batch[1]
+    plain = hard_attention_loss(out, caps, 0.0, reinforce_weight=0.0, entropy_weight=0.0, ds_lambda=0.0)
+    smooth = hard_attention_loss(out, caps, 0.0, reinforce_weight=0.0, entropy_weight=0.0, ds_lambda=0.0,
+                                 label_smoothing=0.1)
+    logits, gold = out.logits[out.mask], caps[:, 1:][out.mask]
+    assert plain[0].item() == pytest.approx(F.cross_entropy(logits, gold).item(), rel=1e-5)
+    assert smooth[0].item() == pytest.approx(F.cross_entropy(logits, gold, label_smoothing=0.1).item(), rel=1e-5)
+    assert smooth[0].item() > plain[0].item()
+    assert torch.equal(smooth[3], plain[3]) and smooth[1].item() == pytest.approx(plain[1].item())  # reward, CE
+
+
+def test_sampled_searches_are_ranked_by_their_length_penalised_score(monkeypatch):
+    """Of the sampled searches, a hard model keeps the caption with the best score (log p / n^p), not log p."""
+    from showattend.captioning.model import CaptionResult
+
+    vocab, feats, _ = _toy()
+    cap = Captioner(Decoder(len(vocab), 16, embed_dim=8, hidden_dim=8), vocab, ModelConfig(), device="cpu")
+    short = CaptionResult(["a", "dog"], -3.0, torch.zeros(3, 6), torch.zeros(3), (1, 6), True, -3.0 / 3)
+    long = CaptionResult(["a", "dog", "runs", "on", "grass"], -3.6, torch.zeros(6, 6), torch.zeros(6), (1, 6),
+                         True, -3.6 / 6)
+    runs = iter([[short], [long]])
+    calls = []
+
+    def fake_decode(annotations, beam_size, max_len, length_penalty, allow_unk, hard):
+        calls.append((length_penalty, hard))
+        return next(runs)
+
+    monkeypatch.setattr(cap, "_decode", fake_decode)
+    (best,) = cap.decode(feats[:1], beam_size=3, length_penalty=1.0, attention="hard", samples=2)
+    assert best is long and calls == [(1.0, True), (1.0, True)]  # the shorter one has the higher log p
