@@ -92,10 +92,12 @@ def test_hard_attention_model_trains_reloads_and_captions(dataset, tmp_path, cap
     assert main(["train", *common, "--attention", "hard", "--out-dir", str(tmp_path / "hard"), "--epochs", "2",
                  "--min-count", "1", "--batch-size", "4", "--embed-dim", "32", "--hidden-dim", "32",
                  "--attention-dim", "16", "--lr", "3e-3", "--val-beam-size", "1", "--no-progress",
-                 "--device", "cpu", "--hard-samples", "2", "--expected-context-prob", "0.5"]) == 0
+                 "--device", "cpu", "--hard-samples", "2", "--expected-context-prob", "0.5",
+                 "--ds-normalisation", "eq14"]) == 0
     ckpt = tmp_path / "hard" / "best.pt"
     last = __import__("torch").load(tmp_path / "hard" / "last.pt", weights_only=True)
     assert last["config"]["attention"] == "hard" and last["baseline"]["steps"] > 0
+    assert last["train_config"]["ds_normalisation"] == "eq14"
     capsys.readouterr()
     image = str(dataset / "images" / "0.jpg")
     captioner = Captioner.from_checkpoint(str(ckpt), device="cpu")

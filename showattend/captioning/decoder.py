@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from ..attention import Attention, attention_entropy, location_log_prob
 
-__all__ = ["Decoder", "DecoderOutput", "DS_NORMALISATIONS", "doubly_stochastic_penalty", "caption_loss", "MovingAverageBaseline",
-           "reinforce_surrogate", "hard_attention_loss"]
+__all__ = ["Decoder", "DecoderOutput", "DS_NORMALISATIONS", "doubly_stochastic_penalty", "caption_loss",
+           "MovingAverageBaseline", "reinforce_surrogate", "hard_attention_loss"]
 
 
 class DecoderOutput(NamedTuple):
