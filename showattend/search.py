@@ -77,6 +77,19 @@ def _force_end(log_probs: torch.Tensor, eos: int) -> torch.Tensor:
     return forced
 
 
+def _path(history: torch.Tensor, token_lps: torch.Tensor, extras: Optional[torch.Tensor], b: int, src: int,
+          end_lp: Optional[float] = None, end_extra: Optional[torch.Tensor] = None):
+    """Tokens, per-token log-probs and extras of beam ``src`` of input ``b``, with an ``<end>`` step appended
+    when ``end_lp`` (its log-prob) is given. ``history``/``token_lps`` are (B, k, t), ``extras`` (B, k, t, ...)."""
+    lps = token_lps[b, src].tolist()
+    ext = extras[b, src] if extras is not None else None
+    if end_lp is not None:
+        lps.append(end_lp)
+        if end_extra is not None:
+            ext = end_extra.unsqueeze(0) if ext is None else torch.cat([ext, end_extra.unsqueeze(0)])
+    return history[b, src].tolist(), lps, ext
+
+
 @torch.no_grad()
 def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
                 beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
@@ -133,16 +146,6 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         if extra is not None:
             extra = extra.view(B, k, *extra.shape[1:])
 
-        def path(b: int, src: int, lp: Optional[float] = None):
-            """(tokens, per-token log-probs, extras) of beam ``src`` of input ``b``, plus this step's <end>."""
-            lps = token_lps[b, src].tolist() + ([lp] if lp is not None else [])
-            if extras is None and extra is None:
-                return history[b, src].tolist(), lps, None
-            if lp is None:
-                return history[b, src].tolist(), lps, extras[b, src]
-            now = extra[b, src].unsqueeze(0)
-            return history[b, src].tolist(), lps, torch.cat([extras[b, src], now]) if extras is not None else now
-
         # Hypotheses that end here: <end> candidates among the k best (as in fairseq, so that k=1 is greedy).
         # Each beam has one <end> candidate, so at most k of the 2k candidates end and >= k continue.
         in_top_k = torch.arange(is_eos.size(1), device=device).unsqueeze(0) < k
@@ -150,7 +153,9 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
             b, j = int(b), int(j)
             if done[b]:
                 continue
-            words, lps, ext = path(b, int(beam_idx[b, j]), float(top_lps[b, j]))
+            src = int(beam_idx[b, j])
+            words, lps, ext = _path(history, token_lps, extras, b, src, float(top_lps[b, j]),
+                                    extra[b, src] if extra is not None else None)
             lp = float(top_scores[b, j])
             finished[b].append(Hypothesis(words, _normalise(lp, t + 1, length_penalty), lp, ext, True, lps))
 
@@ -160,7 +165,7 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
                 for j in range(k):
                     if done[b] or not torch.isfinite(scores[b, j]) or torch.isfinite(cand[b, j, eos]):
                         continue
-                    words, lps, ext = path(b, j)
+                    words, lps, ext = _path(history, token_lps, extras, b, j)
                     finished[b].append(Hypothesis(words, float("-inf"), float(scores[b, j]), ext, False, lps))
             break
 
