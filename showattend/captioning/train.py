@@ -48,10 +48,11 @@ class TrainConfig:
         weight_decay: Adam L2 penalty.
         grad_clip: gradient norm clip (0: off).
         ds_lambda: λ of the doubly stochastic regularization (eq. 14).
-        ds_normalisation: how that penalty is scaled against the per-word cross-entropy: "mean" (the mean of
-            (1 − Σ_t α_ti)² over captions and locations; showattend's original choice, ≈ T/L of eq. 14), "eq14"
-            (the paper's Σ_i per caption against the caption's summed NLL) or "capgen" (the authors' Theano
-            code). Formulas: :func:`~showattend.captioning.decoder.doubly_stochastic_penalty`.
+        ds_normalisation: how that penalty P is scaled against the per-word cross-entropy, with the deficit
+            d_bi = (1 − Σ_t α_bti)² summed over B captions and L locations, and N predicted words: "mean",
+            P = Σd / (B·L) (showattend's original choice, per caption ≈ T/L of eq. 14); "eq14", P = Σd / N (the
+            paper: Σ_i per caption against the caption's summed NLL); "capgen", P = B·Σd / (L·N) (the authors'
+            Theano code).
         label_smoothing: ε of label-smoothed cross-entropy (0: plain likelihood, as in the paper); applied to
             the likelihood term of hard attention too.
         min_count: minimum training-split frequency of a vocabulary word.
