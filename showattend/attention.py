@@ -71,19 +71,29 @@ def masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor] = None) ->
     return alpha.nan_to_num(0.0)  # all-masked rows: softmax of all -inf is NaN
 
 
-def sample_locations(alpha: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_locations(alpha: torch.Tensor, generator: Optional[torch.Generator] = None,
+                     uniform: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sample one location per row, s_t ~ Multinoulli_L(α_t) (Xu et al. eq. 8).
 
     The sample is a discrete index and carries no gradient; the REINFORCE term of eq. 12 reaches α through
     ``log α_{s_t}``, which the caller computes from the returned indices.
 
+    With ``uniform`` the sample is the inverse CDF at the given u ~ U[0, 1): the first i with
+    Σ_{j≤i} α_j ≥ u (a location with α_i = 0 is never chosen, except i = 0 at u = 0 exactly). Training draws
+    the uniforms of a whole global batch from one seeded generator, so a caption gets the same location
+    whichever process of a distributed run holds it.
+
     Args:
         alpha: (B, L) probabilities, rows summing to 1.
-        generator: optional torch.Generator for reproducible samples.
+        generator: optional torch.Generator for reproducible samples (``torch.multinomial``).
+        uniform: optional (B,) uniforms in [0, 1) to invert instead.
 
     Returns:
         (B,) long tensor of locations.
     """
+    if uniform is not None:
+        cdf = alpha.detach().float().cumsum(-1)  # (B, L)
+        return (cdf < uniform.unsqueeze(-1)).sum(-1).clamp_max(alpha.size(-1) - 1)
     return torch.multinomial(alpha.detach().float(), 1, generator=generator).squeeze(1)
 
 
@@ -187,6 +197,7 @@ class Attention(nn.Module):
         hard: bool = False,
         generator: Optional[torch.Generator] = None,
         location: Optional[torch.Tensor] = None,
+        uniform: Optional[torch.Tensor] = None,
     ) -> AttentionOutput:
         """One attention step.
 
@@ -200,6 +211,8 @@ class Attention(nn.Module):
             generator: optional torch.Generator for the hard sample.
             location: (B,) long, with ``hard``: attend to these locations instead of sampling them (to evaluate
                 log p(y | s, a) for a given s, e.g. when enumerating every s).
+            uniform: (B,) with ``hard``: sample by inverting α's CDF at these uniforms (see
+                :func:`sample_locations`).
 
         Returns:
             :class:`AttentionOutput` (context (B, D), alpha (B, L), location (B,) or None).
@@ -207,7 +220,7 @@ class Attention(nn.Module):
         alpha = masked_softmax(self.scores(query, projected_keys), mask)  # (B, L)
         if hard:
             if location is None:
-                location = sample_locations(alpha, generator)  # (B,)
+                location = sample_locations(alpha, generator, uniform)  # (B,)
             context = values[torch.arange(values.size(0), device=values.device), location]  # (B, D)
             return AttentionOutput(context, alpha, location)
         context = torch.bmm(alpha.unsqueeze(1), values).squeeze(1)  # (B, D)

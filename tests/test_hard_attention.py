@@ -99,7 +99,8 @@ def test_no_gradient_reaches_the_baseline_or_through_the_sample():
     b = MovingAverageBaseline(0.9)
     b.update(torch.tensor([2.0], requires_grad=True))
     b.update(torch.tensor([4.0]))
-    assert isinstance(b.value, float) and b.value == pytest.approx(0.9 * 2.0 + 0.1 * 4.0)
+    assert isinstance(b.value, torch.Tensor) and not b.value.requires_grad  # stays on the device, no sync
+    assert float(b.value) == pytest.approx(0.9 * 2.0 + 0.1 * 4.0)
     # the hard context is a selection: the attention parameters get no gradient from it
     att = Attention(4, 4, attention_dim=3)
     keys = torch.randn(5, 6, 4, requires_grad=True)

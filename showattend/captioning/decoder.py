@@ -14,7 +14,7 @@ and dropout is also applied to h_t before L_h.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -48,7 +48,8 @@ DS_NORMALISATIONS = ("mean", "eq14", "capgen")
 
 
 def doubly_stochastic_penalty(alphas: torch.Tensor, words: Union[torch.Tensor, int],
-                              normalisation: str = "mean") -> torch.Tensor:
+                              normalisation: str = "mean", captions: Optional[Union[torch.Tensor, int]] = None
+                              ) -> torch.Tensor:
     """Doubly stochastic regularization (Xu et al. eq. 14), scaled to be added to a per-word cross-entropy.
 
     With the deficit d_bi = (1 − Σ_t α_bti)² of location i in caption b (B captions, L locations, N words
@@ -72,6 +73,8 @@ def doubly_stochastic_penalty(alphas: torch.Tensor, words: Union[torch.Tensor, i
         alphas: (B, T, L) attention weights, 0 at padded steps.
         words: N, the number of predicted (non-padded) tokens in the batch.
         normalisation: ``"mean"``, ``"eq14"`` or ``"capgen"``.
+        captions: B, the number of captions (default: ``alphas.size(0)``). A distributed step passes the global
+            N and B, so that the penalties of the processes' shares of a batch add up to the whole batch's.
 
     Returns:
         () the penalty P (add λ·P to the mean per-word cross-entropy).
@@ -79,10 +82,11 @@ def doubly_stochastic_penalty(alphas: torch.Tensor, words: Union[torch.Tensor, i
     Raises:
         ValueError: unknown ``normalisation``.
     """
-    deficit = (1.0 - alphas.sum(dim=1)) ** 2  # (B, L)
-    B, L = deficit.shape
+    deficit = (1.0 - alphas.float().sum(dim=1)) ** 2  # (B, L)
+    L = deficit.size(1)
+    B = deficit.size(0) if captions is None else captions
     if normalisation == "mean":
-        return deficit.mean()
+        return deficit.sum() / (B * L)
     if normalisation == "eq14":
         return deficit.sum() / words
     if normalisation == "capgen":
@@ -150,18 +154,20 @@ class Decoder(nn.Module):
         return self.deep_output(e, h, z), (h, c), att, beta
 
     def recurrence(self, e: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
-                   keys: torch.Tensor, hard: bool = False, location: Optional[torch.Tensor] = None):
+                   keys: torch.Tensor, hard: bool = False, location: Optional[torch.Tensor] = None,
+                   uniform: Optional[torch.Tensor] = None):
         """Attention, gate and LSTM update of one step (eq. 1-5 and §4.2.1), shared by training and decoding.
 
         Args:
             e: (B, m) embedding of y_{t-1}; state: (h_{t-1}, c_{t-1}); annotations (B, L, D); keys (B, L, A).
-            hard: hard attention; location: (B,) given locations s_t instead of sampled ones (with ``hard``).
+            hard: hard attention; location: (B,) given locations s_t instead of sampled ones (with ``hard``);
+            uniform: (B,) uniforms to sample s_t with (inverse CDF, see :func:`~showattend.attention.sample_locations`).
 
         Returns:
             (h_t, c_t), gated context β_t ẑ_t (B, D), attention output, β_t (B,).
         """
         h, c = state
-        att = self.attention(h, keys, annotations, hard=hard, location=location)  # context (B, D), alpha (B, L)
+        att = self.attention(h, keys, annotations, hard=hard, location=location, uniform=uniform)  # ẑ (B, D), α (B, L)
         beta = torch.sigmoid(self.f_beta(h)) if self.f_beta is not None else h.new_ones(h.size(0), 1)  # (B, 1)
         z = beta * att.context  # (B, D)
         h, c = self.lstm(torch.cat([e, z], dim=1), (h, c))  # (B, n)
@@ -178,20 +184,25 @@ class Decoder(nn.Module):
         """
         return self.L_o(self.dropout(torch.tanh(e + self.L_h(self.dropout(h)) + self.L_z(z))))
 
-    def forward(self, annotations: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
-                hard: bool = False, locations: Optional[torch.Tensor] = None) -> DecoderOutput:
+    def forward(self, annotations: torch.Tensor, captions: torch.Tensor, lengths: Union[torch.Tensor, Sequence[int]],
+                hard: bool = False, locations: Optional[torch.Tensor] = None,
+                uniforms: Optional[torch.Tensor] = None) -> DecoderOutput:
         """Teacher-forced pass over a batch of captions sorted by decreasing length.
 
         At step t only the captions still running are computed (the batch shrinks), so padding costs nothing
-        and never reaches the loss.
+        and never reaches the loss. The host needs the lengths to shrink the batch: give them as a list of ints
+        (the training step does, from the collate function) and nothing is read back from the device.
 
         Args:
             annotations: (B, L, D).
             captions: (B, T) ids ``<start> w_1 .. w_n <end> <pad>..``, sorted by decreasing length.
-            lengths: (B,) tokens per caption including ``<start>`` and ``<end>``.
+            lengths: B ints (or a (B,) tensor, read with ``tolist``): tokens per caption including ``<start>``
+                and ``<end>``.
             hard: hard attention (sample a location per step).
             locations: (B, T-1) long, hard attention at these locations instead of sampled ones (implies
                 ``hard``); entries at padded steps are ignored.
+            uniforms: (B, ≥ T-1) uniforms in [0, 1), with ``hard``: sample s_t by inverting α_t's CDF at
+                ``uniforms[:, t]`` instead of ``torch.multinomial``.
 
         Returns:
             :class:`DecoderOutput` for the T-1 predicted positions.
@@ -199,37 +210,45 @@ class Decoder(nn.Module):
         Raises:
             ValueError: captions not sorted by decreasing length.
         """
-        if (lengths[1:] > lengths[:-1]).any():
+        steps = [n - 1 for n in (lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths)]
+        if any(a < b for a, b in zip(steps, steps[1:])):
             raise ValueError("captions must be sorted by decreasing length (use collate_captions)")
         B, T = captions.shape
         L = annotations.size(1)
         hard = hard or locations is not None
         keys = self.attention.project_keys(annotations)  # (B, L, A), once per image
         h, c = self.init_state(annotations)
-        steps = (lengths - 1).tolist()  # predictions per caption
         embedded = self.embedding(captions)  # (B, T, m)
         hs = annotations.new_zeros(B, T - 1, self.lstm.hidden_size)
         zs = annotations.new_zeros(B, T - 1, self.annotation_dim)
         alphas = annotations.new_zeros(B, T - 1, L)
         betas = annotations.new_zeros(B, T - 1)
+        mask = torch.zeros(B, T - 1, dtype=torch.bool, device=captions.device)
         chosen = torch.full((B, T - 1), -1, dtype=torch.long, device=captions.device) if hard else None
         for t in range(T - 1):
             b = sum(n > t for n in steps)  # captions still running (sorted, so the first b)
             given = locations[:b, t] if locations is not None else None
+            u = uniforms[:b, t] if uniforms is not None else None
             (h, c), z, att, beta = self.recurrence(embedded[:b, t], (h[:b], c[:b]), annotations[:b], keys[:b], hard,
-                                                   given)
+                                                   given, u)
             hs[:b, t], zs[:b, t], alphas[:b, t], betas[:b, t] = h, z, att.alpha, beta
+            mask[:b, t] = True
             if hard:
                 chosen[:b, t] = att.location
         # The deep output of all steps at once (one large matrix product instead of T-1 small ones).
         logits = self.deep_output(embedded[:, :-1], hs, zs)  # (B, T-1, V)
-        mask = torch.arange(T - 1, device=captions.device).unsqueeze(0) < (lengths - 1).unsqueeze(1).to(captions.device)
         return DecoderOutput(logits, alphas, mask, chosen, betas)
 
 
 def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 1.0,
-                 label_smoothing: float = 0.0, ds_normalisation: str = "mean"):
+                 label_smoothing: float = 0.0, ds_normalisation: str = "mean",
+                 words: Optional[Union[torch.Tensor, int]] = None,
+                 num_captions: Optional[Union[torch.Tensor, int]] = None):
     """Cross-entropy over real words plus λ times the doubly stochastic penalty (Xu et al. eq. 14).
+
+    Padded positions are excluded by ``ignore_index`` (no boolean indexing, so nothing is read back from the
+    device). By default the sums are divided by this batch's N words and B captions; a distributed step
+    passes the global N and B so that the processes' losses add up to the whole batch's.
 
     Args:
         out: :class:`DecoderOutput` of ``decoder(annotations, captions, lengths)``.
@@ -237,16 +256,21 @@ def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 
         ds_lambda: λ of eq. 14 (1.0; the paper and the authors' code use 1, each with its own normalisation).
         label_smoothing: ε of label-smoothed cross-entropy (0: the paper's plain likelihood).
         ds_normalisation: how the penalty is scaled against the likelihood, see :func:`doubly_stochastic_penalty`.
+        words: N, the words the sums are divided by (default: this batch's, ``out.mask.sum()``).
+        num_captions: B of the penalty's normalisation (default: this batch's).
 
     Returns:
-        (loss, cross_entropy, penalty): scalars; cross-entropy is the mean over non-padded target words (nats
-        per word, without smoothing), the penalty is :func:`doubly_stochastic_penalty` (before λ).
+        (loss, cross_entropy, penalty): scalars; cross-entropy is the summed NLL of the non-padded target words
+        divided by N (nats per word, without smoothing), the penalty is :func:`doubly_stochastic_penalty`
+        (before λ).
     """
-    targets = captions[:, 1:]  # (B, T-1)
-    logits, gold = out.logits[out.mask], targets[out.mask]  # (n_words, V), (n_words,)
-    ce = F.cross_entropy(logits, gold)
-    fit = F.cross_entropy(logits, gold, label_smoothing=label_smoothing) if label_smoothing else ce
-    penalty = doubly_stochastic_penalty(out.alphas, out.mask.sum(), ds_normalisation)
+    words = out.mask.sum() if words is None else words
+    targets = captions[:, 1:].masked_fill(~out.mask, -100).reshape(-1)  # (B·(T-1),), -100 = padding
+    logits = out.logits.float().reshape(targets.size(0), -1)  # (B·(T-1), V)
+    ce = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / words
+    fit = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum",
+                          label_smoothing=label_smoothing) / words if label_smoothing else ce
+    penalty = doubly_stochastic_penalty(out.alphas, words, ds_normalisation, num_captions)
     return fit + ds_lambda * penalty, ce, penalty
 
 
@@ -257,7 +281,8 @@ def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 
 class MovingAverageBaseline:
     """The REINFORCE baseline of Xu et al. eq. 11: b_k = decay · b_{k-1} + (1 − decay) · r_k.
 
-    A plain Python float outside the autograd graph, so it never receives gradient.
+    b is a detached 0-d tensor on the rewards' device (a float before the first update), outside the autograd
+    graph, so it never receives gradient and updating it never waits for the device.
 
     Args:
         decay: 0.9 in the paper.
@@ -265,23 +290,27 @@ class MovingAverageBaseline:
     """
 
     def __init__(self, decay: float = 0.9, value: float = 0.0):
-        self.decay, self.value, self.steps = decay, float(value), 0
+        self.decay, self.value, self.steps = decay, value, 0
 
-    def update(self, reward: torch.Tensor) -> float:
-        """Fold in the mean reward of a minibatch (detached); returns the new b. The first call sets b = r."""
-        r = float(reward.detach().float().mean())
+    def update(self, reward: torch.Tensor) -> torch.Tensor:
+        """Fold in the mean of a minibatch's rewards (any shape; a 0-d tensor is taken as that mean, e.g. an
+        all-reduced one); returns the new b. The first call sets b = r."""
+        r = reward.detach().float().mean()
         self.value = r if self.steps == 0 else self.decay * self.value + (1 - self.decay) * r
         self.steps += 1
         return self.value
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "value": self.value, "steps": self.steps}
+        v = self.value.detach().cpu() if isinstance(self.value, torch.Tensor) else torch.tensor(float(self.value))
+        return {"decay": self.decay, "value": v, "steps": self.steps}
 
-    def load_state_dict(self, d: dict) -> None:
-        self.decay, self.value, self.steps = d["decay"], d["value"], d["steps"]
+    def load_state_dict(self, d: dict, device: Union[str, torch.device] = "cpu") -> None:
+        self.decay, self.steps = d["decay"], d["steps"]
+        self.value = torch.as_tensor(d["value"], dtype=torch.float32).to(device)
 
 
-def reinforce_surrogate(log_prob_sample: torch.Tensor, reward: torch.Tensor, baseline: float) -> torch.Tensor:
+def reinforce_surrogate(log_prob_sample: torch.Tensor, reward: torch.Tensor,
+                        baseline: Union[float, torch.Tensor]) -> torch.Tensor:
     """A surrogate whose gradient is the REINFORCE estimate (r − b) ∇ log p(s̃) (Xu et al. eq. 12).
 
     The reward is detached (no gradient flows through the sampled outcome or the baseline), so only
@@ -290,7 +319,7 @@ def reinforce_surrogate(log_prob_sample: torch.Tensor, reward: torch.Tensor, bas
     Args:
         log_prob_sample: (B,) log p(s̃ | a) of each sample, differentiable.
         reward: (B,) the sample's reward, e.g. log p(y | s̃, a).
-        baseline: the scalar b.
+        baseline: the scalar b (a float or a 0-d tensor).
 
     Returns:
         (B,) surrogate values, to be *maximised* (sum them into the objective).
@@ -298,9 +327,11 @@ def reinforce_surrogate(log_prob_sample: torch.Tensor, reward: torch.Tensor, bas
     return (reward.detach() - baseline) * log_prob_sample
 
 
-def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: float, reinforce_weight: float = 0.1,
-                        entropy_weight: float = 0.002, ds_lambda: float = 1.0, label_smoothing: float = 0.0,
-                        ds_normalisation: str = "mean"):
+def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: Union[float, torch.Tensor],
+                        reinforce_weight: float = 0.1, entropy_weight: float = 0.002, ds_lambda: float = 1.0,
+                        label_smoothing: float = 0.0, ds_normalisation: str = "mean",
+                        words: Optional[Union[torch.Tensor, int]] = None,
+                        num_captions: Optional[Union[torch.Tensor, int]] = None):
     """Negative of the Monte-Carlo objective of Xu et al. eq. 12 for a batch decoded with sampled locations.
 
     For each caption with sampled locations s̃ (``out.locations``), the objective is
@@ -327,6 +358,8 @@ def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: fl
         ds_lambda: λ of the doubly stochastic penalty (eq. 14).
         label_smoothing: ε of the likelihood term.
         ds_normalisation: see :func:`doubly_stochastic_penalty`.
+        words, num_captions: the N and B the sums are divided by (default: this batch's; a distributed step
+            passes the global ones, see :func:`caption_loss`).
 
     Returns:
         (loss, cross_entropy per word, penalty, reward (B,) detached).
@@ -337,17 +370,19 @@ def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: fl
     if out.locations is None:
         raise ValueError("hard_attention_loss needs a decoder output with sampled locations (hard=True)")
     mask = out.mask.float()  # (B, T-1)
-    logits, targets = out.logits.transpose(1, 2), captions[:, 1:]  # (B, V, T-1), (B, T-1)
+    logits, targets = out.logits.float().transpose(1, 2), captions[:, 1:]  # (B, V, T-1), (B, T-1)
     nll = F.cross_entropy(logits, targets, reduction="none") * mask  # (B, T-1)
     fit = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing) * mask \
         if label_smoothing else nll
-    words = mask.sum(1)  # (B,)
+    per_caption = mask.sum(1)  # (B,) words of each caption
+    words = per_caption.sum() if words is None else words
     log_lik = -nll.sum(1)  # (B,) log p(y | s̃, a)
-    reward = log_lik.detach() / words  # (B,) per-word log-likelihood, a constant for the gradient
-    log_p_s = (location_log_prob(out.alphas, out.locations.clamp_min(0)) * mask).sum(1)  # (B,) log p(s̃ | a)
-    entropy = (attention_entropy(out.alphas) * mask).sum(1)  # (B,) H[s̃]
+    reward = log_lik.detach() / per_caption  # (B,) per-word log-likelihood, a constant for the gradient
+    alphas = out.alphas.float()
+    log_p_s = (location_log_prob(alphas, out.locations.clamp_min(0)) * mask).sum(1)  # (B,) log p(s̃ | a)
+    entropy = (attention_entropy(alphas) * mask).sum(1)  # (B,) H[s̃]
     objective = -fit.sum() + reinforce_weight * reinforce_surrogate(log_p_s, reward, baseline).sum() \
         + entropy_weight * entropy.sum()
-    penalty = doubly_stochastic_penalty(out.alphas, words.sum(), ds_normalisation)
-    loss = -objective / words.sum() + ds_lambda * penalty
-    return loss, nll.sum() / words.sum(), penalty, reward
+    penalty = doubly_stochastic_penalty(alphas, words, ds_normalisation, num_captions)
+    loss = -objective / words + ds_lambda * penalty
+    return loss, nll.sum() / words, penalty, reward
