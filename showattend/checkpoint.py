@@ -8,11 +8,11 @@ A checkpoint is a dict of tensors and plain Python values, never a pickled modul
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "export_checkpoint"]
 
 FORMAT_VERSION = 1
 
@@ -44,12 +44,12 @@ def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
             os.remove(tmp)
 
 
-def load_checkpoint(path: str, kind: str, map_location: Any = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str, kind: Optional[str], map_location: Any = "cpu") -> Dict[str, Any]:
     """Load and validate a checkpoint with ``torch.load(weights_only=True)``.
 
     Args:
         path: checkpoint file.
-        kind: expected ``format`` field, e.g. ``"showattend-captioner"``.
+        kind: expected ``format`` field, e.g. ``"showattend-captioner"`` (None: any showattend checkpoint).
         map_location: passed to ``torch.load``.
 
     Returns:
@@ -67,9 +67,32 @@ def load_checkpoint(path: str, kind: str, map_location: Any = "cpu") -> Dict[str
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
     if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise CheckpointError(f"{path}: not a showattend checkpoint (no 'format' field)")
-    if ckpt["format"] != kind:
+    if kind is not None and ckpt["format"] != kind:
         raise CheckpointError(f"{path}: a {ckpt['format']!r} checkpoint, expected {kind!r}")
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('format_version')}, this showattend "
                               f"reads version {FORMAT_VERSION}")
     return ckpt
+
+
+#: what only resuming needs; an exported checkpoint drops it
+TRAINING_STATE = ("optimizer", "scheduler", "engine", "task_state", "rng", "baseline")
+
+
+def export_checkpoint(src: str, dst: str, half: bool = False) -> Dict[str, Any]:
+    """Write an inference-only copy of a training checkpoint of either application (captioner or translator):
+    without optimizer, scheduler and engine state, and with ``half`` the model's floating-point weights in
+    float16 (they load back into float32 models). Atomic.
+
+    Returns:
+        the written dict.
+
+    Raises:
+        CheckpointError: ``src`` is not a readable showattend checkpoint.
+    """
+    ckpt = load_checkpoint(src, None)
+    out = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+    if half:
+        out["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    save_checkpoint(dst, out)
+    return out

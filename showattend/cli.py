@@ -20,13 +20,21 @@ DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 
 
 def _field_docs(cls) -> dict:
-    """The entries of the ``Attributes:`` (or ``Args:``) section of a dataclass docstring: {field name: text}.
+    """The entries of the ``Attributes:`` (or ``Args:``) sections of a dataclass's docstring and its bases':
+    {field name: text} (a subclass's entry wins).
 
     An entry is ``name: text`` or ``name_a, name_b: text`` (one text for several fields); lines indented deeper
     than the entry continue its text. Sphinx markup is reduced to plain text for ``--help``.
     """
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        docs.update(_docstring_entries(klass.__doc__ if klass.__dict__.get("__doc__") else ""))
+    return docs
+
+
+def _docstring_entries(doc: str) -> dict:
     docs, names, section, indent = {}, [], None, 0
-    for ln in (cls.__doc__ or "").splitlines():
+    for ln in (doc or "").splitlines():
         depth, text = len(ln) - len(ln.lstrip()), ln.strip()
         head, _, rest = text.partition(":")
         if text in ("Attributes:", "Args:"):
@@ -144,15 +152,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .captioning.model import Captioner
-    from .checkpoint import load_checkpoint
+    from .checkpoint import export_checkpoint
 
-    cap = Captioner.from_checkpoint(args.checkpoint, device="cpu")
-    src = load_checkpoint(args.checkpoint, "showattend-captioner")
-    keep = {k: src[k] for k in ("train_config", "epoch", "best_score", "history") if k in src}
-    cap.save(args.output, half=args.half, **keep)
+    out = export_checkpoint(args.checkpoint, args.output, half=args.half)
     size = os.path.getsize(args.output) / 2 ** 20
-    print(f"wrote {args.output} ({size:.1f} MiB{', fp16 weights' if args.half else ''})")
+    print(f"wrote {args.output} ({out['format']}, {size:.1f} MiB{', fp16 weights' if args.half else ''})")
     return 0
 
 
@@ -206,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show, Attend and Tell (Xu et al. 2015): train captioners with visual attention, caption "
                     "images, draw attention maps, evaluate with the coco-caption metrics; translate text with "
                     "Bahdanau or Luong attention on the same attention core.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"showattend {__version__}")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -231,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
     c.set_defaults(func=cmd_cache)
 
-    x = sub.add_parser("export", help="write an inference-only captioner checkpoint (optionally fp16)",
+    x = sub.add_parser("export", help="write an inference-only checkpoint, captioner or translator (optionally fp16)",
                        description="Drop the optimizer and scheduler state from a training checkpoint and, with "
                                    "--half, store the weights as float16 (they load back as float32).")
     x.add_argument("checkpoint", help="training checkpoint (best.pt or last.pt)")

@@ -2,20 +2,33 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 
-__all__ = ["resolve_device", "atomic_write_text", "save_figure", "append_metrics"]
+__all__ = ["resolve_device", "atomic_write_text", "save_figure", "write_metrics", "plot_curves"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
+    """"auto" -> cuda when available, else cpu; "cpu", "cuda" or "cuda:N" otherwise.
+
+    Raises:
+        ValueError: another device string, or cuda asked for where torch sees no CUDA device.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA device here (use --device cpu or auto)")
+    return dev
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -40,14 +53,40 @@ def save_figure(fig, path: str, dpi: int = 100) -> str:
     return path
 
 
-def append_metrics(out_dir: str, row: Dict) -> None:
-    """Append one epoch's row to ``out_dir/metrics.jsonl`` and ``out_dir/metrics.csv``."""
-    with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-    csv_path = os.path.join(out_dir, "metrics.csv")
-    new = not os.path.exists(csv_path)
-    with open(csv_path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+def write_metrics(out_dir: str, history: List[Dict]) -> None:
+    """Write the epoch rows to ``out_dir/metrics.jsonl`` and ``out_dir/metrics.csv`` (whole files, atomically,
+    so they always agree with the checkpoint that holds the same history)."""
+    atomic_write_text(os.path.join(out_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+    names = list(dict.fromkeys(k for r in history for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=names)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(os.path.join(out_dir, "metrics.csv"), buf.getvalue())
+
+
+def plot_curves(history: List[Dict], loss_key: str, score_key: str, path: str) -> Optional[str]:
+    """Training loss and validation score per epoch, the best epoch marked; returns ``path`` (None if empty)."""
+    rows = [h for h in history if loss_key in h and score_key in h]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in rows]
+    best = max(rows, key=lambda h: h[score_key])
+    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    ax1.plot(ep, [h[loss_key] for h in rows], "o-", color="tab:blue")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel(loss_key.replace("_", " "), color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(ep, [h[score_key] for h in rows], "s-", color="tab:red")
+    ax2.plot([best["epoch"]], [best[score_key]], "*", color="gold", markersize=16, markeredgecolor="black",
+             label=f"best: epoch {best['epoch']}, {best[score_key]:g}")
+    ax1.axvline(best["epoch"], color="grey", linestyle=":", linewidth=1)
+    ax2.set_ylabel(score_key.replace("_", " "), color="tab:red")
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -96,7 +96,7 @@ def test_hard_attention_model_trains_reloads_and_captions(dataset, tmp_path, cap
                  "--ds-normalisation", "eq14"]) == 0
     ckpt = tmp_path / "hard" / "best.pt"
     last = __import__("torch").load(tmp_path / "hard" / "last.pt", weights_only=True)
-    assert last["config"]["attention"] == "hard" and last["baseline"]["steps"] > 0
+    assert last["config"]["attention"] == "hard" and last["task_state"]["baseline"]["steps"] > 0
     assert last["train_config"]["ds_normalisation"] == "eq14"
     capsys.readouterr()
     image = str(dataset / "images" / "0.jpg")

@@ -183,6 +183,10 @@ class FeatureStore:
         """(L, D) float32 annotation vectors of one image."""
         return torch.from_numpy(np.asarray(self.array[self.row[key]], dtype=np.float32))
 
+    def get_half(self, key: str) -> torch.Tensor:
+        """(L, D) float16 annotation vectors of one image, as stored (a copy of the mapped row)."""
+        return torch.from_numpy(np.array(self.array[self.row[key]], dtype=np.float16))
+
 
 class _ImageFiles(Dataset):
     def __init__(self, folder: str, keys: Sequence[str], size: int):
@@ -285,13 +289,16 @@ class CaptionDataset(Dataset):
         store: the feature cache.
         vocab: vocabulary.
         max_len: captions longer than this many words are truncated.
+        half: return the annotation vectors as stored, float16 (training casts them on the device), instead
+            of float32.
     """
 
-    def __init__(self, records: Sequence[CaptionRecord], store: FeatureStore, vocab: Vocab, max_len: int = 40):
+    def __init__(self, records: Sequence[CaptionRecord], store: FeatureStore, vocab: Vocab, max_len: int = 40,
+                 half: bool = False):
         missing = [r.key for r in records if r.key not in store]
         if missing:
             raise KeyError(f"{len(missing)} images are not in the feature cache, e.g. {missing[:3]}")
-        self.store = store
+        self.store, self.half = store, half
         self.items: List[Tuple[str, List[int]]] = [
             (r.key, vocab.encode(tokens[:max_len])) for r in records for tokens in r.tokens if tokens
         ]
@@ -301,14 +308,15 @@ class CaptionDataset(Dataset):
 
     def __getitem__(self, i):
         key, ids = self.items[i]
-        return self.store.get(key), torch.tensor(ids, dtype=torch.long)
+        feats = self.store.get_half(key) if self.half else self.store.get(key)
+        return feats, torch.tensor(ids, dtype=torch.long)
 
 
 def collate_captions(batch, pad: int = 0):
     """Stack features and pad captions, sorted by caption length (longest first).
 
     Returns:
-        annotations (B, L, D) float32, captions (B, T) long padded with ``pad``, lengths (B,) long
+        annotations (B, L, D) (the items' dtype), captions (B, T) long padded with ``pad``, lengths (B,) long
         (including ``<start>`` and ``<end>``).
     """
     batch = sorted(batch, key=lambda x: len(x[1]), reverse=True)

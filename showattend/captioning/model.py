@@ -67,6 +67,10 @@ class ModelConfig:
     def __post_init__(self):
         if self.attention not in ("soft", "hard"):
             raise ValueError(f"attention must be 'soft' or 'hard', got {self.attention!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"--encoder {self.encoder!r}: choose one of {', '.join(sorted(ENCODERS))}")
+        if self.score not in ("additive", "general", "dot"):
+            raise ValueError(f"--score {self.score!r}: choose additive, general or dot")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -1,26 +1,25 @@
-"""Training a captioner: teacher forcing, Adam, gradient clipping, early stopping on validation BLEU-4.
+"""Training a captioner: the captioning :class:`~showattend.training.Task` of the one training engine.
 
-Validation decodes the validation images free-running (beam search, as at test time, never teacher-forced
-argmax) and scores them with coco-caption BLEU-4. Every epoch appends a row to ``metrics.jsonl`` and
-``metrics.csv`` and redraws ``curves.png`` in the run folder; ``last.pt`` (everything needed to resume) and
-``best.pt`` (the best model by validation BLEU-4) are written atomically.
+What is captioning's own lives here: the data (Karpathy or COCO records, the feature cache, caption batches
+sorted by length), the loss of a batch (teacher forcing with the doubly stochastic penalty, or the hard-attention
+objective of eq. 12 with its REINFORCE baseline), the validation score (BLEU-4 of free-running beam-search
+captions of the validation images, never teacher-forced argmax) and the checkpoint payload. The loop, devices,
+precision, DDP, resume, budgets and logs are :mod:`showattend.training`'s.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
-import time
-from dataclasses import asdict, dataclass, fields
-from typing import Dict, List, Optional
+from dataclasses import dataclass, fields
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint
 from ..metrics import bleu4
-from ..runs import append_metrics, resolve_device, save_figure
+from ..training import PRECISIONS, EngineConfig, StepContext, Task, Trainer, resolve_precision, setup_distributed
 from ..vocab import Vocab
 from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
                    load_karpathy)
@@ -28,25 +27,20 @@ from .decoder import DS_NORMALISATIONS, MovingAverageBaseline, caption_loss, har
 from .encoders import Encoder
 from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder
 
-__all__ = ["TrainConfig", "load_records", "prepare_cache", "train", "evaluate_split"]
+__all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "load_records", "prepare_cache", "train", "evaluate_split"]
 
 
 @dataclass
-class TrainConfig:
-    """Training settings (stored in the checkpoint; every field is a ``showattend train --field`` option).
+class TrainConfig(EngineConfig):
+    """Training settings of a captioner (stored in the checkpoint; every field is a ``showattend train --field``
+    option). The engine's settings (epochs, batch size, learning rate, device, precision, ...) are
+    :class:`~showattend.training.EngineConfig`'s.
 
     Attributes:
         data: Karpathy JSON (``dataset_flickr8k.json`` ...) or an official COCO ``captions_*.json``.
         images: image folder the JSON's file names are relative to.
         karpathy_split: for a COCO annotation file, the ``dataset_coco.json`` that assigns splits.
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
-        out_dir: run folder: checkpoints, metrics, curves.
-        epochs: maximum epochs.
-        batch_size: captions per batch.
-        lr: Adam learning rate.
-        lr_decay: learning rate factor after an epoch without a new best validation BLEU-4.
-        weight_decay: Adam L2 penalty.
-        grad_clip: gradient norm clip (0: off).
         ds_lambda: λ of the doubly stochastic regularization (eq. 14).
         ds_normalisation: how that penalty P is scaled against the per-word cross-entropy, with the deficit
             d_bi = (1 − Σ_t α_bti)² summed over B captions and L locations, and N predicted words: "mean",
@@ -57,21 +51,15 @@ class TrainConfig:
             the likelihood term of hard attention too.
         min_count: minimum training-split frequency of a vocabulary word.
         max_caption_len: training captions are cut to this many words.
-        patience: epochs without a new best validation BLEU-4 before stopping.
         val_beam_size: beam size of the validation decoding.
         val_max_len: maximum caption length when decoding.
         val_images: validate on the first N validation images (0: all).
-        max_steps: stop an epoch after this many batches (0: whole epoch; for smoke tests).
         hard_samples: Monte-Carlo location samples per caption for hard attention (N of Xu et al. eq. 12).
         reinforce_weight: λ_r, weight of the REINFORCE term of eq. 12 (0.1, the authors' code).
         entropy_weight: λ_e, weight of the entropy bonus of eq. 12 (0.002, the authors' code).
         expected_context_prob: probability per minibatch of training a hard model on the expected context
             (soft attention) instead of a sample (§4.1; 0.5, the authors' code).
         baseline_decay: decay of the moving-average baseline of eq. 11 (0.9).
-        seed: random seed.
-        device: "auto", "cpu" or "cuda".
-        num_workers: DataLoader workers.
-        progress: tqdm progress bars.
     """
 
     data: str = "../shared/data/flickr8k/dataset_flickr8k.json"
@@ -79,36 +67,44 @@ class TrainConfig:
     karpathy_split: str = ""
     cache_dir: str = "runs/cache"
     out_dir: str = "runs/captioner"
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 4e-4
-    lr_decay: float = 0.5
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
     ds_lambda: float = 1.0
     ds_normalisation: str = "mean"
     label_smoothing: float = 0.0
     min_count: int = 5
     max_caption_len: int = 40
-    patience: int = 3
     val_beam_size: int = 3
     val_max_len: int = 20
     val_images: int = 0
-    max_steps: int = 0
     hard_samples: int = 1
     reinforce_weight: float = 0.1
     entropy_weight: float = 0.002
     expected_context_prob: float = 0.5
     baseline_decay: float = 0.9
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    progress: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> None:
+        """Check every setting before any long work (a feature cache can take half an hour).
+
+        Raises:
+            ValueError: the first bad setting, named as its option.
+        """
+        if self.ds_normalisation not in DS_NORMALISATIONS:
+            raise ValueError(f"--ds-normalisation {self.ds_normalisation!r}: choose one of "
+                             f"{', '.join(DS_NORMALISATIONS)}")
+        for name in ("epochs", "batch_size", "hard_samples", "val_beam_size", "val_max_len", "max_caption_len",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.expected_context_prob <= 1.0:
+            raise ValueError(f"--expected-context-prob must be in [0, 1], got {self.expected_context_prob}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
 
 
 def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
@@ -163,43 +159,137 @@ def evaluate_split(captioner: Captioner, store: FeatureStore, records: List[Capt
     return out
 
 
-def _plot(history: List[Dict], path: str) -> None:
-    import matplotlib
+class CaptionBatch(NamedTuple):
+    """A training batch, sorted by decreasing caption length.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Attributes:
+        features: (B, L, D) float16 annotation vectors (cast to float32 on the device).
+        captions: (B, T) long, padded.
+        lengths: B ints, tokens per caption with ``<start>`` and ``<end>`` (host side: the decoder shrinks the
+            batch with them without reading the device).
+        rows: (B,) long, each caption's position in the global batch (it picks the caption's hard-attention
+            uniforms, so a caption samples the same locations in whichever process holds it).
+    """
 
-    ep = [h["epoch"] for h in history]
-    fig, ax1 = plt.subplots(figsize=(6, 3.5))
-    ax1.plot(ep, [h["train_ce"] for h in history], "o-", color="tab:blue", label="train cross-entropy")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("cross-entropy (nats/word)", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(ep, [h["val_bleu4"] for h in history], "s-", color="tab:red", label="val BLEU-4")
-    ax2.set_ylabel("validation BLEU-4", color="tab:red")
-    fig.tight_layout()
-    save_figure(fig, path)
+    features: torch.Tensor
+    captions: torch.Tensor
+    lengths: List[int]
+    rows: torch.Tensor
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+class CaptionTask(Task):
+    """Captioning for the engine: caption batches from the feature cache, soft or hard attention losses,
+    validation BLEU-4 by beam search.
+
+    Args:
+        model_cfg: architecture; cfg: training settings.
+        train_records, val_records: the two splits.
+        store: the feature cache; vocab: the vocabulary; device: where the decoder trains.
+    """
+
+    kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_ce", "val_bleu4", "captions"
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
+                 val_records: List[CaptionRecord], store: FeatureStore, vocab: Vocab, device: torch.device):
+        self.cfg, self.model_cfg, self.vocab, self.store, self.val_records = cfg, model_cfg, vocab, store, val_records
+        self.model = build_decoder(model_cfg, len(vocab))
+        self.captioner = Captioner(self.model, vocab, model_cfg, device=device)
+        self.dataset = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True)
+        self.baseline = MovingAverageBaseline(cfg.baseline_decay)
+        self.hard = model_cfg.attention == "hard"
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+
+    def epoch_batches(self, epoch: int) -> List[List[int]]:
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)).tolist()
+        b = self.cfg.batch_size
+        return [order[i:i + b] for i in range(0, len(order), b)]
+
+    def words(self, index: int) -> int:
+        return len(self.dataset.items[index][1]) - 1  # predicted tokens: the words and <end>
+
+    def collate(self, items, rows) -> CaptionBatch:
+        order = sorted(range(len(items)), key=lambda k: len(items[k][1]), reverse=True)
+        feats, caps, lengths = collate_captions([items[k] for k in order])
+        return CaptionBatch(feats, caps, lengths.tolist(), torch.tensor([rows[k] for k in order]))
+
+    def loss(self, model, batch: CaptionBatch, ctx: StepContext):
+        cfg = self.cfg
+        feats, caps, lengths = batch.features.float(), batch.captions, batch.lengths
+        coin = random.Random(_step_seed(cfg.seed, ctx.step)).random()  # the same on every process
+        if not (self.hard and coin >= cfg.expected_context_prob):  # soft, or a hard model's expected context
+            out = model(feats, caps, lengths)
+            loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation,
+                                        words=ctx.words, num_captions=ctx.items)
+            return loss, {"ce": ce * ctx.words, "ds": ds, "words": torch.full((), ctx.words / ctx.world,
+                                                                              device=ce.device)}
+        # stochastic hard attention: N sampled location sequences per caption (eq. 12)
+        n = cfg.hard_samples
+        rows = batch.rows
+        if n > 1:
+            feats, caps = feats.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
+            lengths = [x for x in lengths for _ in range(n)]
+            rows = (rows * n).repeat_interleave(n) + torch.arange(n, device=rows.device).repeat(len(batch.lengths))
+        g = torch.Generator(device=feats.device)
+        g.manual_seed(_step_seed(cfg.seed, ctx.step))
+        uniforms = torch.rand(ctx.items * n, cfg.max_caption_len + 1, generator=g, device=feats.device)[rows]
+        out = model(feats, caps, lengths, hard=True, uniforms=uniforms)
+        words, items = ctx.words * n, ctx.items * n
+        loss, ce, ds, reward = hard_attention_loss(out, caps, self.baseline.value, cfg.reinforce_weight,
+                                                   cfg.entropy_weight, cfg.ds_lambda, cfg.label_smoothing,
+                                                   cfg.ds_normalisation, words=words, num_captions=items)
+        total = reward.sum()
+        if ctx.world > 1:
+            dist.all_reduce(total)  # the same baseline on every process
+        self.baseline.update(total / items)  # after the step's gradient used the old b (eq. 11)
+        return loss, {"ce": ce * words, "ds": ds, "words": torch.full((), words / ctx.world, device=ce.device)}
+
+    def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
+        return {"train_ce": sums["ce"] / max(sums["words"], 1e-9), "train_ds": sums["ds"] / max(steps, 1),
+                "train_loss": sums["loss"] / max(steps, 1)}
+
+    def validate(self) -> float:
+        results = evaluate_split(self.captioner, self.store, self.val_records, self.cfg.val_beam_size,
+                                 self.cfg.val_max_len)
+        return bleu4({r.key: r.tokens for r in self.val_records}, {k: r.words for k, r in results.items()})
+
+    def payload(self) -> dict:
+        return self.captioner.state()
+
+    def state_dict(self) -> dict:
+        return {"baseline": self.baseline.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("baseline"):
+            self.baseline.load_state_dict(state["baseline"], self.captioner.device)
+
+    def compile(self) -> None:
+        self.model.recurrence = torch.compile(self.model.recurrence, dynamic=True)
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str:
-    """Train a captioner; returns the path of ``best.pt``.
+    """Train a captioner with the engine; returns the path of ``best.pt``.
+
+    Under ``torchrun`` every process runs this; rank 0 builds a missing feature cache while the others wait.
 
     Args:
-        model_cfg: architecture.
+        model_cfg: architecture (taken from the checkpoint when resuming).
         cfg: training settings.
-        resume: continue from ``out_dir/last.pt`` (model, optimizer, scheduler, epoch, RNG, history).
+        resume: continue from ``out_dir/last.pt`` exactly where it was saved.
 
     Raises:
-        FileNotFoundError: missing data or, with ``resume``, no ``last.pt``.
-        ValueError: unknown ``ds_normalisation``.
+        FileNotFoundError: missing data; CheckpointError: ``resume`` without a usable ``last.pt``.
+        ValueError: a bad setting (checked before any long work).
     """
-    from tqdm import tqdm
-
-    if cfg.ds_normalisation not in DS_NORMALISATIONS:
-        raise ValueError(f"--ds-normalisation {cfg.ds_normalisation!r}: choose one of {', '.join(DS_NORMALISATIONS)}")
-
-    device = resolve_device(cfg.device)
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    cfg.validate()
+    dist_info, device = setup_distributed(cfg.device)
+    resolve_precision(cfg.precision, device)
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"), CHECKPOINT_KIND) if resume else None
+    if ckpt is not None:
+        model_cfg = ModelConfig.from_dict(ckpt["config"])
     _seed_all(cfg.seed)
     records = load_records(cfg)
     train_recs = [r for r in records if r.split == "train"]
@@ -208,94 +298,20 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
         val_recs = val_recs[: cfg.val_images]
     if not train_recs or not val_recs:
         raise ValueError(f"{cfg.data}: needs train and val images, found {len(train_recs)} and {len(val_recs)}")
-    store = prepare_cache(cfg, model_cfg, records, device)
-
-    last_path, best_path = os.path.join(cfg.out_dir, "last.pt"), os.path.join(cfg.out_dir, "best.pt")
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(last_path, CHECKPOINT_KIND)
-        model_cfg = ModelConfig.from_dict(ckpt["config"])
-        vocab = Vocab(ckpt["vocab"])
-    else:
-        vocab = Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
-    decoder = build_decoder(model_cfg, len(vocab)).to(device)
-    optimizer = torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad], lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.lr_decay, patience=0)
-    start_epoch, best, history, bad_epochs = 1, -1.0, [], 0
-    baseline = MovingAverageBaseline(cfg.baseline_decay)
-    hard = model_cfg.attention == "hard"
+    if dist_info.main:
+        store = prepare_cache(cfg, model_cfg, records, device)
+    if dist_info.world > 1:
+        dist.barrier()
+    if not dist_info.main:
+        store = prepare_cache(cfg, model_cfg, records, device)
+    vocab = Vocab(ckpt["vocab"]) if ckpt is not None else \
+        Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
+    task = CaptionTask(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
     if ckpt is not None:
-        decoder.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["history"]
-        bad_epochs = ckpt["bad_epochs"]
-        if ckpt.get("baseline"):
-            baseline.load_state_dict(ckpt["baseline"])
-        torch.set_rng_state(ckpt["rng"])
-    captioner = Captioner(decoder, vocab, model_cfg, device=device)
-
-    dataset = CaptionDataset(train_recs, store, vocab, cfg.max_caption_len)
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_captions,
-                        num_workers=cfg.num_workers, generator=generator, drop_last=False)
-    val_refs = {r.key: r.tokens for r in val_recs}
-    print(f"train: {len(train_recs)} images, {len(dataset)} captions; val: {len(val_recs)} images; "
-          f"vocabulary {len(vocab)} words (min count {cfg.min_count}, train split); device {device}", flush=True)
-
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if bad_epochs >= cfg.patience:
-            break
-        decoder.train()
-        t0, n_words, sum_ce, sum_ds, n_batches = time.time(), 0, 0.0, 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
-        for feats, caps, lengths in bar:
-            feats, caps = feats.to(device), caps.to(device)
-            if hard and float(torch.rand(())) >= cfg.expected_context_prob:
-                # stochastic hard attention: N sampled location sequences per caption (eq. 12)
-                n = cfg.hard_samples
-                feats_n, caps_n = feats.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
-                out = decoder(feats_n, caps_n, lengths.repeat_interleave(n, 0), hard=True)
-                loss, ce, ds, reward = hard_attention_loss(out, caps_n, baseline.value, cfg.reinforce_weight,
-                                                           cfg.entropy_weight, cfg.ds_lambda,
-                                                           cfg.label_smoothing, cfg.ds_normalisation)
-                baseline.update(reward)  # after the step's gradient used the old b (eq. 11)
-            else:  # soft attention, or a hard model's expected-context minibatch
-                out = decoder(feats, caps, lengths)
-                loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
-            optimizer.step()
-            words = int(out.mask.sum())
-            n_words, n_batches = n_words + words, n_batches + 1
-            sum_ce, sum_ds = sum_ce + float(ce.detach()) * words, sum_ds + float(ds.detach())
-            bar.set_postfix(ce=f"{sum_ce / n_words:.3f}", ds=f"{sum_ds / n_batches:.3f}")
-            if cfg.max_steps and n_batches >= cfg.max_steps:
-                break
-        train_time = time.time() - t0
-        t1 = time.time()
-        results = evaluate_split(captioner, store, val_recs, cfg.val_beam_size, cfg.val_max_len)
-        val_bleu = bleu4(val_refs, {k: r.words for k, r in results.items()})
-        improved = val_bleu > best
-        best, bad_epochs = (val_bleu, 0) if improved else (best, bad_epochs + 1)
-        scheduler.step(val_bleu)
-        row = {"epoch": epoch, "train_ce": round(sum_ce / max(n_words, 1), 4),
-               "train_ds": round(sum_ds / max(n_batches, 1), 4), "val_bleu4": round(val_bleu, 2),
-               "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_time, 1),
-               "val_s": round(time.time() - t1, 1), "captions_per_s": round(len(dataset) / train_time, 1)
-               if not cfg.max_steps else None}
-        history.append(row)
-        append_metrics(cfg.out_dir, row)
-        _plot(history, os.path.join(cfg.out_dir, "curves.png"))
-        print(json.dumps(row) + ("  (best)" if improved else ""), flush=True)
-        meta = {"train_config": asdict(cfg), "epoch": epoch, "best_score": best, "history": history,
-                "bad_epochs": bad_epochs}
-        if improved:
-            captioner.save(best_path, **meta)
-        save_checkpoint(last_path, {**captioner.state(), **meta, "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                                    "baseline": baseline.state_dict()})
-    return best_path
+        task.model.load_state_dict(ckpt["model"])
+    if dist_info.main:
+        print(f"train: {len(train_recs)} images, {len(task.dataset)} captions; val: {len(val_recs)} images; "
+              f"vocabulary {len(vocab)} words (min count {cfg.min_count}, train split); device {device}"
+              f"{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
+              f"{resolve_precision(cfg.precision, device) or 'fp32'}", flush=True)
+    return Trainer(task, cfg, dist_info, device, ckpt).fit()

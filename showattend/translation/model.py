@@ -95,17 +95,19 @@ class BiLSTMEncoder(nn.Module):
 
         Args:
             src: (B, S) source ids, padded with 0.
-            lengths: (B,) true lengths (>= 1).
+            lengths: (B,) true lengths (>= 1): B ints, or a tensor (the packed LSTM reads them on the host).
 
         Returns:
-            memory (B, S, 2H) per-token outputs (0 at padding), mask (B, S) bool (True = real token),
+            memory (B, S, 2H) per-token outputs (0 at padding), mask (B, S) bool (True = real token, i.e. not
+            the padding id, so the mask is made on the device),
             final (B, 2H): [last forward state; first backward state] of the top layer.
         """
         emb = self.dropout(self.embedding(src))  # (B, S, E)
-        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        lengths = torch.as_tensor(lengths, device="cpu") if isinstance(lengths, (list, tuple)) else lengths.cpu()
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
         out, (h_n, _) = self.rnn(packed)
         memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, S, 2H)
-        mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.to(src.device).unsqueeze(1)
+        mask = src != PAD_ID
         final = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # (B, 2H)
         return self.dropout(memory), mask, final
 

@@ -6,31 +6,34 @@ with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
-from ..runs import append_metrics, atomic_write_text, resolve_device
+from ..runs import atomic_write_text, resolve_device
+from ..training import PRECISIONS, EngineConfig, StepContext, Task, Trainer, resolve_precision, setup_distributed
 from ..search import Hypothesis
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
 from .model import Translator, TranslatorConfig
 from .tokenizer import PAD_ID, SubwordTokenizer
 
-__all__ = ["TranslationTrainConfig", "TranslatorBundle", "train_translator", "evaluate_translator", "CHECKPOINT_KIND"]
+__all__ = ["TranslationTrainConfig", "TranslatorBundle", "TranslationBatch", "TranslationTask", "train_translator",
+           "evaluate_translator", "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "showattend-translator"
 
 
 @dataclass
-class TranslationTrainConfig:
-    """Training settings of ``showattend translate train`` (each is a ``--field`` option).
+class TranslationTrainConfig(EngineConfig):
+    """Training settings of ``showattend translate train`` (each is a ``--field`` option). The engine's settings
+    (epochs, batch size, learning rate, budget, device, precision, ...) are
+    :class:`~showattend.training.EngineConfig`'s.
 
     Attributes:
         data: folder with ``{train,val,test_2016_flickr}.{lang}[.gz]`` files.
@@ -38,24 +41,11 @@ class TranslationTrainConfig:
         tgt: target language code.
         train_split: split the model and the subword vocabularies are trained on.
         val_split: split whose BLEU selects ``best.pt`` and drives early stopping.
-        out_dir: run folder (checkpoints, metrics).
         vocab_size: sentencepiece vocabulary size per language.
         max_len: subword tokens kept per training sentence.
-        epochs: maximum epochs.
-        batch_size: sentence pairs per batch.
-        lr: Adam learning rate.
-        lr_decay: learning rate factor after an epoch without a new best validation BLEU.
-        grad_clip: gradient norm clip.
         label_smoothing: label smoothing of the cross-entropy.
-        patience: epochs without a new best validation BLEU before stopping.
-        max_minutes: wall-time budget in minutes (0: none), counted over all epochs including those before a
-            ``--resume`` and the part of an epoch lost to an interruption; no epoch starts when the time spent
-            plus the last epoch's time would exceed it.
         val_beam_size: beam size of the validation decoding.
         length_penalty: p of score / length^p when decoding.
-        seed: random seed.
-        device: "auto", "cpu" or "cuda".
-        progress: tqdm progress bars.
     """
 
     data: str = "../shared/data/multi30k"
@@ -67,18 +57,25 @@ class TranslationTrainConfig:
     vocab_size: int = 8000
     max_len: int = 100
     epochs: int = 20
-    batch_size: int = 64
     lr: float = 1e-3
-    lr_decay: float = 0.5
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
-    patience: int = 3
-    max_minutes: float = 0.0
     val_beam_size: int = 1
     length_penalty: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
+
+    def validate(self) -> None:
+        """Check the settings before any long work.
+
+        Raises:
+            ValueError: the first bad setting, named as its option.
+        """
+        for name in ("epochs", "batch_size", "vocab_size", "max_len", "val_beam_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 class TranslatorBundle:
@@ -173,141 +170,111 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> Dict:
             "chrF_signature": str(chrf.get_signature())}
 
 
-class _Heartbeat:
-    """``out_dir/running.json`` while an epoch runs: when it started and when it was last seen alive (rewritten
-    atomically at most once a minute), so that a ``--resume`` can count the time an interruption threw away."""
+class TranslationBatch(NamedTuple):
+    """A training batch of sentence pairs.
 
-    FILE = "running.json"
+    Attributes:
+        src: (B, S) source ids, padded; src_lengths: B ints (host side, for the packed encoder);
+        tgt_in: (B, T) ``<s> y_1 .. y_n``; tgt_out: (B, T) ``y_1 .. y_n </s>``, padded with 0.
+    """
 
-    def __init__(self, out_dir: str, epoch: int, lost_s: float, every_s: float = 60.0):
-        self.path, self.every_s = os.path.join(out_dir, self.FILE), every_s
-        self.state = {"epoch": epoch, "started": time.time(), "last_seen": 0.0, "lost_s": lost_s}
-        self()
-
-    def __call__(self) -> None:
-        now = time.time()
-        if now - self.state["last_seen"] >= self.every_s:
-            self.state["last_seen"] = now
-            atomic_write_text(self.path, json.dumps(self.state))
-
-    def done(self) -> None:
-        """The epoch's checkpoint is written: nothing is lost any more."""
-        if os.path.exists(self.path):
-            os.remove(self.path)
+    src: torch.Tensor
+    src_lengths: List[int]
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
 
 
-def _lost_seconds(out_dir: str, ckpt: Optional[Dict], start: int) -> float:
-    """Seconds of interrupted epochs before this (re)start: the checkpoint's count, or, when ``running.json``
-    shows that epoch ``start`` was under way and died, that file's count plus the part of the epoch it saw."""
-    lost = float(ckpt.get("lost_s", 0.0)) if ckpt is not None else 0.0
-    path = os.path.join(out_dir, _Heartbeat.FILE)
-    if ckpt is None or not os.path.exists(path):
-        return lost
-    try:
-        with open(path, encoding="utf-8") as f:
-            beat = json.load(f)
-        if int(beat["epoch"]) == start:
-            lost = max(lost, float(beat["lost_s"]) + float(beat["last_seen"]) - float(beat["started"]))
-    except (ValueError, KeyError, TypeError) as e:
-        print(f"ignoring unreadable {path} ({e})", flush=True)
-    return lost
+class TranslationTask(Task):
+    """Translation for the engine: length-bucketed batches, label-smoothed cross-entropy per target subword,
+    validation sacreBLEU by decoding.
+
+    Args:
+        bundle: the :class:`TranslatorBundle` being trained; cfg: training settings;
+        pairs: training subword id pairs; val_src, val_tgt: validation sentences.
+    """
+
+    kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_loss", "val_bleu", "sentences"
+
+    def __init__(self, bundle: TranslatorBundle, cfg: TranslationTrainConfig, pairs, val_src: List[str],
+                 val_tgt: List[str]):
+        self.bundle, self.cfg, self.val_src, self.val_tgt = bundle, cfg, val_src, val_tgt
+        self.model, self.dataset = bundle.model, pairs
+        self._lengths = [len(s) for s, _ in pairs]
+
+    def epoch_batches(self, epoch: int) -> List[List[int]]:
+        return list(bucket_batches(self._lengths, self.cfg.batch_size, random.Random(self.cfg.seed * 1000 + epoch)))
+
+    def words(self, index: int) -> int:
+        return len(self.dataset[index][1]) + 1  # the subwords and </s>
+
+    def collate(self, items, rows) -> TranslationBatch:
+        src, src_len = pad_batch([s for s, _ in items])
+        tgt_in, _ = pad_batch([t for _, t in items], bos=True)
+        tgt_out, _ = pad_batch([t for _, t in items], eos=True)
+        return TranslationBatch(src, src_len.tolist(), tgt_in, tgt_out)
+
+    def loss(self, model, batch: TranslationBatch, ctx: StepContext):
+        logits, _ = model(batch.src, batch.src_lengths, batch.tgt_in)
+        total = F.cross_entropy(logits.float().transpose(1, 2), batch.tgt_out, ignore_index=PAD_ID,
+                                label_smoothing=self.cfg.label_smoothing, reduction="sum")
+        return total / ctx.words, {"sum": total.detach(),
+                                   "words": torch.full((), ctx.words / ctx.world, device=total.device)}
+
+    def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
+        return {"train_loss": sums["sum"] / max(sums["words"], 1e-9)}
+
+    def validate(self) -> float:
+        hyps = [r["text"] for r in self.bundle.translate(self.val_src, beam_size=self.cfg.val_beam_size,
+                                                         length_penalty=self.cfg.length_penalty)]
+        return corpus_scores(hyps, self.val_tgt)["BLEU"]
+
+    def payload(self) -> dict:
+        return self.bundle.state()
+
+    def compile(self) -> None:
+        self.model.decoder.step = torch.compile(self.model.decoder.step, dynamic=True)
 
 
 def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, resume: bool = False) -> str:
-    """Train a translator with teacher forcing; early stopping on validation sacreBLEU. Returns ``best.pt``.
+    """Train a translator with teacher forcing through the engine; early stopping on validation sacreBLEU.
+
+    Returns:
+        the path of ``best.pt``.
 
     Raises:
-        FileNotFoundError: missing data files; CheckpointError: ``resume`` without a usable ``last.pt``.
+        FileNotFoundError: missing data files; CheckpointError: ``resume`` without a usable ``last.pt``;
+        ValueError: a bad setting (checked before any long work).
     """
-    from tqdm import tqdm
-
-    device = resolve_device(cfg.device)
+    cfg.validate()
+    dist_info, device = setup_distributed(cfg.device)
+    resolve_precision(cfg.precision, device)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out_dir, exist_ok=True)
     tr_src, tr_tgt = read_parallel(find_split(cfg.data, cfg.train_split, cfg.src),
                                    find_split(cfg.data, cfg.train_split, cfg.tgt))
     va_src, va_tgt = read_parallel(find_split(cfg.data, cfg.val_split, cfg.src),
                                    find_split(cfg.data, cfg.val_split, cfg.tgt))
-    last_path, best_path = os.path.join(cfg.out_dir, "last.pt"), os.path.join(cfg.out_dir, "best.pt")
-    ckpt = load_checkpoint(last_path, CHECKPOINT_KIND) if resume else None
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"), CHECKPOINT_KIND) if resume else None
     if ckpt is not None:
         model_cfg = TranslatorConfig.from_dict(ckpt["config"])
         src_tok = SubwordTokenizer.from_bytes(ckpt["src_tokenizer"])
         tgt_tok = SubwordTokenizer.from_bytes(ckpt["tgt_tokenizer"])
-    else:  # subword models from the training split only
+    else:  # subword models from the training split only (each process trains the same ones)
         src_tok = SubwordTokenizer.train(tr_src, cfg.vocab_size)
         tgt_tok = SubwordTokenizer.train(tr_tgt, cfg.vocab_size)
         model_cfg.src_vocab_size, model_cfg.tgt_vocab_size = len(src_tok), len(tgt_tok)
-    model = Translator(model_cfg).to(device)
-    bundle = TranslatorBundle(model, src_tok, tgt_tok, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.lr_decay, patience=0)
-    start, best, bad, history = 1, -1.0, 0, []
+    model = Translator(model_cfg)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start, best, bad, history = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["bad_epochs"], ckpt["history"]
-    lost_s = _lost_seconds(cfg.out_dir, ckpt, start)
-    if lost_s > 0:
-        print(f"{lost_s / 60:.1f} min of interrupted epochs count toward the time spent", flush=True)
+    bundle = TranslatorBundle(model, src_tok, tgt_tok, device)
     pairs = encode_pairs(tr_src, tr_tgt, src_tok, tgt_tok, cfg.max_len)
-    print(f"{cfg.src}->{cfg.tgt} {model_cfg.decoder}: {len(pairs)} training pairs, subword vocabularies "
-          f"{len(src_tok)}/{len(tgt_tok)}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-          f"device {device}", flush=True)
-    rng = random.Random(cfg.seed)
-    for _ in range(start - 1):  # same batch order after a resume
-        list(bucket_batches([len(s) for s, _ in pairs], cfg.batch_size, rng))
-    for epoch in range(start, cfg.epochs + 1):
-        if bad >= cfg.patience:
-            break
-        if cfg.max_minutes > 0 and history:
-            spent = lost_s + sum(r["train_s"] + r["val_s"] for r in history)
-            if spent + history[-1]["train_s"] + history[-1]["val_s"] > 60 * cfg.max_minutes:
-                print(f"stopping before epoch {epoch}: {spent / 60:.1f} min spent, another epoch would pass the "
-                      f"{cfg.max_minutes:g}-minute budget", flush=True)
-                break
-        model.train()
-        t0, tot_loss, tot_words = time.time(), 0.0, 0
-        batches = list(bucket_batches([len(s) for s, _ in pairs], cfg.batch_size, rng))
-        beat = _Heartbeat(cfg.out_dir, epoch, lost_s)
-        for idx in tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False):
-            beat()
-            src, src_len = pad_batch([pairs[i][0] for i in idx])
-            tgt_in, _ = pad_batch([pairs[i][1] for i in idx], bos=True)
-            tgt_out, _ = pad_batch([pairs[i][1] for i in idx], eos=True)
-            logits, _ = model(src.to(device), src_len.to(device), tgt_in.to(device))
-            loss = F.cross_entropy(logits.transpose(1, 2), tgt_out.to(device), ignore_index=PAD_ID,
-                                   label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            words = int((tgt_out != PAD_ID).sum())
-            tot_loss, tot_words = tot_loss + float(loss.detach()) * words, tot_words + words
-        train_s = time.time() - t0
-        beat()
-        t1 = time.time()
-        hyps = [r["text"] for r in bundle.translate(va_src, beam_size=cfg.val_beam_size,
-                                                    length_penalty=cfg.length_penalty)]
-        val = corpus_scores(hyps, va_tgt)["BLEU"]
-        improved = val > best
-        best, bad = (val, 0) if improved else (best, bad + 1)
-        scheduler.step(val)
-        row = {"epoch": epoch, "train_loss": round(tot_loss / max(tot_words, 1), 4), "val_bleu": val,
-               "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_s, 1), "val_s": round(time.time() - t1, 1)}
-        history.append(row)
-        append_metrics(cfg.out_dir, row)
-        print(json.dumps(row) + ("  (best)" if improved else ""), flush=True)
-        meta = {"train_config": asdict(cfg), "epoch": epoch, "best_score": best, "bad_epochs": bad,
-                "history": history, "lost_s": lost_s}
-        if improved:
-            save_checkpoint(best_path, {**bundle.state(), **meta})
-        save_checkpoint(last_path, {**bundle.state(), **meta, "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict()})
-        beat.done()
-    return best_path
+    if dist_info.main:
+        print(f"{cfg.src}->{cfg.tgt} {model_cfg.decoder}: {len(pairs)} training pairs, subword vocabularies "
+              f"{len(src_tok)}/{len(tgt_tok)}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+              f"device {device}{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
+              f"{resolve_precision(cfg.precision, device) or 'fp32'}", flush=True)
+    task = TranslationTask(bundle, cfg, pairs, va_src, va_tgt)
+    return Trainer(task, cfg, dist_info, device, ckpt).fit()
 
 
 def evaluate_translator(checkpoint: str, data: str, src: str, tgt: str, split: str = "test_2016_flickr",

@@ -1,0 +1,6 @@
+"""``python -m showattend`` and ``torchrun ... -m showattend``: the command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

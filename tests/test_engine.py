@@ -1,0 +1,289 @@
+"""The training engine: no host syncs in the step, DDP (2 gloo processes) equal to one process, exact resume
+after SIGKILL, torch.compile equivalence; for captioning (soft and hard attention) and translation."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import showattend
+from showattend.captioning.data import CaptionRecord, FeatureStore
+from showattend.captioning.model import ModelConfig
+from showattend.captioning.train import CaptionTask, TrainConfig
+from showattend.training import DistInfo, StepContext, Trainer
+from showattend.vocab import Vocab
+
+PKG = os.path.dirname(os.path.abspath(showattend.__file__))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(PKG)}
+WORDS = ["a", "red", "green", "blue", "square", "box", "on", "white", "big", "small"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Toy data: captions over a hand-made feature cache, images for the CLI runs, parallel text
+
+
+def toy_caption_task(tmp_path, attention="soft", n_images=12, **cfg):
+    """A CaptionTask over a synthetic feature cache (L=4, D=1280, the Lite0 size): 10 train images, 2 val."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cache"
+    folder.mkdir(exist_ok=True)
+    keys = [f"{i}.jpg" for i in range(n_images)]
+    np.save(folder / "features.npy", rng.standard_normal((n_images, 4, 1280)).astype(np.float16))
+    (folder / "index.json").write_text(json.dumps({"encoder": "efficientnet_lite0", "image_size": 224,
+                                                   "keys": keys, "L": 4, "D": 1280}))
+    store = FeatureStore(str(folder))
+    records = [CaptionRecord(k, "train" if i < n_images - 2 else "val",
+                             [list(rng.choice(WORDS, size=2 + (i + j) % 5)) for j in range(3)])
+               for i, k in enumerate(keys)]
+    vocab = Vocab.build([t for r in records for t in r.tokens], 1)
+    model_cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=0.0, attention=attention)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), batch_size=6, val_beam_size=1, progress=False,
+                      device="cpu", **cfg)
+    torch.manual_seed(0)
+    task = CaptionTask(model_cfg, cfg, [r for r in records if r.split == "train"],
+                       [r for r in records if r.split == "val"], store, vocab, torch.device("cpu"))
+    return task, cfg
+
+
+def toy_translation_task(tmp_path):
+    from showattend.translation.model import Translator, TranslatorConfig
+    from showattend.translation.train import TranslationTask, TranslationTrainConfig, TranslatorBundle
+
+    src = [[4 + (i + j) % 7 for j in range(2 + i % 5)] for i in range(24)]
+    pairs = [(s, [x + 1 for x in reversed(s)]) for s in src]
+    cfg = TranslationTrainConfig(out_dir=str(tmp_path / "mt"), batch_size=6, progress=False, device="cpu")
+    torch.manual_seed(0)
+    model = Translator(TranslatorConfig(src_vocab_size=12, tgt_vocab_size=13, embed_dim=8, encoder_hidden=8,
+                                        decoder_hidden=16, attention_dim=8, dropout=0.0))
+    return TranslationTask(TranslatorBundle(model, None, None), cfg, pairs, [], []), cfg
+
+
+def write_toy_images(root):
+    """A Karpathy JSON and 10 small JPEGs (coloured squares) for runs through the CLI."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(10):
+        colour = list(colours)[i % 3]
+        arr = np.full((48, 48, 3), 255, np.uint8)
+        arr[12:36, 12:36] = colours[colour]
+        arr = np.clip(arr + rng.integers(-10, 10, arr.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / "images" / f"{i}.jpg")
+        sents = [{"tokens": ["a", colour, "square"]}, {"tokens": ["a", colour, "box", "on", "white"]}]
+        images.append({"filename": f"{i}.jpg", "split": "train" if i < 8 else "val", "imgid": i,
+                       "sentences": sents})
+    (root / "toy.json").write_text(json.dumps({"images": images}))
+
+
+def write_toy_parallel(root):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    words = ["ein", "hund", "katze", "läuft", "schläft", "auf", "gras"]
+    english = dict(zip(words, ["a", "dog", "cat", "runs", "sleeps", "on", "grass"]))
+    for split, n in (("train", 48), ("val", 6)):
+        de = [" ".join(rng.choice(words, size=3 + i % 4)) for i in range(n)]
+        (root / f"{split}.de").write_text("\n".join(de) + "\n")
+        (root / f"{split}.en").write_text("\n".join(" ".join(english[w] for w in s.split()) for s in de) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# No device-to-host synchronisation inside the step
+
+SYNCING = ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "nonzero", "masked_select")
+
+
+class SyncCounter:
+    """Patches the Tensor methods that read a device tensor on the host, and boolean-mask indexing; counts the
+    calls made directly from showattend's code (torch's own calls, e.g. the optimizer's, are not counted)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _wrap(self, name, original):
+        counter = self
+
+        def wrapper(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(PKG):
+                if name != "__getitem__" or counter._bool_index(args[1]):
+                    counter.calls.append(f"{name} from {os.path.relpath(caller, PKG)}:{sys._getframe(1).f_lineno}")
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    @staticmethod
+    def _bool_index(index):
+        items = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.Tensor, n) for n in (*SYNCING, "__getitem__")}
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, self._wrap(n, f))
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+def test_the_counter_sees_syncs_in_showattend_code_only():
+    # a function compiled as if it were a showattend file: its syncs are counted
+    code = compile("def f(t):\n    return t.tolist(), t[t > 0], float(t[0])\n", os.path.join(PKG, "probe.py"),
+                   "exec")
+    scope = {}
+    exec(code, scope)
+    with SyncCounter() as c:
+        scope["f"](torch.tensor([1.0, -1.0]))
+        torch.tensor([1.0, 2.0]).sum().item()  # the test's own call
+    assert [x.split(" ")[0] for x in c.calls] == ["tolist", "__getitem__", "__float__"]
+
+
+@pytest.mark.parametrize("app", ["soft", "hard", "translation"])
+def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, app):
+    if app == "translation":
+        task, cfg = toy_translation_task(tmp_path)
+    else:  # a hard model always samples here (expected_context_prob 0), with 2 samples per caption
+        task, cfg = toy_caption_task(tmp_path, app, expected_context_prob=0.0, hard_samples=2)
+    trainer = Trainer(task, cfg, DistInfo(), torch.device("cpu"))
+    batches = task.epoch_batches(1)[:4]
+    trainer.sampler.batches = [[(i, p) for p, i in enumerate(b)] for b in batches]
+    loaded = list(trainer.loader)
+    before = [p.detach().clone() for p in task.model.parameters()]
+    with SyncCounter() as counter:
+        for k, (b, batch) in enumerate(zip(batches, loaded)):
+            trainer.step(batch, StepContext(k, sum(task.words(i) for i in b), len(b), 1))
+    assert counter.calls == []
+    assert trainer.interval_steps == 4 and any(not torch.equal(a, p) for a, p in zip(before, task.model.parameters()))
+    if app == "hard":
+        assert task.baseline.steps == 4
+    summary = trainer._flush()  # the log point reads the sums once
+    assert all(np.isfinite(v) for v in summary.values()) and trainer.interval == {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DDP: 2 gloo processes equal one process
+
+
+def _cli(args, nproc=1, env=None, check=True):
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "showattend", *args]
+    else:
+        cmd = [sys.executable, "-m", "showattend", *args]
+    p = subprocess.run(cmd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def toy_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toyimg")
+    write_toy_images(root)
+    return root
+
+
+def _caption_args(root, out, attention):
+    return ["train", "--data", str(root / "toy.json"), "--images", str(root / "images"), "--cache-dir",
+            str(root / "cache"), "--out-dir", str(out), "--min-count", "1", "--batch-size", "4", "--epochs", "2",
+            "--embed-dim", "16", "--hidden-dim", "16", "--attention-dim", "8", "--lr", "3e-3", "--patience", "9",
+            "--val-beam-size", "1", "--no-progress", "--device", "cpu", "--attention", attention,
+            "--hard-samples", "2", "--log-every", "1"]
+
+
+def _params(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ["soft", "hard"])
+def test_two_gloo_processes_train_like_one(toy_images, tmp_path, attention):
+    """Global batch 4 over 2 processes (2 captions each), dropout off: after 2 epochs of 4 steps the weights
+    equal those of one process with batch 4 (fp32). For hard attention this needs the shared coin, the same
+    uniforms per caption in either process, and the all-reduced baseline."""
+    args = _caption_args(toy_images, tmp_path / "one", attention) + ["--dropout", "0"]
+    _cli(args)
+    _cli(_caption_args(toy_images, tmp_path / "two", attention) + ["--dropout", "0"], nproc=2)
+    one, two = _params(tmp_path / "one" / "last.pt"), _params(tmp_path / "two" / "last.pt")
+    init = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["engine"]
+    assert init["step"] == 8 and init["world"] == 1
+    assert torch.load(tmp_path / "two" / "last.pt", weights_only=True)["engine"]["world"] == 2
+    for k in one:
+        assert torch.allclose(one[k], two[k], rtol=1e-5, atol=1e-6), k
+    steps_one = [json.loads(x) for x in open(tmp_path / "one" / "steps.jsonl")]
+    steps_two = [json.loads(x) for x in open(tmp_path / "two" / "steps.jsonl")]
+    assert [r["step"] for r in steps_one] == list(range(1, 9))
+    for a, b in zip(steps_one, steps_two):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exact resume after SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app", ["soft", "hard", "translation"])
+def test_kill_and_resume_gives_the_uninterrupted_run(toy_images, tmp_path, app):
+    """Uninterrupted: 2 epochs of 4 steps. Interrupted: the process SIGKILLs itself after step 7 (the last
+    checkpoint is step 6, inside epoch 2), then ``--resume``. Dropout is on, so the RNG streams must be restored;
+    the per-step losses and final weights must be identical."""
+    if app == "translation":
+        data = tmp_path / "mt_data"
+        write_toy_parallel(data)
+
+        def args(out):
+            return ["translate", "train", "--data", str(data), "--out-dir", str(out), "--vocab-size", "20",
+                    "--embed-dim", "8", "--encoder-hidden", "8", "--decoder-hidden", "16", "--attention-dim", "8",
+                    "--batch-size", "12", "--epochs", "2", "--patience", "9", "--no-progress", "--device", "cpu",
+                    "--log-every", "1", "--save-every", "3"]
+    else:
+        def args(out):
+            return _caption_args(toy_images, out, app) + ["--save-every", "3"]
+    _cli(args(tmp_path / "a"))
+    p = _cli(args(tmp_path / "b"), env={"SHOWATTEND_KILL_AT_STEP": "7"}, check=False)
+    assert p.returncode == -signal.SIGKILL
+    killed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["engine"]
+    assert (killed["step"], killed["epoch"], killed["pos"]) == (6, 2, 2)
+    _cli(args(tmp_path / "b") + ["--resume"])
+    rows_a = [json.loads(x) for x in open(tmp_path / "a" / "steps.jsonl")]
+    rows_b = [json.loads(x) for x in open(tmp_path / "b" / "steps.jsonl")]
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a] == list(range(1, 9))
+    assert [r["train_loss"] for r in rows_b] == [r["train_loss"] for r in rows_a]
+    a, b = _params(tmp_path / "a" / "last.pt"), _params(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    hist_a = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
+    hist_b = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")]
+    key = "val_bleu" if app == "translation" else "val_bleu4"
+    assert [(r["epoch"], r[key]) for r in hist_b] == [(r["epoch"], r[key]) for r in hist_a]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.compile
+
+
+def _compiler_missing():
+    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+        return "no C++ compiler for TorchInductor's CPU backend"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_compiler_missing() is not None, reason=str(_compiler_missing()))
+def test_compiled_step_gives_the_eager_loss(tmp_path):
+    task, cfg = toy_caption_task(tmp_path)
+    b = task.epoch_batches(1)[0]
+    batch = task.collate([task.dataset[i] for i in b], list(range(len(b))))
+    ctx = StepContext(0, sum(task.words(i) for i in b), len(b), 1)
+    eager, _ = task.loss(task.model, batch, ctx)
+    task.compile()
+    compiled, _ = task.loss(task.model, batch, ctx)
+    assert hasattr(task.model.recurrence, "_torchdynamo_orig_callable")  # really the compiled function
+    assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-5)
