@@ -376,7 +376,10 @@ class Trainer:
         workers = cfg.num_workers
         self.loader = DataLoader(_Positioned(task.dataset), batch_sampler=self.sampler, collate_fn=self._collate,
                                  num_workers=workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=workers > 0)
+                                 persistent_workers=workers > 0,
+                                 # its own generator: a new epoch's iterator must not draw from the global RNG,
+                                 # or a resumed run's dropout stream would be shifted by one draw
+                                 generator=torch.Generator().manual_seed(cfg.seed))
 
     def _collate(self, pairs):
         return self.task.collate([p[0] for p in pairs], [p[1] for p in pairs])

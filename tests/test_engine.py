@@ -216,8 +216,11 @@ def test_two_gloo_processes_train_like_one(toy_images, tmp_path, attention):
     init = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["engine"]
     assert init["step"] == 8 and init["world"] == 1
     assert torch.load(tmp_path / "two" / "last.pt", weights_only=True)["engine"]["world"] == 2
+    # Summation order differs between one and two processes (fp32 rounding, ~1e-7 relative in the gradients);
+    # Adam divides each gradient element by its own running RMS, so on elements with near-zero gradients such a
+    # rounding difference can move a weight by a little more: 2e-6 at most was seen, against 8 steps of lr 3e-3.
     for k in one:
-        assert torch.allclose(one[k], two[k], rtol=1e-5, atol=1e-6), k
+        assert torch.allclose(one[k], two[k], rtol=0, atol=1e-5), (k, (one[k] - two[k]).abs().max())
     steps_one = [json.loads(x) for x in open(tmp_path / "one" / "steps.jsonl")]
     steps_two = [json.loads(x) for x in open(tmp_path / "two" / "steps.jsonl")]
     assert [r["step"] for r in steps_one] == list(range(1, 9))
@@ -240,7 +243,7 @@ def test_kill_and_resume_gives_the_uninterrupted_run(toy_images, tmp_path, app):
         write_toy_parallel(data)
 
         def args(out):
-            return ["translate", "train", "--data", str(data), "--out-dir", str(out), "--vocab-size", "20",
+            return ["translate", "train", "--data", str(data), "--out-dir", str(out), "--vocab-size", "40",
                     "--embed-dim", "8", "--encoder-hidden", "8", "--decoder-hidden", "16", "--attention-dim", "8",
                     "--batch-size", "12", "--epochs", "2", "--patience", "9", "--no-progress", "--device", "cpu",
                     "--log-every", "1", "--save-every", "3"]

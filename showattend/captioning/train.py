@@ -290,7 +290,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"), CHECKPOINT_KIND) if resume else None
     if ckpt is not None:
         model_cfg = ModelConfig.from_dict(ckpt["config"])
-    _seed_all(cfg.seed)
     records = load_records(cfg)
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]
@@ -306,6 +305,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
         store = prepare_cache(cfg, model_cfg, records, device)
     vocab = Vocab(ckpt["vocab"]) if ckpt is not None else \
         Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
+    _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
     task = CaptionTask(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
     if ckpt is not None:
         task.model.load_state_dict(ckpt["model"])

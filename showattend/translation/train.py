@@ -248,8 +248,6 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     cfg.validate()
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     tr_src, tr_tgt = read_parallel(find_split(cfg.data, cfg.train_split, cfg.src),
                                    find_split(cfg.data, cfg.train_split, cfg.tgt))
     va_src, va_tgt = read_parallel(find_split(cfg.data, cfg.val_split, cfg.src),
@@ -263,6 +261,8 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         src_tok = SubwordTokenizer.train(tr_src, cfg.vocab_size)
         tgt_tok = SubwordTokenizer.train(tr_tgt, cfg.vocab_size)
         model_cfg.src_vocab_size, model_cfg.tgt_vocab_size = len(src_tok), len(tgt_tok)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
     model = Translator(model_cfg)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
