@@ -122,7 +122,10 @@ def test_unsorted_batch_is_rejected():
         Decoder(12, 8, embed_dim=8, hidden_dim=8)(feats, caps.flip(0), lengths.flip(0))
 
 
-def test_overfits_a_tiny_batch_and_decodes_it():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_overfits_a_tiny_batch_and_decodes_it(precision):
+    """Trained under bf16 autocast (what --precision bf16 does) the model fits the batch as in fp32 and decodes
+    it in fp32."""
     torch.manual_seed(0)
     words = ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "cat", "runs", "sleeps", "on", "grass", "sofa"]
     vocab = Vocab(words)
@@ -133,8 +136,9 @@ def test_overfits_a_tiny_batch_and_decodes_it():
     dec = Decoder(len(vocab), 16, embed_dim=32, hidden_dim=32, attention_dim=16, dropout=0.0)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
     for _ in range(150):
-        out = dec(*batch)
-        loss, ce, _ = caption_loss(out, batch[1], ds_lambda=0.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = dec(*batch)
+            loss, ce, _ = caption_loss(out, batch[1], ds_lambda=0.0)
         opt.zero_grad()
         loss.backward()
         opt.step()

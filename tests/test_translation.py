@@ -181,7 +181,9 @@ def test_multi30k_loads_and_tokenizes():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("decoder,score", [("bahdanau", "concat"), ("luong", "general")])
-def test_overfits_a_tiny_corpus(decoder, score):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_overfits_a_tiny_corpus(decoder, score, precision):
+    """Also under bf16 autocast (--precision bf16); decoding afterwards is fp32."""
     torch.manual_seed(0)
     pairs = toy_pairs(8, seed=1)
     src_tok = SubwordTokenizer.train([s for s, _ in toy_pairs(300)], vocab_size=40)
@@ -194,7 +196,9 @@ def test_overfits_a_tiny_corpus(decoder, score):
     tgt_out, _ = pad_batch([tgt_tok.encode(t) for _, t in pairs], eos=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
-        loss = F.cross_entropy(model(src, sl, tgt_in)[0].transpose(1, 2), tgt_out, ignore_index=PAD_ID)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(src, sl, tgt_in)[0]
+        loss = F.cross_entropy(logits.float().transpose(1, 2), tgt_out, ignore_index=PAD_ID)
         opt.zero_grad()
         loss.backward()
         opt.step()

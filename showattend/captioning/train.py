@@ -313,5 +313,5 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
         print(f"train: {len(train_recs)} images, {len(task.dataset)} captions; val: {len(val_recs)} images; "
               f"vocabulary {len(vocab)} words (min count {cfg.min_count}, train split); device {device}"
               f"{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
-              f"{resolve_precision(cfg.precision, device) or 'fp32'}", flush=True)
+              f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}", flush=True)
     return Trainer(task, cfg, dist_info, device, ckpt).fit()

@@ -272,7 +272,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         print(f"{cfg.src}->{cfg.tgt} {model_cfg.decoder}: {len(pairs)} training pairs, subword vocabularies "
               f"{len(src_tok)}/{len(tgt_tok)}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
               f"device {device}{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
-              f"{resolve_precision(cfg.precision, device) or 'fp32'}", flush=True)
+              f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}", flush=True)
     task = TranslationTask(bundle, cfg, pairs, va_src, va_tgt)
     return Trainer(task, cfg, dist_info, device, ckpt).fit()
 
