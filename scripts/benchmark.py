@@ -5,7 +5,8 @@
 
 Measures, with random inputs of the default model's shapes (Lite0: L=49, D=1280; 512/512/512; V=2539):
   * encoder throughput (images/s, batch 32, 224 px) of the frozen EfficientNet-Lite0;
-  * decoder training throughput (captions/s: forward + backward + Adam step, batch 64, 13 tokens);
+  * decoder training throughput (captions/s: forward + backward + Adam step, batch 64, 13 tokens), in fp32 and
+    under bf16 autocast (--precision bf16);
   * decoding throughput (images/s) of greedy and batched beam search (k=3, 50 images per batch, 20 steps max);
   * the cost of recomputing the attention key projection at every step instead of once per image.
 """
@@ -65,17 +66,19 @@ def main():
     batch = [(feats[i], torch.tensor([1] + torch.randint(4, V, (int(torch.randint(8, T, (1,), generator=g)),),
                                                          generator=g).tolist() + [2])) for i in range(B)]
     f, caps, lengths = collate_captions(batch)
-    f, caps = f.to(dev), caps.to(dev)
+    f, caps, lengths = f.to(dev), caps.to(dev), lengths.tolist()
     opt = torch.optim.Adam(dec.parameters(), 4e-4)
 
-    def train_step():
-        loss = caption_loss(dec(f, caps, lengths), caps)[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    for precision in ("fp32", "bf16"):  # what --precision does: torch.autocast around forward and loss
+        def train_step():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = caption_loss(dec(f, caps, lengths), caps)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
-    s = timed(train_step, 5, sync=sync)
-    out["train_captions_per_s"] = round(B / s, 1)
+        s = timed(train_step, 5, sync=sync)
+        out[f"train_captions_per_s_{precision}"] = round(B / s, 1)
 
     vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(V - 4)])
     cap = Captioner(dec, vocab, ModelConfig(), device=dev)

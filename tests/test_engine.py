@@ -28,7 +28,11 @@ WORDS = ["a", "red", "green", "blue", "square", "box", "on", "white", "big", "sm
 # Toy data: captions over a hand-made feature cache, images for the CLI runs, parallel text
 
 
-def toy_caption_task(tmp_path, attention="soft", n_images=12, **cfg):
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="no CUDA device"))]
+
+
+def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", **cfg):
     """A CaptionTask over a synthetic feature cache (L=4, D=1280, the Lite0 size): 10 train images, 2 val."""
     rng = np.random.default_rng(0)
     folder = tmp_path / "cache"
@@ -44,24 +48,24 @@ def toy_caption_task(tmp_path, attention="soft", n_images=12, **cfg):
     vocab = Vocab.build([t for r in records for t in r.tokens], 1)
     model_cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=0.0, attention=attention)
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), batch_size=6, val_beam_size=1, progress=False,
-                      device="cpu", **cfg)
+                      device=device, **cfg)
     torch.manual_seed(0)
     task = CaptionTask(model_cfg, cfg, [r for r in records if r.split == "train"],
-                       [r for r in records if r.split == "val"], store, vocab, torch.device("cpu"))
+                       [r for r in records if r.split == "val"], store, vocab, torch.device(device))
     return task, cfg
 
 
-def toy_translation_task(tmp_path):
+def toy_translation_task(tmp_path, device="cpu"):
     from showattend.translation.model import Translator, TranslatorConfig
     from showattend.translation.train import TranslationTask, TranslationTrainConfig, TranslatorBundle
 
     src = [[4 + (i + j) % 7 for j in range(2 + i % 5)] for i in range(24)]
     pairs = [(s, [x + 1 for x in reversed(s)]) for s in src]
-    cfg = TranslationTrainConfig(out_dir=str(tmp_path / "mt"), batch_size=6, progress=False, device="cpu")
+    cfg = TranslationTrainConfig(out_dir=str(tmp_path / "mt"), batch_size=6, progress=False, device=device)
     torch.manual_seed(0)
     model = Translator(TranslatorConfig(src_vocab_size=12, tgt_vocab_size=13, embed_dim=8, encoder_hidden=8,
                                         decoder_hidden=16, attention_dim=8, dropout=0.0))
-    return TranslationTask(TranslatorBundle(model, None, None), cfg, pairs, [], []), cfg
+    return TranslationTask(TranslatorBundle(model, None, None, torch.device(device)), cfg, pairs, [], []), cfg
 
 
 def write_toy_images(root):
@@ -146,13 +150,16 @@ def test_the_counter_sees_syncs_in_showattend_code_only():
     assert [x.split(" ")[0] for x in c.calls] == ["tolist", "__getitem__", "__float__"]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("app", ["soft", "hard", "translation"])
-def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, app):
+def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, app, precision, device):
     if app == "translation":
-        task, cfg = toy_translation_task(tmp_path)
+        task, cfg = toy_translation_task(tmp_path, device)
     else:  # a hard model always samples here (expected_context_prob 0), with 2 samples per caption
-        task, cfg = toy_caption_task(tmp_path, app, expected_context_prob=0.0, hard_samples=2)
-    trainer = Trainer(task, cfg, DistInfo(), torch.device("cpu"))
+        task, cfg = toy_caption_task(tmp_path, app, device=device, expected_context_prob=0.0, hard_samples=2)
+    cfg.precision = precision
+    trainer = Trainer(task, cfg, DistInfo(), torch.device(device))
     batches = task.epoch_batches(1)[:4]
     trainer.sampler.batches = [[(i, p) for p, i in enumerate(b)] for b in batches]
     loaded = list(trainer.loader)
