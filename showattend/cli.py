@@ -96,13 +96,14 @@ def cmd_train(args) -> int:
 
 def cmd_cache(args) -> int:
     from .captioning.model import ModelConfig
-    from .runs import resolve_device
     from .captioning.train import TrainConfig, load_records, prepare_cache
+    from .training import setup_distributed
 
     model_cfg = _build(ModelConfig, args)
     cfg = _build(TrainConfig, args)
     t0 = time.time()
-    store = prepare_cache(cfg, model_cfg, load_records(cfg), resolve_device(cfg.device))
+    dist_info, device = setup_distributed(cfg.device)  # under torchrun each process encodes its share
+    store = prepare_cache(cfg, model_cfg, load_records(cfg), device, dist_info)
     print(f"feature cache: {store.folder} ({len(store.row)} images, {time.time() - t0:.0f} s)")
     return 0
 

@@ -97,6 +97,25 @@ class EngineConfig:
     num_workers: int = 0
     progress: bool = True
 
+    def validate(self, at_least_one: Sequence[str] = ()) -> None:
+        """Check the settings before any long work (a feature cache can take half an hour).
+
+        Args:
+            at_least_one: an application's own integer settings that must be >= 1.
+
+        Raises:
+            ValueError: the first bad setting, named as its option.
+        """
+        for name in ("epochs", "batch_size", "log_every", *at_least_one):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip", "weight_decay", "max_minutes", "max_steps", "save_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        resolve_device(self.device)
+
 
 class StepContext(NamedTuple):
     """What the engine tells a task's loss about the step.

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import showattend
 from showattend.captioning.data import CaptionRecord, FeatureStore
@@ -18,6 +17,8 @@ from showattend.captioning.model import ModelConfig
 from showattend.captioning.train import CaptionTask, TrainConfig
 from showattend.training import DistInfo, StepContext, Trainer
 from showattend.vocab import Vocab
+
+from conftest import write_toy_images
 
 PKG = os.path.dirname(os.path.abspath(showattend.__file__))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(PKG)}
@@ -66,24 +67,6 @@ def toy_translation_task(tmp_path, device="cpu"):
     model = Translator(TranslatorConfig(src_vocab_size=12, tgt_vocab_size=13, embed_dim=8, encoder_hidden=8,
                                         decoder_hidden=16, attention_dim=8, dropout=0.0))
     return TranslationTask(TranslatorBundle(model, None, None, torch.device(device)), cfg, pairs, [], []), cfg
-
-
-def write_toy_images(root):
-    """A Karpathy JSON and 10 small JPEGs (coloured squares) for runs through the CLI."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-    rng = np.random.default_rng(0)
-    images = []
-    for i in range(10):
-        colour = list(colours)[i % 3]
-        arr = np.full((48, 48, 3), 255, np.uint8)
-        arr[12:36, 12:36] = colours[colour]
-        arr = np.clip(arr + rng.integers(-10, 10, arr.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(root / "images" / f"{i}.jpg")
-        sents = [{"tokens": ["a", colour, "square"]}, {"tokens": ["a", colour, "box", "on", "white"]}]
-        images.append({"filename": f"{i}.jpg", "split": "train" if i < 8 else "val", "imgid": i,
-                       "sentences": sents})
-    (root / "toy.json").write_text(json.dumps({"images": images}))
 
 
 def write_toy_parallel(root):
@@ -193,13 +176,11 @@ def _cli(args, nproc=1, env=None, check=True):
 
 @pytest.fixture(scope="module")
 def toy_images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toyimg")
-    write_toy_images(root)
-    return root
+    return write_toy_images(tmp_path_factory.mktemp("toyimg"), n=10, splits=(8, 10), size=48)
 
 
 def _caption_args(root, out, attention):
-    return ["train", "--data", str(root / "toy.json"), "--images", str(root / "images"), "--cache-dir",
+    return ["train", "--data", str(root / "dataset_toy.json"), "--images", str(root / "images"), "--cache-dir",
             str(root / "cache"), "--out-dir", str(out), "--min-count", "1", "--batch-size", "4", "--epochs", "2",
             "--embed-dim", "16", "--hidden-dim", "16", "--attention-dim", "8", "--lr", "3e-3", "--patience", "9",
             "--val-beam-size", "1", "--no-progress", "--device", "cpu", "--attention", attention,
@@ -233,6 +214,22 @@ def test_two_gloo_processes_train_like_one(toy_images, tmp_path, attention):
     assert [r["step"] for r in steps_one] == list(range(1, 9))
     for a, b in zip(steps_one, steps_two):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_feature_cache_of_one(toy_images, tmp_path):
+    """Under torchrun each process encodes its share of the images into the shared memory-mapped file."""
+    common = ["--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
+              "--device", "cpu"]
+    _cli(["cache", *common, "--cache-dir", str(tmp_path / "one")])
+    _cli(["cache", *common, "--cache-dir", str(tmp_path / "two")], nproc=2)
+    one = FeatureStore(str(tmp_path / "one" / "toy-efficientnet_lite0-224"))
+    two = FeatureStore(str(tmp_path / "two" / "toy-efficientnet_lite0-224"))
+    assert one.meta == two.meta and len(one.meta["keys"]) == 10
+    assert not [f for f in os.listdir(two.folder) if f.startswith("progress") or f.endswith(".partial")]
+    a, b = np.asarray(one.array, dtype=np.float32), np.asarray(two.array, dtype=np.float32)
+    assert np.abs(a).max() > 0.1
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)  # fp16 rounding
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -297,3 +294,26 @@ def test_compiled_step_gives_the_eager_loss(tmp_path):
     compiled, _ = task.loss(task.model, batch, ctx)
     assert hasattr(task.model.recurrence, "_torchdynamo_orig_callable")  # really the compiled function
     assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings are checked before any long work
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--score", "bogus"], "--score 'bogus'"),
+    (["train", "--encoder", "resnet9"], "--encoder 'resnet9'"),
+    (["train", "--precision", "fp16"], "--precision 'fp16'"),
+    (["train", "--ds-normalisation", "sum"], "--ds-normalisation 'sum'"),
+    (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--device", "tpu"], "--device 'tpu'"),
+    (["translate", "train", "--precision", "half"], "--precision 'half'"),
+    (["translate", "train", "--save-every", "-1"], "--save-every must not be negative"),
+])
+def test_a_bad_setting_fails_before_the_data_is_read(tmp_path, capsys, args, message):
+    from showattend.cli import main
+
+    missing = str(tmp_path / "missing")  # were the data read first, the error would name this path
+    assert main([*args, "--data", missing, "--out-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and missing not in err

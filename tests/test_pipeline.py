@@ -2,36 +2,18 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from showattend.captioning.model import Captioner
 from showattend.cli import main
 from showattend.metrics import caption_metrics
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
+from conftest import write_toy_images
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    images = []
-    for i in range(9):
-        colour = list(COLOURS)[i % 3]
-        arr = np.full((64, 64, 3), 255, np.uint8)
-        arr[16:48, 16:48] = COLOURS[colour]
-        arr = np.clip(arr + rng.integers(-10, 10, arr.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(root / "images" / f"{i}.jpg")
-        split = "train" if i < 6 else ("val" if i < 8 else "test")
-        sents = [{"raw": f"A {colour} square.", "tokens": ["a", colour, "square"]},
-                 {"raw": f"A {colour} box on white.", "tokens": ["a", colour, "box", "on", "white"]}]
-        images.append({"filename": f"{i}.jpg", "split": split, "imgid": i, "sentences": sents})
-    (root / "dataset_toy.json").write_text(json.dumps({"images": images}))
-    return root
+    return write_toy_images(tmp_path_factory.mktemp("toy"))
 
 
 @pytest.mark.slow

@@ -201,12 +201,18 @@ class _ImageFiles(Dataset):
 
 @torch.no_grad()
 def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_folder: str, batch_size: int = 32,
-                        num_workers: int = 1, device: str = "cpu", progress: bool = True) -> FeatureStore:
+                        num_workers: int = 1, device: str = "cpu", progress: bool = True, rank: int = 0,
+                        world: int = 1) -> FeatureStore:
     """Encode every image once and store the annotation vectors as float16.
 
-    Resumable: rows already written to ``features.npy.partial`` (counted in ``progress.json``) are skipped
-    when the same call is repeated after an interruption. The finished array is renamed to ``features.npy``
-    and ``index.json`` is written last, so a reader never sees a half-written cache.
+    Resumable: rows already written to ``features.npy.partial`` (counted in a progress file) are skipped when
+    the same call is repeated after an interruption. The finished array is renamed to ``features.npy`` and
+    ``index.json`` is written last, so a reader never sees a half-written cache.
+
+    Distributed (``world`` > 1, inside a torch.distributed process group): every process calls this; process r
+    encodes the contiguous rows [r·N/world, (r+1)·N/world) into the shared memory-mapped file (each has its own
+    progress file), and rank 0 finishes the cache once all have written their share. The result equals a
+    one-process build up to the encoder's batch-composition rounding.
 
     Args:
         encoder: an :class:`~showattend.captioning.encoders.Encoder` (its ``spec`` names it in the index).
@@ -216,7 +222,8 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
         batch_size: images per forward pass.
         num_workers: DataLoader workers decoding JPEGs.
         device: where the encoder runs.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (rank 0's).
+        rank, world: this process and the number of processes sharing the work.
 
     Returns:
         a :class:`FeatureStore` over the cache.
@@ -226,6 +233,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     """
     from tqdm import tqdm
 
+    barrier = torch.distributed.barrier if world > 1 else (lambda: None)
     os.makedirs(out_folder, exist_ok=True)
     final = os.path.join(out_folder, "features.npy")
     meta = {"encoder": encoder.spec.name, "image_size": encoder.spec.image_size, "keys": list(keys)}
@@ -237,35 +245,54 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     encoder = encoder.to(device).eval()
     probe = encoder(torch.zeros(1, 3, meta["image_size"], meta["image_size"], device=device))
     L, D = probe.shape[1:]
-    partial, progress_file = final + ".partial", os.path.join(out_folder, "progress.json")
-    done, keys_hash = 0, hash_keys(keys)  # identifies the key list in progress.json; computed once
-    if os.path.isfile(partial) and os.path.isfile(progress_file):
+    shape = [len(keys), int(L), int(D)]
+    partial = final + ".partial"
+    lo, hi = rank * len(keys) // world, (rank + 1) * len(keys) // world
+    progress_file = os.path.join(out_folder, "progress.json" if world == 1 else f"progress.{rank}-of-{world}.json")
+    keys_hash = hash_keys(keys)  # identifies the key list in the progress files; computed once
+    if rank == 0:  # reuse a partial array of the right shape, or start one
+        try:
+            reuse = list(np.load(partial, mmap_mode="r").shape) == shape
+        except (OSError, ValueError):
+            reuse = False
+        if not reuse:
+            for f in os.listdir(out_folder):
+                if f.startswith("progress"):
+                    os.remove(os.path.join(out_folder, f))
+            created = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=tuple(shape))
+            del created
+    barrier()
+    done = lo
+    if os.path.isfile(progress_file):
         with open(progress_file, encoding="utf-8") as f:
             prog = json.load(f)
-        if prog.get("keys_hash") == keys_hash and prog.get("shape") == [len(keys), L, D]:
+        if prog.get("keys_hash") == keys_hash and prog.get("shape") == shape and prog.get("rows") == [lo, hi]:
             done = prog["done"]
-    if done:
-        arr = np.lib.format.open_memmap(partial, mode="r+")
-    else:
-        arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(keys), L, D))
-    files = _ImageFiles(image_folder, keys[done:], meta["image_size"])
+    arr = np.lib.format.open_memmap(partial, mode="r+")
+    files = _ImageFiles(image_folder, keys[done:hi], meta["image_size"])
     loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
-    bar = tqdm(total=len(keys), initial=done, desc="encoding images", unit="img", disable=not progress)
+    bar = tqdm(total=hi - lo, initial=done - lo, desc="encoding images", unit="img",
+               disable=not progress or rank != 0)
     row = done
     for images in loader:
         feats = encoder(images.to(device))  # (b, L, D)
         arr[row:row + len(feats)] = feats.cpu().numpy().astype(np.float16)
         row += len(feats)
         arr.flush()
-        atomic_write_text(progress_file, json.dumps({"done": row, "keys_hash": keys_hash,
-                                                     "shape": [len(keys), L, D]}))
+        atomic_write_text(progress_file, json.dumps({"done": row, "rows": [lo, hi], "keys_hash": keys_hash,
+                                                     "shape": shape}))
         bar.update(len(feats))
     bar.close()
     del arr
-    os.replace(partial, final)
-    meta.update(L=int(L), D=int(D))
-    atomic_write_text(os.path.join(out_folder, "index.json"), json.dumps(meta))
-    os.remove(progress_file)
+    barrier()  # every share is written
+    if rank == 0:
+        os.replace(partial, final)
+        meta.update(L=int(L), D=int(D))
+        atomic_write_text(os.path.join(out_folder, "index.json"), json.dumps(meta))
+        for f in os.listdir(out_folder):
+            if f.startswith("progress"):
+                os.remove(os.path.join(out_folder, f))
+    barrier()
     return FeatureStore(out_folder)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, fields
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ..checkpoint import load_checkpoint
 from ..metrics import bleu4
-from ..training import PRECISIONS, EngineConfig, StepContext, Task, Trainer, resolve_precision, setup_distributed
+from ..training import DistInfo, EngineConfig, StepContext, Task, Trainer, resolve_precision, setup_distributed
 from ..vocab import Vocab
 from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
                    load_karpathy)
@@ -87,24 +87,19 @@ class TrainConfig(EngineConfig):
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def validate(self) -> None:
-        """Check every setting before any long work (a feature cache can take half an hour).
+        """Check every setting before any long work (a feature cache can take half an hour), the engine's too.
 
         Raises:
             ValueError: the first bad setting, named as its option.
         """
+        super().validate(("hard_samples", "val_beam_size", "val_max_len", "max_caption_len"))
         if self.ds_normalisation not in DS_NORMALISATIONS:
             raise ValueError(f"--ds-normalisation {self.ds_normalisation!r}: choose one of "
                              f"{', '.join(DS_NORMALISATIONS)}")
-        for name in ("epochs", "batch_size", "hard_samples", "val_beam_size", "val_max_len", "max_caption_len",
-                     "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.expected_context_prob <= 1.0:
             raise ValueError(f"--expected-context-prob must be in [0, 1], got {self.expected_context_prob}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
 
 
 def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
@@ -118,8 +113,9 @@ def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
 
 
 def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[CaptionRecord],
-                  device: Optional[torch.device] = None) -> FeatureStore:
-    """Build (or reuse, or resume) the feature cache of every image in ``records``."""
+                  device: Optional[torch.device] = None, dist_info: DistInfo = DistInfo()) -> FeatureStore:
+    """Build (or reuse, or resume) the feature cache of every image in ``records``; under torchrun every process
+    calls this and encodes its share (see :func:`~showattend.captioning.data.build_feature_cache`)."""
     name = os.path.splitext(os.path.basename(cfg.data))[0].replace("dataset_", "")
     folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}-{model_cfg.image_size}")
     keys = sorted({r.key for r in records})
@@ -129,7 +125,7 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
             return store
     encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights)
     return build_feature_cache(encoder, cfg.images, keys, folder, device=str(device or "cpu"),
-                               progress=cfg.progress)
+                               progress=cfg.progress, rank=dist_info.rank, world=dist_info.world)
 
 
 def _seed_all(seed: int) -> None:
@@ -297,12 +293,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
         val_recs = val_recs[: cfg.val_images]
     if not train_recs or not val_recs:
         raise ValueError(f"{cfg.data}: needs train and val images, found {len(train_recs)} and {len(val_recs)}")
-    if dist_info.main:
-        store = prepare_cache(cfg, model_cfg, records, device)
-    if dist_info.world > 1:
-        dist.barrier()
-    if not dist_info.main:
-        store = prepare_cache(cfg, model_cfg, records, device)
+    store = prepare_cache(cfg, model_cfg, records, device, dist_info)
     vocab = Vocab(ckpt["vocab"]) if ckpt is not None else \
         Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
     _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built

@@ -15,9 +15,9 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
 from ..runs import atomic_write_text, resolve_device
-from ..training import PRECISIONS, EngineConfig, StepContext, Task, Trainer, resolve_precision, setup_distributed
+from ..training import EngineConfig, StepContext, Task, Trainer, resolve_precision, setup_distributed
 from ..search import Hypothesis
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
 from .model import Translator, TranslatorConfig
@@ -69,11 +69,7 @@ class TranslationTrainConfig(EngineConfig):
         Raises:
             ValueError: the first bad setting, named as its option.
         """
-        for name in ("epochs", "batch_size", "vocab_size", "max_len", "val_beam_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        super().validate(("vocab_size", "max_len", "val_beam_size"))
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
