@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+import typing
 from typing import List, Optional
 
 __all__ = ["main", "DEFAULT_CHECKPOINT"]
@@ -54,13 +55,17 @@ def _docstring_entries(doc: str) -> dict:
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     """One ``--field-name`` option per dataclass field, defaulting to None (= keep the dataclass default)."""
     docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_line = docs.get(f.name, "")
         default = f.default
-        if f.type in (bool, "bool"):
+        if typing.get_origin(hints[f.name]) is typing.Literal:  # choices from the field's Literal type
+            parser.add_argument(flag, dest=f.name, choices=typing.get_args(hints[f.name]), default=None,
+                                help=f"{help_line} (default: {default})")
+        elif f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{help_line} (default: {default})")
         else:
@@ -90,7 +95,8 @@ def cmd_train(args) -> int:
     cfg = _build(TrainConfig, args)
     t0 = time.time()
     best = train(model_cfg, cfg, resume=args.resume)
-    print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
+        print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
     return 0
 
 
@@ -169,7 +175,8 @@ def cmd_translate_train(args) -> int:
     t0 = time.time()
     best = train_translator(_build(TranslatorConfig, args, skip), _build(TranslationTrainConfig, args),
                             resume=args.resume)
-    print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
     return 0
 
 

@@ -33,7 +33,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, get_args
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ from .runs import atomic_write_text, plot_curves, resolve_device, write_metrics
 __all__ = ["EngineConfig", "Task", "StepContext", "DistInfo", "setup_distributed", "resolve_precision",
            "Trainer", "PRECISIONS"]
 
-PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = get_args(Precision)
 
 
 @dataclass
@@ -92,7 +93,7 @@ class EngineConfig:
     log_every: int = 50
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"
+    precision: Precision = "auto"
     compile: bool = False
     num_workers: int = 0
     progress: bool = True
@@ -503,6 +504,10 @@ class Trainer:
 
         cfg, task = self.cfg, self.task
         os.makedirs(cfg.out_dir, exist_ok=True)
+        if self.dist.main:  # the resolved settings of this (re)start, beside the checkpoints
+            atomic_write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(
+                {"model": task.payload().get("config"), "train": asdict(cfg), "world": self.dist.world,
+                 "resumed_at_step": self.step_count}, indent=2))
         self._truncate_step_log()
         kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_STEP", "0"))  # fault injection for the resume tests
         t_mark = time.time()

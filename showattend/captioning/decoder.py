@@ -14,7 +14,7 @@ and dropout is also applied to h_t before L_h.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Literal, NamedTuple, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,8 @@ class DecoderOutput(NamedTuple):
     betas: torch.Tensor
 
 
-DS_NORMALISATIONS = ("mean", "eq14", "capgen")
+DSNormalisation = Literal["mean", "eq14", "capgen"]
+DS_NORMALISATIONS = get_args(DSNormalisation)
 
 
 def doubly_stochastic_penalty(alphas: torch.Tensor, words: Union[torch.Tensor, int],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import List, Optional, Sequence, Union
+from typing import List, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +60,9 @@ class ModelConfig:
     hidden_dim: int = 512
     attention_dim: int = 512
     dropout: float = 0.5
-    score: str = "additive"
+    score: Literal["additive", "general", "dot"] = "additive"
     selector: bool = True
-    attention: str = "soft"
+    attention: Literal["soft", "hard"] = "soft"
 
     def __post_init__(self):
         if self.attention not in ("soft", "hard"):

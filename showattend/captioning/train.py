@@ -23,7 +23,7 @@ from ..training import DistInfo, EngineConfig, StepContext, Task, Trainer, resol
 from ..vocab import Vocab
 from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
                    load_karpathy)
-from .decoder import DS_NORMALISATIONS, MovingAverageBaseline, caption_loss, hard_attention_loss
+from .decoder import DS_NORMALISATIONS, DSNormalisation, MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
 from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder
 
@@ -68,7 +68,7 @@ class TrainConfig(EngineConfig):
     cache_dir: str = "runs/cache"
     out_dir: str = "runs/captioner"
     ds_lambda: float = 1.0
-    ds_normalisation: str = "mean"
+    ds_normalisation: DSNormalisation = "mean"
     label_smoothing: float = 0.0
     min_count: int = 5
     max_caption_len: int = 40

@@ -21,7 +21,7 @@ N decoder hidden size, V target vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import List, Tuple
+from typing import List, Literal, Tuple
 
 import torch
 import torch.nn as nn
@@ -51,8 +51,8 @@ class TranslatorConfig:
         src_vocab_size, tgt_vocab_size: subword vocabulary sizes (sentencepiece targets).
     """
 
-    decoder: str = "luong"
-    score: str = "general"
+    decoder: Literal["luong", "bahdanau"] = "luong"
+    score: Literal["dot", "general", "concat"] = "general"
     embed_dim: int = 256
     encoder_hidden: int = 256
     decoder_hidden: int = 512
