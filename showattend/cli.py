@@ -75,9 +75,63 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> Non
 
 
 def _build(cls, args, skip=()):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if f.name not in skip and getattr(args, f.name, None) is not None}
+    """The dataclass from the options given on the command line over the ``--config`` file's settings over its
+    defaults."""
+    base = getattr(args, "config_values", None) or {}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+        elif f.name in base:
+            values[f.name] = _coerce(base[f.name], hints[f.name], f.name, args.config)
     return cls(**values)
+
+
+def _coerce(value, hint, name: str, path: str):
+    """A config-file value as the field's type (YAML reads ``1e-3`` as a string)."""
+    target = {int: int, float: float, bool: bool, str: str}.get(hint)
+    if target is None or value is None or isinstance(value, target) and not (target is int and isinstance(value, bool)):
+        return value
+    try:
+        if target is bool:
+            raise ValueError
+        return target(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {name}: {value!r} is not a {target.__name__}") from None
+
+
+def _read_config(path: str, classes, ignore=()) -> dict:
+    """Settings from a YAML (or JSON) file: flat ``{setting: value}``, or a run's saved ``config.json`` with
+    ``{"model": {...}, "train": {...}}``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not YAML, not a mapping, or unknown settings (named).
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a YAML or JSON file ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of setting: value")
+    flat = {}
+    for k, v in data.items():
+        if k in ("model", "train") and isinstance(v, dict):
+            flat.update(v)
+        elif k not in ("world", "resumed_at_step"):  # what config.json records about the run itself
+            flat[k] = v
+    known = {f.name for c in classes for f in dataclasses.fields(c)}
+    unknown = sorted(set(flat) - known - set(ignore))
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
+    return {k: v for k, v in flat.items() if k not in ignore}
 
 
 def _setup_threads(n: int) -> None:
@@ -91,6 +145,8 @@ def cmd_train(args) -> int:
     from .captioning.model import ModelConfig
     from .captioning.train import TrainConfig, train
 
+    if args.config:
+        args.config_values = _read_config(args.config, (ModelConfig, TrainConfig))
     model_cfg = _build(ModelConfig, args)
     cfg = _build(TrainConfig, args)
     t0 = time.time()
@@ -172,6 +228,8 @@ def cmd_translate_train(args) -> int:
     from .translation.train import TranslationTrainConfig, train_translator
 
     skip = ("src_vocab_size", "tgt_vocab_size")
+    if args.config:
+        args.config_values = _read_config(args.config, (TranslatorConfig, TranslationTrainConfig), ignore=skip)
     t0 = time.time()
     best = train_translator(_build(TranslatorConfig, args, skip), _build(TranslationTrainConfig, args),
                             resume=args.resume)
@@ -229,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a captioner. Builds the encoder's feature cache first if needed. Every "
                                    "model and training setting below overrides the default.")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML or JSON file of settings (option names with underscores, e.g. batch_size: 32), or a "
+                        "run's config.json; options given on the command line win")
     g = t.add_argument_group("model")
     _add_dataclass_options(g, ModelConfig)
     g = t.add_argument_group("training")
@@ -320,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a Bahdanau or Luong attention translator on parallel text (subword "
                                     "models trained on the training split, early stopping on validation sacreBLEU).")
     tt.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    tt.add_argument("--config", default=None, metavar="FILE",
+                    help="YAML or JSON file of settings (option names with underscores, e.g. batch_size: 32), or "
+                         "a run's config.json; options given on the command line win")
     _add_dataclass_options(tt.add_argument_group("model"), TranslatorConfig, skip=("src_vocab_size", "tgt_vocab_size"))
     _add_dataclass_options(tt.add_argument_group("training"), TranslationTrainConfig)
     tt.set_defaults(func=cmd_translate_train)

@@ -321,3 +321,29 @@ def test_a_bad_setting_fails_before_the_data_is_read(tmp_path, capsys, args, mes
     err = capsys.readouterr().err
     assert code == (2 if "invalid choice" in message else 1)
     assert message in err and missing not in err
+
+
+def test_config_file_settings_with_command_line_overrides(toy_images, tmp_path, capsys):
+    """--config YAML sets options (a string '1e-3' is read as the float), the command line wins, the run saves
+    the resolved settings in config.json, and that file reproduces them as a --config of its own."""
+    from showattend.cli import main
+
+    (tmp_path / "run.yaml").write_text("embed_dim: 16\nhidden_dim: 16\nattention_dim: 8\nlr: 1e-3\n"
+                                       "batch_size: 4\nprecision: bf16\nmin_count: 1\n")
+    args = ["train", "--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
+            "--cache-dir", str(toy_images / "cache"), "--epochs", "1", "--max-steps", "1", "--val-images", "1",
+            "--val-beam-size", "1", "--no-progress", "--device", "cpu"]
+    assert main(args + ["--config", str(tmp_path / "run.yaml"), "--batch-size", "2",
+                        "--out-dir", str(tmp_path / "a")]) == 0
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["model"]["embed_dim"] == 16 and saved["train"]["lr"] == 1e-3
+    assert saved["train"]["batch_size"] == 2 and saved["train"]["precision"] == "bf16"
+    assert main(args + ["--config", str(tmp_path / "a" / "config.json"), "--out-dir", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert again["model"] == saved["model"]
+    assert {k: v for k, v in again["train"].items() if k != "out_dir"} == \
+        {k: v for k, v in saved["train"].items() if k != "out_dir"}
+    (tmp_path / "bad.yaml").write_text("batch_sise: 4\n")
+    capsys.readouterr()
+    assert main(args + ["--config", str(tmp_path / "bad.yaml")]) == 1
+    assert "unknown settings batch_sise" in capsys.readouterr().err
