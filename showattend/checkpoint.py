@@ -90,6 +90,8 @@ def export_checkpoint(src: str, dst: str, half: bool = False) -> Dict[str, Any]:
     Raises:
         CheckpointError: ``src`` is not a readable showattend checkpoint.
     """
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise CheckpointError(f"{dst}: export would overwrite its own source; choose another output file")
     ckpt = load_checkpoint(src, None)
     out = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
     if half:

@@ -96,11 +96,28 @@ def _coerce(value, hint, name: str, path: str):
     if target is None or value is None or isinstance(value, target) and not (target is int and isinstance(value, bool)):
         return value
     try:
-        if target is bool:
+        if target is bool or target is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         return target(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{path}: {name}: {value!r} is not a {target.__name__}") from None
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[target]
+        raise ValueError(f"{path}: {name} must be {kind}, got {value!r}") from None
+
+
+def _base_settings(args, classes, default_out_dir: str, ignore=()) -> dict:
+    """The settings the command line overrides: with ``--resume``, the run's own (from ``OUT_DIR/last.pt``), so
+    that a resumed run goes on as it started; then those of a ``--config`` file."""
+    from .checkpoint import load_checkpoint
+
+    from_file = _read_config(args.config, classes, ignore) if args.config else {}
+    values = {}
+    out_dir = args.out_dir or from_file.get("out_dir") or default_out_dir
+    if args.resume and os.path.isfile(os.path.join(out_dir, "last.pt")):
+        ckpt = load_checkpoint(os.path.join(out_dir, "last.pt"), None)
+        values.update({k: v for k, v in ckpt.get("config", {}).items() if k not in ignore})
+        values.update(ckpt.get("train_config", {}))
+    values.update(from_file)
+    return values
 
 
 def _read_config(path: str, classes, ignore=()) -> dict:
@@ -117,16 +134,20 @@ def _read_config(path: str, classes, ignore=()) -> dict:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"--config {path}: a folder, not a YAML or JSON file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a YAML or JSON file ({str(err).splitlines()[0]})") from None
+    if data is None:  # an empty file
+        return {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of setting: value")
     flat = {}
     for k, v in data.items():
         if k in ("model", "train") and isinstance(v, dict):
-            flat.update(v)
-        elif k not in ("world", "resumed_at_step"):  # what config.json records about the run itself
-            flat[k] = v
+            flat.update({str(a).replace("-", "_"): b for a, b in v.items()})
+        elif k not in ("world", "resumed_at_step", "resolved"):  # what config.json records about the run itself
+            flat[str(k).replace("-", "_")] = v  # batch-size: as the option is spelt works too
     known = {f.name for c in classes for f in dataclasses.fields(c)}
     unknown = sorted(set(flat) - known - set(ignore))
     if unknown:
@@ -145,8 +166,7 @@ def cmd_train(args) -> int:
     from .captioning.model import ModelConfig
     from .captioning.train import TrainConfig, train
 
-    if args.config:
-        args.config_values = _read_config(args.config, (ModelConfig, TrainConfig))
+    args.config_values = _base_settings(args, (ModelConfig, TrainConfig), TrainConfig.out_dir)
     model_cfg = _build(ModelConfig, args)
     cfg = _build(TrainConfig, args)
     t0 = time.time()
@@ -228,8 +248,8 @@ def cmd_translate_train(args) -> int:
     from .translation.train import TranslationTrainConfig, train_translator
 
     skip = ("src_vocab_size", "tgt_vocab_size")
-    if args.config:
-        args.config_values = _read_config(args.config, (TranslatorConfig, TranslationTrainConfig), ignore=skip)
+    args.config_values = _base_settings(args, (TranslatorConfig, TranslationTrainConfig), TranslationTrainConfig.out_dir,
+                                        ignore=skip)
     t0 = time.time()
     best = train_translator(_build(TranslatorConfig, args, skip), _build(TranslationTrainConfig, args),
                             resume=args.resume)
@@ -422,7 +442,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except (CheckpointError, ImageError, FileNotFoundError, ValueError, KeyError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"showattend {args.command}: error: {msg}", file=sys.stderr)
+        print(f"showattend {args.command.replace('-', ' ')}: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

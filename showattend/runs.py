@@ -87,6 +87,9 @@ def plot_curves(history: List[Dict], loss_key: str, score_key: str, path: str) -
              label=f"best: epoch {best['epoch']}, {best[score_key]:g}")
     ax1.axvline(best["epoch"], color="grey", linestyle=":", linewidth=1)
     ax2.set_ylabel(score_key.replace("_", " "), color="tab:red")
-    ax2.legend(loc="lower right", fontsize=8)
+    ax2.legend(loc="best", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return save_figure(fig, path)

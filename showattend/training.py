@@ -107,7 +107,7 @@ class EngineConfig:
         Raises:
             ValueError: the first bad setting, named as its option.
         """
-        for name in ("epochs", "batch_size", "log_every", *at_least_one):
+        for name in ("epochs", "batch_size", "log_every", "patience", *at_least_one):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "grad_clip", "weight_decay", "max_minutes", "max_steps", "save_every", "num_workers"):
@@ -116,6 +116,18 @@ class EngineConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         resolve_device(self.device)
+
+
+def check_out_dir(out_dir: str, resume: bool) -> None:
+    """Refuse to start a new run over a run folder that already holds one (its checkpoints and metrics would be
+    overwritten).
+
+    Raises:
+        ValueError: ``out_dir/last.pt`` exists and ``resume`` is False.
+    """
+    if not resume and os.path.isfile(os.path.join(out_dir, "last.pt")):
+        raise ValueError(f"{out_dir} already holds a run (last.pt): add --resume to continue it, or choose another "
+                         f"--out-dir")
 
 
 class StepContext(NamedTuple):
@@ -370,6 +382,9 @@ class Trainer:
                  ckpt: Optional[Dict[str, Any]] = None):
         self.task, self.cfg, self.dist, self.device = task, cfg, dist_info, device
         self.amp_dtype = resolve_precision(cfg.precision, device)
+        if cfg.batch_size < dist_info.world:
+            raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be at least the number of "
+                             f"processes ({dist_info.world})")
         self.last_path, self.best_path = os.path.join(cfg.out_dir, "last.pt"), os.path.join(cfg.out_dir, "best.pt")
         model = task.model.to(device)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -435,6 +450,15 @@ class Trainer:
         if e is None:  # a checkpoint from before the engine: resume at the next epoch
             self.epoch = ckpt["epoch"] + 1
             return
+        before = ckpt.get("train_config", {})
+        changed = {k: (before[k], v) for k, v in asdict(self.cfg).items() if k in before and before[k] != v}
+        if e["pos"] and any(k in changed for k in ("batch_size", "seed", "max_steps")):
+            raise ValueError(f"last.pt was saved inside epoch {e['epoch']}: resuming there needs the same "
+                             f"--batch-size, --seed and --max-steps (the epoch's batches depend on them); changed: "
+                             f"{', '.join(sorted(k for k in changed if k in ('batch_size', 'seed', 'max_steps')))}")
+        if changed and self.dist.main:
+            print("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in
+                                                                 sorted(changed.items())), flush=True)
         self.epoch, self.pos, self.step_count = e["epoch"], e["pos"], e["step"]
         self.epoch_sums, self.epoch_steps, self.epoch_s = dict(e["epoch_sums"]), e["epoch_steps"], e["epoch_s"]
         lost = _Heartbeat.lost_seconds(self.cfg.out_dir, e["spent_s"], e["step"])
@@ -507,12 +531,24 @@ class Trainer:
         if self.dist.main:  # the resolved settings of this (re)start, beside the checkpoints
             atomic_write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(
                 {"model": task.payload().get("config"), "train": asdict(cfg), "world": self.dist.world,
-                 "resumed_at_step": self.step_count}, indent=2))
+                 "resumed_at_step": self.step_count,
+                 "resolved": {"device": str(self.device), "precision": "bf16" if self.amp_dtype else "fp32"}},
+                indent=2))
         self._truncate_step_log()
         kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_STEP", "0"))  # fault injection for the resume tests
         t_mark = time.time()
+        if self.dist.main and self.history and self.pos == 0:
+            done = self.history[-1]["epoch"]
+            if done >= cfg.epochs:
+                print(f"nothing to train: {done} epochs done, --epochs is {cfg.epochs}", flush=True)
+            elif self.bad >= cfg.patience:
+                print(f"nothing to train: the run stopped early after epoch {done} ({self.bad} epochs without a "
+                      f"new best, --patience {cfg.patience})", flush=True)
+        ran = False  # an epoch ended in this call
         while self.epoch <= cfg.epochs:
             if self.pos == 0 and self.bad >= cfg.patience:
+                if self.dist.main and ran:
+                    print(f"early stopping: no new best {task.score_key} for {self.bad} epochs", flush=True)
                 break
             if self.pos == 0 and cfg.max_minutes > 0 and self.history:
                 last = self.history[-1]["train_s"] + self.history[-1]["val_s"]
@@ -530,7 +566,8 @@ class Trainer:
             self.sampler.batches = [shard(b, self.dist.rank, self.dist.world) for b in todo]
             self.ddp.train()
             bar = tqdm(total=len(global_batches), initial=self.pos, desc=f"epoch {self.epoch}",
-                       disable=not (cfg.progress and self.dist.main), leave=False)
+                       disable=True if not (cfg.progress and self.dist.main) else None, leave=False)  # None: off
+            # when stderr is not a terminal
             for batch, gb in zip(self.loader, todo):
                 ctx = StepContext(self.step_count, sum(task.words(i) for i in gb), len(gb), self.dist.world)
                 self.step(batch, ctx)
@@ -556,7 +593,7 @@ class Trainer:
             if summary is not None and self.step_count % cfg.log_every:
                 self._log_steps(summary)
             self._end_epoch(len(global_batches))
-            t_mark = time.time()
+            ran, t_mark = True, time.time()
         if self.beat is not None and os.path.exists(self.beat.path):
             os.remove(self.beat.path)
         return self.best_path

@@ -347,3 +347,46 @@ def test_config_file_settings_with_command_line_overrides(toy_images, tmp_path, 
     capsys.readouterr()
     assert main(args + ["--config", str(tmp_path / "bad.yaml")]) == 1
     assert "unknown settings batch_sise" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_settings_and_a_new_run_does_not_overwrite_one(toy_images, tmp_path, capsys):
+    """--resume takes the training settings from last.pt (options given again override them, and are reported);
+    inside an epoch the batches' settings cannot change; a run without --resume refuses a folder with a run."""
+    from showattend.cli import main
+
+    data = ["--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
+            "--cache-dir", str(toy_images / "cache"), "--out-dir", str(tmp_path / "run"), "--no-progress",
+            "--device", "cpu"]
+    first = ["--min-count", "1", "--batch-size", "4", "--embed-dim", "16", "--hidden-dim", "16",
+             "--attention-dim", "8", "--val-beam-size", "1", "--save-every", "3", "--epochs", "1"]
+    assert main(["train", *data, *first, "--max-steps", "1"]) == 0  # epoch 1: one step
+    capsys.readouterr()
+    assert main(["train", *data, "--epochs", "1"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", *data, "--resume", "--epochs", "2", "--max-steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming with changed settings: epochs 1 -> 2" in out and "min count 1" in out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (saved["batch_size"], saved["min_count"], saved["save_every"], saved["epochs"]) == (4, 1, 3, 2)
+    # a checkpoint inside an epoch: its batches must not change
+    engine = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["engine"]
+    assert engine["pos"] == 0
+    assert main(["train", *data, "--resume", "--epochs", "3", "--max-steps", "0", "--save-every", "2"]) == 0
+    # nothing left: the run says so
+    assert main(["train", *data, "--resume"]) == 0
+    assert "nothing to train: 3 epochs done" in capsys.readouterr().out
+
+
+def test_resuming_inside_an_epoch_needs_the_same_batches(toy_images, tmp_path, capsys):
+    from showattend.cli import main
+
+    data = ["--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
+            "--cache-dir", str(toy_images / "cache"), "--out-dir", str(tmp_path / "run"), "--no-progress",
+            "--device", "cpu", "--min-count", "1", "--embed-dim", "16", "--hidden-dim", "16", "--attention-dim",
+            "8", "--val-beam-size", "1", "--epochs", "1"]
+    p = _cli(["train", *data, "--batch-size", "4", "--save-every", "2"], env={"SHOWATTEND_KILL_AT_STEP": "3"},
+             check=False)
+    assert p.returncode == -signal.SIGKILL
+    assert main(["train", *data, "--resume", "--batch-size", "2"]) == 1
+    assert "needs the same --batch-size" in capsys.readouterr().err
+    assert main(["train", *data, "--resume"]) == 0

@@ -259,8 +259,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
             for f in os.listdir(out_folder):
                 if f.startswith("progress"):
                     os.remove(os.path.join(out_folder, f))
-            created = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=tuple(shape))
-            del created
+            np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=tuple(shape)).flush()
     barrier()
     done = lo
     if os.path.isfile(progress_file):

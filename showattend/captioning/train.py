@@ -19,7 +19,8 @@ import torch.distributed as dist
 
 from ..checkpoint import load_checkpoint
 from ..metrics import bleu4
-from ..training import DistInfo, EngineConfig, StepContext, Task, Trainer, resolve_precision, setup_distributed
+from ..training import (DistInfo, EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
+                        setup_distributed)
 from ..vocab import Vocab
 from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
                    load_karpathy)
@@ -281,6 +282,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str
         ValueError: a bad setting (checked before any long work).
     """
     cfg.validate()
+    check_out_dir(cfg.out_dir, resume)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"), CHECKPOINT_KIND) if resume else None

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
 from ..runs import atomic_write_text, resolve_device
-from ..training import EngineConfig, StepContext, Task, Trainer, resolve_precision, setup_distributed
+from ..training import (EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
+                        setup_distributed)
 from ..search import Hypothesis
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
 from .model import Translator, TranslatorConfig
@@ -242,6 +243,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         ValueError: a bad setting (checked before any long work).
     """
     cfg.validate()
+    check_out_dir(cfg.out_dir, resume)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
     tr_src, tr_tgt = read_parallel(find_split(cfg.data, cfg.train_split, cfg.src),
