@@ -434,6 +434,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if i is not None and argv[i] == "translate" and len(argv) > i + 1 and argv[i + 1] in ("train", "evaluate"):
         argv[i:i + 2] = [f"translate-{argv[i + 1]}"]
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads must not be negative, got {args.threads}")
     _setup_threads(args.threads)
     from .captioning.images import ImageError
     from .checkpoint import CheckpointError
@@ -442,6 +444,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except (CheckpointError, ImageError, FileNotFoundError, ValueError, KeyError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if "Original Traceback" in str(msg):  # an error raised in a DataLoader worker: its own last line
+            msg = str(msg).strip().splitlines()[-1]
         print(f"showattend {args.command.replace('-', ' ')}: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

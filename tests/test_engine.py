@@ -309,6 +309,9 @@ def test_compiled_step_gives_the_eager_loss(tmp_path):
     (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["train", "--device", "tpu"], "--device 'tpu'"),
     (["translate", "train", "--save-every", "-1"], "--save-every must not be negative"),
+    (["train", "--attention-dim", "-1"], "--attention-dim must be at least 1"),
+    (["train", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["translate", "train", "--decoder-hidden", "0"], "--decoder-hidden must be at least 1"),
 ])
 def test_a_bad_setting_fails_before_the_data_is_read(tmp_path, capsys, args, message):
     from showattend.cli import main

@@ -71,6 +71,13 @@ class ModelConfig:
             raise ValueError(f"--encoder {self.encoder!r}: choose one of {', '.join(sorted(ENCODERS))}")
         if self.score not in ("additive", "general", "dot"):
             raise ValueError(f"--score {self.score!r}: choose additive, general or dot")
+        for name in ("image_size", "embed_dim", "hidden_dim", "attention_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.fine_tune_blocks < 0:
+            raise ValueError(f"--fine-tune-blocks must not be negative, got {self.fine_tune_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -67,6 +67,11 @@ class TranslatorConfig:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
         if self.score not in ("dot", "general", "concat"):
             raise ValueError(f"score must be dot, general or concat, got {self.score!r}")
+        for f in fields(self):
+            if f.type in (int, "int") and getattr(self, f.name) < 1:
+                raise ValueError(f"--{f.name.replace('_', '-')} must be at least 1, got {getattr(self, f.name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TranslatorConfig":

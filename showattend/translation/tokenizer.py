@@ -41,10 +41,14 @@ class SubwordTokenizer:
         import sentencepiece as spm
 
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter([s for s in sentences if s.strip()]), model_writer=model, vocab_size=vocab_size,
-            model_type=model_type, character_coverage=character_coverage, pad_id=PAD_ID, bos_id=BOS_ID,
-            eos_id=EOS_ID, unk_id=UNK_ID, hard_vocab_limit=False, minloglevel=2, num_threads=2)
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter([s for s in sentences if s.strip()]), model_writer=model,
+                vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, pad_id=PAD_ID,
+                bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID, hard_vocab_limit=False, minloglevel=2, num_threads=2)
+        except RuntimeError as err:  # e.g. a vocabulary smaller than the special pieces
+            raise ValueError(f"sentencepiece cannot train a {vocab_size}-piece vocabulary on this text (--vocab-size): "
+                             f"{str(err).splitlines()[-1][:200]}") from None
         return cls(model.getvalue())
 
     @classmethod
