@@ -65,6 +65,10 @@ def write_metrics(out_dir: str, history: List[Dict]) -> None:
     atomic_write_text(os.path.join(out_dir, "metrics.csv"), buf.getvalue())
 
 
+LABELS = {"train_ce": "train cross-entropy (nats/word)", "train_loss": "train loss (nats/token)",
+          "val_bleu4": "validation BLEU-4", "val_bleu": "validation BLEU (sacreBLEU)"}
+
+
 def plot_curves(history: List[Dict], loss_key: str, score_key: str, path: str) -> Optional[str]:
     """Training loss and validation score per epoch, the best epoch marked; returns ``path`` (None if empty)."""
     rows = [h for h in history if loss_key in h and score_key in h]
@@ -80,14 +84,14 @@ def plot_curves(history: List[Dict], loss_key: str, score_key: str, path: str) -
     fig, ax1 = plt.subplots(figsize=(6, 3.5))
     ax1.plot(ep, [h[loss_key] for h in rows], "o-", color="tab:blue")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel(loss_key.replace("_", " "), color="tab:blue")
+    ax1.set_ylabel(LABELS.get(loss_key, loss_key), color="tab:blue")
     ax2 = ax1.twinx()
     ax2.plot(ep, [h[score_key] for h in rows], "s-", color="tab:red")
-    ax2.plot([best["epoch"]], [best[score_key]], "*", color="gold", markersize=16, markeredgecolor="black",
-             label=f"best: epoch {best['epoch']}, {best[score_key]:g}")
+    ax2.plot([best["epoch"]], [best[score_key]], "*", color="gold", markersize=16, markeredgecolor="black")
+    ax1.set_title(f"best (star): epoch {best['epoch']}, {LABELS.get(score_key, score_key)} {best[score_key]:g}",
+                  fontsize=9)
     ax1.axvline(best["epoch"], color="grey", linestyle=":", linewidth=1)
-    ax2.set_ylabel(score_key.replace("_", " "), color="tab:red")
-    ax2.legend(loc="best", fontsize=8)
+    ax2.set_ylabel(LABELS.get(score_key, score_key), color="tab:red")
     from matplotlib.ticker import MaxNLocator
 
     ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
