@@ -170,7 +170,7 @@ def cmd_train(args) -> int:
     model_cfg = _build(ModelConfig, args)
     cfg = _build(TrainConfig, args)
     t0 = time.time()
-    best = train(model_cfg, cfg, resume=args.resume)
+    best = train(model_cfg, cfg, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
         print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
     return 0
@@ -252,7 +252,7 @@ def cmd_translate_train(args) -> int:
                                         ignore=skip)
     t0 = time.time()
     best = train_translator(_build(TranslatorConfig, args, skip), _build(TranslationTrainConfig, args),
-                            resume=args.resume)
+                            resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
     return 0
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a captioner. Builds the encoder's feature cache first if needed. Every "
                                    "model and training setting below overrides the default.")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    t.add_argument("--overwrite", action="store_true", help="a new run replaces the run files in OUT_DIR")
     t.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or JSON file of settings (option names with underscores, e.g. batch_size: 32), or a "
                         "run's config.json; options given on the command line win")
@@ -401,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a Bahdanau or Luong attention translator on parallel text (subword "
                                     "models trained on the training split, early stopping on validation sacreBLEU).")
     tt.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    tt.add_argument("--overwrite", action="store_true", help="a new run replaces the run files in OUT_DIR")
     tt.add_argument("--config", default=None, metavar="FILE",
                     help="YAML or JSON file of settings (option names with underscores, e.g. batch_size: 32), or "
                          "a run's config.json; options given on the command line win")

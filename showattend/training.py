@@ -118,16 +118,48 @@ class EngineConfig:
         resolve_device(self.device)
 
 
-def check_out_dir(out_dir: str, resume: bool) -> None:
-    """Refuse to start a new run over a run folder that already holds one (its checkpoints and metrics would be
-    overwritten).
+#: the files a run writes into its folder
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "steps.jsonl", "curves.png", "config.json",
+             "running.json")
+
+
+def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> None:
+    """Prepare a run folder: refuse to start a new run over another run's files (unless ``overwrite``, which
+    deletes them), and remove the temporary files of atomic writes that a killed process left behind.
+
+    Under torchrun only rank 0 deletes anything.
 
     Raises:
-        ValueError: ``out_dir/last.pt`` exists and ``resume`` is False.
+        ValueError: a new run (not ``resume``) in a folder holding a run's files, without ``overwrite``.
     """
-    if not resume and os.path.isfile(os.path.join(out_dir, "last.pt")):
-        raise ValueError(f"{out_dir} already holds a run (last.pt): add --resume to continue it, or choose another "
-                         f"--out-dir")
+    main = os.environ.get("RANK", "0") == "0"
+    found = [f for f in RUN_FILES if os.path.isfile(os.path.join(out_dir, f))]
+    if found and not resume:
+        if not overwrite:
+            raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}): add --resume to continue it, "
+                             f"--overwrite to replace it, or choose another --out-dir")
+        if main:
+            for f in found:
+                os.remove(os.path.join(out_dir, f))
+            print(f"--overwrite: removed the previous run's {', '.join(found)} from {out_dir}", flush=True)
+    if main and os.path.isdir(out_dir):
+        for f in os.listdir(out_dir):  # "<name>.tmp.<pid>[.png]" from checkpoint.py and runs.py
+            pid = f.split(".tmp.")[-1].split(".")[0] if ".tmp." in f else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                try:
+                    os.remove(os.path.join(out_dir, f))
+                except FileNotFoundError:
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StepContext(NamedTuple):

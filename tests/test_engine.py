@@ -393,3 +393,24 @@ def test_resuming_inside_an_epoch_needs_the_same_batches(toy_images, tmp_path, c
     assert main(["train", *data, "--resume", "--batch-size", "2"]) == 1
     assert "needs the same --batch-size" in capsys.readouterr().err
     assert main(["train", *data, "--resume"]) == 0
+
+
+def test_overwrite_replaces_a_run_and_stale_temporary_files_are_removed(toy_images, tmp_path, capsys):
+    from showattend.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
+            "--cache-dir", str(toy_images / "cache"), "--out-dir", str(run), "--no-progress", "--device", "cpu",
+            "--min-count", "1", "--embed-dim", "16", "--hidden-dim", "16", "--attention-dim", "8",
+            "--val-beam-size", "1", "--epochs", "1", "--max-steps", "1"]
+    assert main(args) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # the pid of a process that has exited
+    stale = [run / f".last.pt.tmp.{dead}", run / f"metrics.jsonl.tmp.{dead}", run / f"curves.png.tmp.{dead}.png"]
+    live = run / f".best.pt.tmp.{os.getppid()}"  # a writer that is still alive keeps its file
+    for f in [*stale, live]:
+        f.write_bytes(b"partial")
+    assert main(args + ["--overwrite"]) == 0
+    assert "removed the previous run's last.pt, best.pt" in capsys.readouterr().out
+    assert not any(f.exists() for f in stale) and live.exists()
+    assert [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")] == [1]

@@ -267,22 +267,24 @@ class CaptionTask(Task):
         self.model.recurrence = torch.compile(self.model.recurrence, dynamic=True)
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False) -> str:
+def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
+          overwrite: bool = False) -> str:
     """Train a captioner with the engine; returns the path of ``best.pt``.
 
-    Under ``torchrun`` every process runs this; rank 0 builds a missing feature cache while the others wait.
+    Under ``torchrun`` every process runs this, and each encodes its share of a missing feature cache.
 
     Args:
         model_cfg: architecture (taken from the checkpoint when resuming).
         cfg: training settings.
         resume: continue from ``out_dir/last.pt`` exactly where it was saved.
+        overwrite: a new run may replace the run files already in ``out_dir``.
 
     Raises:
         FileNotFoundError: missing data; CheckpointError: ``resume`` without a usable ``last.pt``.
         ValueError: a bad setting (checked before any long work).
     """
     cfg.validate()
-    check_out_dir(cfg.out_dir, resume)
+    check_out_dir(cfg.out_dir, resume, overwrite)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"), CHECKPOINT_KIND) if resume else None

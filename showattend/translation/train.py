@@ -232,7 +232,8 @@ class TranslationTask(Task):
         self.model.decoder.step = torch.compile(self.model.decoder.step, dynamic=True)
 
 
-def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, resume: bool = False) -> str:
+def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, resume: bool = False,
+                     overwrite: bool = False) -> str:
     """Train a translator with teacher forcing through the engine; early stopping on validation sacreBLEU.
 
     Returns:
@@ -243,7 +244,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         ValueError: a bad setting (checked before any long work).
     """
     cfg.validate()
-    check_out_dir(cfg.out_dir, resume)
+    check_out_dir(cfg.out_dir, resume, overwrite)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
     tr_src, tr_tgt = read_parallel(find_split(cfg.data, cfg.train_split, cfg.src),
