@@ -86,7 +86,7 @@ def _build(cls, args, skip=()):
         if getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)
         elif f.name in base:
-            values[f.name] = _coerce(base[f.name], hints[f.name], f.name, args.config)
+            values[f.name] = _coerce(base[f.name], hints[f.name], f.name, args.config or "last.pt's settings")
     return cls(**values)
 
 
@@ -248,8 +248,8 @@ def cmd_translate_train(args) -> int:
     from .translation.train import TranslationTrainConfig, train_translator
 
     skip = ("src_vocab_size", "tgt_vocab_size")
-    args.config_values = _base_settings(args, (TranslatorConfig, TranslationTrainConfig), TranslationTrainConfig.out_dir,
-                                        ignore=skip)
+    args.config_values = _base_settings(args, (TranslatorConfig, TranslationTrainConfig),
+                                        TranslationTrainConfig.out_dir, ignore=skip)
     t0 = time.time()
     best = train_translator(_build(TranslatorConfig, args, skip), _build(TranslationTrainConfig, args),
                             resume=args.resume, overwrite=args.overwrite)
@@ -287,6 +287,17 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of both training commands that are about the run, not its settings."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT_DIR/last.pt exactly where it was saved, with the run's own settings "
+                             "(options given again override them)")
+    parser.add_argument("--overwrite", action="store_true", help="a new run replaces the run files in OUT_DIR")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML or JSON file of settings (option names with underscores, e.g. batch_size: 32), or "
+                             "a run's config.json; options given on the command line win")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .captioning.model import ModelConfig
     from .captioning.train import TrainConfig
@@ -306,11 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "validation BLEU-4)",
                        description="Train a captioner. Builds the encoder's feature cache first if needed. Every "
                                    "model and training setting below overrides the default.")
-    t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
-    t.add_argument("--overwrite", action="store_true", help="a new run replaces the run files in OUT_DIR")
-    t.add_argument("--config", default=None, metavar="FILE",
-                   help="YAML or JSON file of settings (option names with underscores, e.g. batch_size: 32), or a "
-                        "run's config.json; options given on the command line win")
+    _run_options(t)
     g = t.add_argument_group("model")
     _add_dataclass_options(g, ModelConfig)
     g = t.add_argument_group("training")
@@ -401,11 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                         prog="showattend translate train",
                         description="Train a Bahdanau or Luong attention translator on parallel text (subword "
                                     "models trained on the training split, early stopping on validation sacreBLEU).")
-    tt.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
-    tt.add_argument("--overwrite", action="store_true", help="a new run replaces the run files in OUT_DIR")
-    tt.add_argument("--config", default=None, metavar="FILE",
-                    help="YAML or JSON file of settings (option names with underscores, e.g. batch_size: 32), or "
-                         "a run's config.json; options given on the command line win")
+    _run_options(tt)
     _add_dataclass_options(tt.add_argument_group("model"), TranslatorConfig, skip=("src_vocab_size", "tgt_vocab_size"))
     _add_dataclass_options(tt.add_argument_group("training"), TranslationTrainConfig)
     tt.set_defaults(func=cmd_translate_train)

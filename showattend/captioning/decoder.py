@@ -168,7 +168,8 @@ class Decoder(nn.Module):
             (h_t, c_t), gated context β_t ẑ_t (B, D), attention output, β_t (B,).
         """
         h, c = state
-        att = self.attention(h, keys, annotations, hard=hard, location=location, uniform=uniform)  # ẑ (B, D), α (B, L)
+        att = self.attention(h, keys, annotations, hard=hard, location=location,
+                             uniform=uniform)  # context ẑ (B, D), α (B, L)
         beta = torch.sigmoid(self.f_beta(h)) if self.f_beta is not None else h.new_ones(h.size(0), 1)  # (B, 1)
         z = beta * att.context  # (B, D)
         h, c = self.lstm(torch.cat([e, z], dim=1), (h, c))  # (B, n)
