@@ -414,3 +414,21 @@ def test_overwrite_replaces_a_run_and_stale_temporary_files_are_removed(toy_imag
     assert "removed the previous run's last.pt, best.pt" in capsys.readouterr().out
     assert not any(f.exists() for f in stale) and live.exists()
     assert [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")] == [1]
+
+
+def test_the_feature_cache_is_encoded_at_the_models_image_size(toy_images, tmp_path, capsys):
+    """--image-size reaches the encoder: at 96 px Lite0 gives a 3x3 grid (L = 9), the size is recorded, and a
+    cache of another size under the same name is refused instead of being used."""
+    from showattend.cli import main
+
+    common = ["--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
+              "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(["cache", *common, "--image-size", "96"]) == 0
+    store = FeatureStore(str(tmp_path / "cache" / "toy-efficientnet_lite0-96"))
+    assert store.meta["image_size"] == 96 and store.array.shape[1] == 9
+    meta = json.loads((tmp_path / "cache" / "toy-efficientnet_lite0-96" / "index.json").read_text())
+    (tmp_path / "cache" / "toy-efficientnet_lite0-96" / "index.json").write_text(json.dumps({**meta,
+                                                                                           "image_size": 224}))
+    capsys.readouterr()
+    assert main(["cache", *common, "--image-size", "96"]) == 1
+    assert "holds features of efficientnet_lite0 at 224 px" in capsys.readouterr().err

@@ -202,7 +202,7 @@ class _ImageFiles(Dataset):
 @torch.no_grad()
 def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_folder: str, batch_size: int = 32,
                         num_workers: int = 1, device: str = "cpu", progress: bool = True, rank: int = 0,
-                        world: int = 1) -> FeatureStore:
+                        world: int = 1, image_size: Optional[int] = None) -> FeatureStore:
     """Encode every image once and store the annotation vectors as float16.
 
     Resumable: rows already written to ``features.npy.partial`` (counted in a progress file) are skipped when
@@ -224,6 +224,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
         device: where the encoder runs.
         progress: show a tqdm bar (rank 0's).
         rank, world: this process and the number of processes sharing the work.
+        image_size: input side in pixels (default: the encoder's); recorded in ``index.json``.
 
     Returns:
         a :class:`FeatureStore` over the cache.
@@ -236,10 +237,10 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     barrier = torch.distributed.barrier if world > 1 else (lambda: None)
     os.makedirs(out_folder, exist_ok=True)
     final = os.path.join(out_folder, "features.npy")
-    meta = {"encoder": encoder.spec.name, "image_size": encoder.spec.image_size, "keys": list(keys)}
+    meta = {"encoder": encoder.spec.name, "image_size": image_size or encoder.spec.image_size, "keys": list(keys)}
     if os.path.isfile(final) and os.path.isfile(os.path.join(out_folder, "index.json")):
         store = FeatureStore(out_folder)
-        if store.meta["keys"] == meta["keys"] and store.meta["encoder"] == meta["encoder"]:
+        if all(store.meta.get(k) == meta[k] for k in ("keys", "encoder", "image_size")):
             return store
         raise ValueError(f"{out_folder} holds a different feature cache; choose another folder")
     encoder = encoder.to(device).eval()

@@ -122,11 +122,17 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     keys = sorted({r.key for r in records})
     if os.path.isfile(os.path.join(folder, "features.npy")):
         store = FeatureStore(folder)
+        made_for = (store.meta.get("encoder"), store.meta.get("image_size"))
+        if made_for != (model_cfg.encoder, model_cfg.image_size):
+            raise ValueError(f"{folder} holds features of {made_for[0]} at {made_for[1]} px, not of "
+                             f"{model_cfg.encoder} at {model_cfg.image_size} px; remove it or choose another "
+                             f"--cache-dir")
         if all(k in store for k in keys):
             return store
     encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights)
     return build_feature_cache(encoder, cfg.images, keys, folder, device=str(device or "cpu"),
-                               progress=cfg.progress, rank=dist_info.rank, world=dist_info.world)
+                               progress=cfg.progress, rank=dist_info.rank, world=dist_info.world,
+                               image_size=model_cfg.image_size)
 
 
 def _seed_all(seed: int) -> None:
