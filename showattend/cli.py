@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import re
 import sys
-import time
-import typing
 from typing import List, Optional
+
+from .commands import (cmd_caption, cmd_cache, cmd_evaluate, cmd_export, cmd_train, cmd_translate,
+                       cmd_translate_evaluate, cmd_translate_train)
+from .options import add_dataclass_options, add_run_options
 
 __all__ = ["main", "DEFAULT_CHECKPOINT"]
 
@@ -20,282 +20,11 @@ DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
                                   "showattend_flickr8k_lite0.pt")
 
 
-def _field_docs(cls) -> dict:
-    """The entries of the ``Attributes:`` (or ``Args:``) sections of a dataclass's docstring and its bases':
-    {field name: text} (a subclass's entry wins).
-
-    An entry is ``name: text`` or ``name_a, name_b: text`` (one text for several fields); lines indented deeper
-    than the entry continue its text. Sphinx markup is reduced to plain text for ``--help``.
-    """
-    docs = {}
-    for klass in reversed(cls.__mro__):
-        docs.update(_docstring_entries(klass.__doc__ if klass.__dict__.get("__doc__") else ""))
-    return docs
-
-
-def _docstring_entries(doc: str) -> dict:
-    docs, names, section, indent = {}, [], None, 0
-    for ln in (doc or "").splitlines():
-        depth, text = len(ln) - len(ln.lstrip()), ln.strip()
-        head, _, rest = text.partition(":")
-        if text in ("Attributes:", "Args:"):
-            section, names = depth, []
-        elif section is None or not text or depth <= section:  # outside the section, or a blank line
-            section, names = (None if text else section), []
-        elif names and depth > indent:
-            for n in names:
-                docs[n] += " " + text
-        elif rest.strip() and all(n.strip().isidentifier() for n in head.split(",")):
-            names, indent = [n.strip() for n in head.split(",")], depth
-            for n in names:
-                docs[n] = rest.strip()
-    return {n: re.sub(r":\w+:`~?(?:[\w.]*\.)?(\w+)`", r"\1", t).replace("``", "") for n, t in docs.items()}
-
-
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One ``--field-name`` option per dataclass field, defaulting to None (= keep the dataclass default)."""
-    docs = _field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_line = docs.get(f.name, "")
-        default = f.default
-        if typing.get_origin(hints[f.name]) is typing.Literal:  # choices from the field's Literal type
-            parser.add_argument(flag, dest=f.name, choices=typing.get_args(hints[f.name]), default=None,
-                                help=f"{help_line} (default: {default})")
-        elif f.type in (bool, "bool"):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_line} (default: {default})")
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type), None) or \
-                (type(default) if default is not None and not isinstance(default, str) else str)
-            parser.add_argument(flag, dest=f.name, type=typ, default=None, help=f"{help_line} (default: {default})")
-
-
-def _build(cls, args, skip=()):
-    """The dataclass from the options given on the command line over the ``--config`` file's settings over its
-    defaults."""
-    base = getattr(args, "config_values", None) or {}
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        if getattr(args, f.name, None) is not None:
-            values[f.name] = getattr(args, f.name)
-        elif f.name in base:
-            values[f.name] = _coerce(base[f.name], hints[f.name], f.name, args.config or "last.pt's settings")
-    return cls(**values)
-
-
-def _coerce(value, hint, name: str, path: str):
-    """A config-file value as the field's type (YAML reads ``1e-3`` as a string)."""
-    target = {int: int, float: float, bool: bool, str: str}.get(hint)
-    if target is None or value is None or isinstance(value, target) and not (target is int and isinstance(value, bool)):
-        return value
-    try:
-        if target is bool or target is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return target(value)
-    except (TypeError, ValueError):
-        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[target]
-        raise ValueError(f"{path}: {name} must be {kind}, got {value!r}") from None
-
-
-def _base_settings(args, classes, default_out_dir: str, ignore=()) -> dict:
-    """The settings the command line overrides: with ``--resume``, the run's own (from ``OUT_DIR/last.pt``), so
-    that a resumed run goes on as it started; then those of a ``--config`` file."""
-    from .checkpoint import load_checkpoint
-
-    from_file = _read_config(args.config, classes, ignore) if args.config else {}
-    values = {}
-    out_dir = args.out_dir or from_file.get("out_dir") or default_out_dir
-    if args.resume and os.path.isfile(os.path.join(out_dir, "last.pt")):
-        ckpt = load_checkpoint(os.path.join(out_dir, "last.pt"), None)
-        values.update({k: v for k, v in ckpt.get("config", {}).items() if k not in ignore})
-        values.update(ckpt.get("train_config", {}))
-    values.update(from_file)
-    return values
-
-
-def _read_config(path: str, classes, ignore=()) -> dict:
-    """Settings from a YAML (or JSON) file: flat ``{setting: value}``, or a run's saved ``config.json`` with
-    ``{"model": {...}, "train": {...}}``.
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: not YAML, not a mapping, or unknown settings (named).
-    """
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ValueError(f"--config {path}: a folder, not a YAML or JSON file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a YAML or JSON file ({str(err).splitlines()[0]})") from None
-    if data is None:  # an empty file
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of setting: value")
-    flat = {}
-    for k, v in data.items():
-        if k in ("model", "train") and isinstance(v, dict):
-            flat.update({str(a).replace("-", "_"): b for a, b in v.items()})
-        elif k not in ("world", "resumed_at_step", "resolved"):  # what config.json records about the run itself
-            flat[str(k).replace("-", "_")] = v  # batch-size: as the option is spelt works too
-    known = {f.name for c in classes for f in dataclasses.fields(c)}
-    unknown = sorted(set(flat) - known - set(ignore))
-    if unknown:
-        raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
-    return {k: v for k, v in flat.items() if k not in ignore}
-
-
 def _setup_threads(n: int) -> None:
     import torch
 
     if n:
         torch.set_num_threads(n)
-
-
-def cmd_train(args) -> int:
-    from .captioning.model import ModelConfig
-    from .captioning.train import TrainConfig, train
-
-    args.config_values = _base_settings(args, (ModelConfig, TrainConfig), TrainConfig.out_dir)
-    model_cfg = _build(ModelConfig, args)
-    cfg = _build(TrainConfig, args)
-    t0 = time.time()
-    best = train(model_cfg, cfg, resume=args.resume, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
-        print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
-    return 0
-
-
-def cmd_cache(args) -> int:
-    from .captioning.model import ModelConfig
-    from .captioning.train import TrainConfig, load_records, prepare_cache
-    from .training import setup_distributed
-
-    model_cfg = _build(ModelConfig, args)
-    cfg = _build(TrainConfig, args)
-    t0 = time.time()
-    dist_info, device = setup_distributed(cfg.device)  # under torchrun each process encodes its share
-    store = prepare_cache(cfg, model_cfg, load_records(cfg), device, dist_info)
-    print(f"feature cache: {store.folder} ({len(store.row)} images, {time.time() - t0:.0f} s)")
-    return 0
-
-
-def cmd_caption(args) -> int:
-    from .captioning.images import open_rgb
-    from .captioning.model import Captioner
-    from .captioning.overlay import plot_attention
-
-    cap = Captioner.from_checkpoint(args.checkpoint, device=args.device)
-    results, errors = cap.caption_files(args.images, beam_size=args.beam_size, max_len=args.max_len,
-                                        length_penalty=args.length_penalty, attention=args.attention,
-                                        samples=args.samples)
-    for path in args.images:
-        if path not in results:
-            continue
-        r = results[path]
-        print(f"{path}\t{r.text}" if len(args.images) > 1 else r.text, flush=True)
-        if args.attention_dir:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            out = os.path.join(args.attention_dir, f"{stem}_attention.png")
-            plot_attention(open_rgb(path), r.words, r.alphas, r.grid, out, betas=r.betas if args.show_beta else None,
-                           mark_location=cap.config.attention == "hard")
-            print(f"  attention overlay: {out}", file=sys.stderr)
-    for path, msg in errors.items():
-        print(f"error: {msg}", file=sys.stderr)
-    if errors:
-        print(f"{len(errors)} of {len(args.images)} images failed", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from .captioning.evaluate import evaluate
-
-    report = evaluate(args.checkpoint, data=args.data, images=args.images, split=args.split,
-                      beam_size=args.beam_size, max_len=args.max_len, length_penalty=args.length_penalty,
-                      cache_dir=args.cache_dir, device=args.device, limit=args.limit,
-                      captions_out=args.captions_out, attention=args.attention, samples=args.samples)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        from .runs import atomic_write_text
-
-        atomic_write_text(args.output, text + "\n")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from .checkpoint import export_checkpoint
-
-    out = export_checkpoint(args.checkpoint, args.output, half=args.half)
-    size = os.path.getsize(args.output) / 2 ** 20
-    print(f"wrote {args.output} ({out['format']}, {size:.1f} MiB{', fp16 weights' if args.half else ''})")
-    return 0
-
-
-def cmd_translate_train(args) -> int:
-    from .translation.model import TranslatorConfig
-    from .translation.train import TranslationTrainConfig, train_translator
-
-    skip = ("src_vocab_size", "tgt_vocab_size")
-    args.config_values = _base_settings(args, (TranslatorConfig, TranslationTrainConfig),
-                                        TranslationTrainConfig.out_dir, ignore=skip)
-    t0 = time.time()
-    best = train_translator(_build(TranslatorConfig, args, skip), _build(TranslationTrainConfig, args),
-                            resume=args.resume, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
-    return 0
-
-
-def cmd_translate_evaluate(args) -> int:
-    from .translation.train import evaluate_translator
-
-    report = evaluate_translator(args.checkpoint, args.data, args.src, args.tgt, args.split, args.beam_size,
-                                 args.length_penalty, args.device, args.output)
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-def cmd_translate(args) -> int:
-    from .translation.plot import plot_alignment
-    from .translation.train import TranslatorBundle
-
-    bundle = TranslatorBundle.from_checkpoint(args.checkpoint, args.device)
-    sentences = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
-    results = bundle.translate(sentences, beam_size=args.beam_size, max_len=args.max_len,
-                               length_penalty=args.length_penalty)
-    for r in results:
-        print(r["text"], flush=True)
-    if args.alignment:
-        r = results[0]
-        if not r["source_pieces"]:
-            print("error: no alignment for an empty sentence", file=sys.stderr)
-            return 1
-        plot_alignment(r["source_pieces"], r["target_pieces"], r["alpha"], args.alignment, title=r["text"])
-        print(f"alignment of sentence 1: {args.alignment}", file=sys.stderr)
-    return 0
-
-
-def _run_options(parser: argparse.ArgumentParser) -> None:
-    """The options of both training commands that are about the run, not its settings."""
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT_DIR/last.pt exactly where it was saved, with the run's own settings "
-                             "(options given again override them)")
-    parser.add_argument("--overwrite", action="store_true", help="a new run replaces the run files in OUT_DIR")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML or JSON file of settings (option names with underscores, e.g. batch_size: 32), or "
-                             "a run's config.json; options given on the command line win")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,11 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "validation BLEU-4)",
                        description="Train a captioner. Builds the encoder's feature cache first if needed. Every "
                                    "model and training setting below overrides the default.")
-    _run_options(t)
+    add_run_options(t)
     g = t.add_argument_group("model")
-    _add_dataclass_options(g, ModelConfig)
+    add_dataclass_options(g, ModelConfig)
     g = t.add_argument_group("training")
-    _add_dataclass_options(g, TrainConfig)
+    add_dataclass_options(g, TrainConfig)
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("cache", help="compute the frozen encoder's features of a dataset once, to disk",
@@ -408,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                         prog="showattend translate train",
                         description="Train a Bahdanau or Luong attention translator on parallel text (subword "
                                     "models trained on the training split, early stopping on validation sacreBLEU).")
-    _run_options(tt)
-    _add_dataclass_options(tt.add_argument_group("model"), TranslatorConfig, skip=("src_vocab_size", "tgt_vocab_size"))
-    _add_dataclass_options(tt.add_argument_group("training"), TranslationTrainConfig)
+    add_run_options(tt)
+    add_dataclass_options(tt.add_argument_group("model"), TranslatorConfig, skip=("src_vocab_size", "tgt_vocab_size"))
+    add_dataclass_options(tt.add_argument_group("training"), TranslationTrainConfig)
     tt.set_defaults(func=cmd_translate_train)
 
     te = sub.add_parser("translate-evaluate", help="(= translate evaluate) sacreBLEU and chrF on a split",

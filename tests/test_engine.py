@@ -15,7 +15,7 @@ import showattend
 from showattend.captioning.data import CaptionRecord, FeatureStore
 from showattend.captioning.model import ModelConfig
 from showattend.captioning.train import CaptionTask, TrainConfig
-from showattend.training import DistInfo, StepContext, Trainer
+from showattend.engine import DistInfo, StepContext, Trainer
 from showattend.vocab import Vocab
 
 from conftest import write_toy_images

@@ -15,7 +15,8 @@ from showattend.captioning.images import ImageError, load_image, open_rgb
 from showattend.captioning.model import Captioner, ModelConfig, build_decoder
 from showattend.captioning.train import TrainConfig
 from showattend.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from showattend.cli import _field_docs, main
+from showattend.cli import main
+from showattend.options import field_docs
 from showattend.translation.model import TranslatorConfig
 from showattend.translation.train import TranslationTrainConfig
 from showattend.vocab import Vocab
@@ -214,10 +215,10 @@ def test_option_help_is_the_whole_docstring_entry(capsys):
         long: str = "x"
         c: float = 0.5
 
-    assert _field_docs(Settings) == {"a": "shared text.", "b": "shared text.", "c": "plain: with a colon.",
+    assert field_docs(Settings) == {"a": "shared text.", "b": "shared text.", "c": "plain: with a colon.",
                                      "long": "first line, second line with markup and NAME."}
     for config in (ModelConfig, TrainConfig, TranslatorConfig, TranslationTrainConfig):
-        assert {f.name for f in dataclasses.fields(config)} <= set(_field_docs(config)), config.__name__
+        assert {f.name for f in dataclasses.fields(config)} <= set(field_docs(config)), config.__name__
     with pytest.raises(SystemExit):
         main(["translate", "train", "--help"])
     out = " ".join(capsys.readouterr().out.split())

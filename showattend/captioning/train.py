@@ -1,10 +1,10 @@
-"""Training a captioner: the captioning :class:`~showattend.training.Task` of the one training engine.
+"""Training a captioner: the captioning :class:`~showattend.engine.Task` of the one training engine.
 
 What is captioning's own lives here: the data (Karpathy or COCO records, the feature cache, caption batches
 sorted by length), the loss of a batch (teacher forcing with the doubly stochastic penalty, or the hard-attention
 objective of eq. 12 with its REINFORCE baseline), the validation score (BLEU-4 of free-running beam-search
 captions of the validation images, never teacher-forced argmax) and the checkpoint payload. The loop, devices,
-precision, DDP, resume, budgets and logs are :mod:`showattend.training`'s.
+precision, DDP, resume, budgets and logs are :mod:`showattend.engine`'s.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ..checkpoint import load_checkpoint
 from ..metrics import bleu4
-from ..training import (DistInfo, EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
+from ..engine import (DistInfo, EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
                         setup_distributed)
 from ..vocab import Vocab
 from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
@@ -35,7 +35,7 @@ __all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "load_records", "prepar
 class TrainConfig(EngineConfig):
     """Training settings of a captioner (stored in the checkpoint; every field is a ``showattend train --field``
     option). The engine's settings (epochs, batch size, learning rate, device, precision, ...) are
-    :class:`~showattend.training.EngineConfig`'s.
+    :class:`~showattend.engine.EngineConfig`'s.
 
     Attributes:
         data: Karpathy JSON (``dataset_flickr8k.json`` ...) or an official COCO ``captions_*.json``.

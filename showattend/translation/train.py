@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
 from ..runs import atomic_write_text, resolve_device
-from ..training import (EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
+from ..engine import (EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
                         setup_distributed)
 from ..search import Hypothesis
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
@@ -34,7 +34,7 @@ CHECKPOINT_KIND = "showattend-translator"
 class TranslationTrainConfig(EngineConfig):
     """Training settings of ``showattend translate train`` (each is a ``--field`` option). The engine's settings
     (epochs, batch size, learning rate, budget, device, precision, ...) are
-    :class:`~showattend.training.EngineConfig`'s.
+    :class:`~showattend.engine.EngineConfig`'s.
 
     Attributes:
         data: folder with ``{train,val,test_2016_flickr}.{lang}[.gz]`` files.

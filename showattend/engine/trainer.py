@@ -1,165 +1,26 @@
-"""One training engine for both applications: captioning and translation are two :class:`Task` s of one loop.
-
-An application gives the engine what is its own (a :class:`Task`): its dataset and collate function, the
-global batches of an epoch, the loss of a batch, its validation score and its checkpoint payload. The engine
-does the rest, written once:
-
-* device placement (``--device``), pinned memory and ``non_blocking`` copies on CUDA, DataLoader workers
-  that persist across epochs;
-* precision (``--precision``): ``torch.autocast`` in bfloat16, or fp32;
-* ``--compile``: the task compiles its decoder step with ``torch.compile``;
-* DistributedDataParallel under ``torchrun`` (nccl on CUDA, gloo on CPU). Every process builds the same global
-  batches (seeded by epoch) and takes its slice; the loss of a slice is its summed loss divided by the
-  *global* batch's number of words, counted on the host from the batch's indices, and multiplied by the world
-  size before DDP averages the gradients, so the gradients equal one process's on the whole batch. Rank 0
-  validates and writes logs and checkpoints;
-* no device-to-host synchronisation inside the step: running sums stay on the device and are read every
-  ``--log-every`` steps, at checkpoints and at epoch ends; what the host needs about a batch comes from the
-  collate function;
-* exact resume: ``last.pt`` every ``--save-every`` steps and at each epoch end (atomically), with every RNG
-  (python, numpy, torch, CUDA; each rank's), the position in the epoch, optimizer, scheduler, the task's state
-  (e.g. the REINFORCE baseline) and the wall time spent;
-* ``--max-minutes`` with a heartbeat file that counts the time an interruption throws away, early stopping and
-  learning-rate decay on the validation score, ``metrics.jsonl``/``metrics.csv``, ``steps.jsonl``,
-  ``curves.png`` with the best epoch marked, tqdm progress bars.
-"""
+"""The loop, written once for both applications: a :class:`Task` says what is the application's own, the
+:class:`Trainer` does the rest (see :mod:`showattend.engine`)."""
 from __future__ import annotations
 
 import json
 import math
 import os
-import random
 import signal
 import time
-from dataclasses import asdict, dataclass
-from datetime import timedelta
-from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, get_args
+from dataclasses import asdict
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import save_checkpoint
-from .runs import atomic_write_text, plot_curves, resolve_device, write_metrics
+from ..checkpoint import save_checkpoint
+from ..runs import atomic_write_text, plot_curves, write_metrics
+from .config import EngineConfig, resolve_precision
+from .distributed import DistInfo, _LocalBatches, _Positioned, shard, to_device
+from .state import Heartbeat, rng_state, set_rng_state
 
-__all__ = ["EngineConfig", "Task", "StepContext", "DistInfo", "setup_distributed", "resolve_precision",
-           "Trainer", "PRECISIONS"]
-
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS = get_args(Precision)
-
-
-@dataclass
-class EngineConfig:
-    """Settings of the training engine, shared by ``showattend train`` and ``showattend translate train``.
-
-    Attributes:
-        out_dir: run folder: checkpoints, metrics, curves.
-        epochs: maximum epochs.
-        batch_size: items per optimizer step (captions, or sentence pairs), over all processes together.
-        lr: Adam learning rate.
-        lr_decay: learning rate factor after an epoch without a new best validation score.
-        weight_decay: Adam L2 penalty.
-        grad_clip: gradient norm clip (0: off).
-        patience: epochs without a new best validation score before stopping.
-        max_minutes: wall-time budget in minutes (0: none), counted over all epochs including those before a
-            ``--resume`` and the part lost to an interruption; no epoch starts when the time spent plus the
-            last epoch's time would exceed it.
-        max_steps: stop an epoch after this many batches (0: whole epoch; for smoke tests).
-        save_every: also write ``last.pt`` every N optimizer steps (0: only at epoch ends); a ``--resume``
-            continues from that step exactly.
-        log_every: read the running losses from the device every N steps (progress bar and ``steps.jsonl``).
-        seed: random seed (weights, batch order, dropout, hard-attention samples).
-        device: "auto" (cuda when available), "cpu" or "cuda".
-        precision: "auto" (bf16 on a CUDA device that supports it, else fp32), "fp32" or "bf16" (torch.autocast;
-            the CPU runs bf16 too, fast where it has AMX or AVX-512 bf16).
-        compile: torch.compile the decoder step (needs a C++ compiler on the CPU, Triton on CUDA).
-        num_workers: DataLoader worker processes (persistent across epochs).
-        progress: tqdm progress bars.
-    """
-
-    out_dir: str = "runs/run"
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 4e-4
-    lr_decay: float = 0.5
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
-    patience: int = 3
-    max_minutes: float = 0.0
-    max_steps: int = 0
-    save_every: int = 0
-    log_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    precision: Precision = "auto"
-    compile: bool = False
-    num_workers: int = 0
-    progress: bool = True
-
-    def validate(self, at_least_one: Sequence[str] = ()) -> None:
-        """Check the settings before any long work (a feature cache can take half an hour).
-
-        Args:
-            at_least_one: an application's own integer settings that must be >= 1.
-
-        Raises:
-            ValueError: the first bad setting, named as its option.
-        """
-        for name in ("epochs", "batch_size", "log_every", "patience", *at_least_one):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "grad_clip", "weight_decay", "max_minutes", "max_steps", "save_every", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        resolve_device(self.device)
-
-
-#: the files a run writes into its folder
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "steps.jsonl", "curves.png", "config.json",
-             "running.json")
-
-
-def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> None:
-    """Prepare a run folder: refuse to start a new run over another run's files (unless ``overwrite``, which
-    deletes them), and remove the temporary files of atomic writes that a killed process left behind.
-
-    Under torchrun only rank 0 deletes anything.
-
-    Raises:
-        ValueError: a new run (not ``resume``) in a folder holding a run's files, without ``overwrite``.
-    """
-    main = os.environ.get("RANK", "0") == "0"
-    found = [f for f in RUN_FILES if os.path.isfile(os.path.join(out_dir, f))]
-    if found and not resume:
-        if not overwrite:
-            raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}): add --resume to continue it, "
-                             f"--overwrite to replace it, or choose another --out-dir")
-        if main:
-            for f in found:
-                os.remove(os.path.join(out_dir, f))
-            print(f"--overwrite: removed the previous run's {', '.join(found)} from {out_dir}", flush=True)
-    if main and os.path.isdir(out_dir):
-        for f in os.listdir(out_dir):  # "<name>.tmp.<pid>[.png]" from checkpoint.py and runs.py
-            pid = f.split(".tmp.")[-1].split(".")[0] if ".tmp." in f else ""
-            if pid.isdigit() and not _alive(int(pid)):
-                try:
-                    os.remove(os.path.join(out_dir, f))
-                except FileNotFoundError:
-                    pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+__all__ = ["StepContext", "Task", "Trainer"]
 
 
 class StepContext(NamedTuple):
@@ -176,18 +37,6 @@ class StepContext(NamedTuple):
     words: int
     items: int
     world: int
-
-
-class DistInfo(NamedTuple):
-    """rank, world size and local rank of this process (0, 1, 0 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 class Task:
@@ -250,153 +99,6 @@ class Task:
         raise NotImplementedError(f"{type(self).__name__} has no compiled step")
 
 
-# --------------------------------------------------------------------------------------------------------
-# Device, precision, processes
-
-
-def setup_distributed(device: str = "auto"):
-    """Join the torchrun process group when launched by torchrun (``WORLD_SIZE`` set); choose the device.
-
-    Returns:
-        (:class:`DistInfo`, torch.device): under torchrun on CUDA each process gets ``cuda:LOCAL_RANK``.
-
-    Raises:
-        ValueError: ``device`` is not auto, cpu or cuda[:N], or cuda is asked for and absent.
-    """
-    dev = resolve_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), dev
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(hours=2))
-    return DistInfo(rank, world, local), dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of ``--precision`` on ``device``: bfloat16, or None for fp32.
-
-    Raises:
-        ValueError: unknown precision, or bf16 on a CUDA device without bf16 support.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return None
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return torch.bfloat16 if cuda_bf16 else None
-    if device.type == "cuda" and not cuda_bf16:
-        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16")
-    return torch.bfloat16
-
-
-def to_device(batch, device: torch.device, non_blocking: bool = False):
-    """Move every tensor of a (named) tuple / dict batch to ``device``; other values (e.g. lists of lengths the
-    host needs) stay where they are."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(to_device(x, device, non_blocking) for x in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(x, device, non_blocking) for x in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
-    return batch
-
-
-def _rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _Positioned(Dataset):
-    """Items of the task's dataset addressed as (index, position in the global batch)."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, ip):
-        return self.dataset[ip[0]], ip[1]
-
-
-class _LocalBatches(Sampler):
-    """The batch sampler: this process's slices of the current epoch's global batches, from a position on.
-    The main process sets them before each epoch, so persistent workers survive across epochs."""
-
-    def __init__(self):
-        self.batches: List[List[tuple]] = []
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
-
-
-def shard(batch: Sequence[int], rank: int, world: int) -> List[tuple]:
-    """This rank's contiguous slice of a global batch as (index, position) pairs (sizes differ by at most 1)."""
-    n = len(batch)
-    lo, hi = rank * n // world, (rank + 1) * n // world
-    return [(batch[p], p) for p in range(lo, hi)]
-
-
-class _Heartbeat:
-    """``out_dir/running.json`` while training runs: the wall time spent so far and the step of the last
-    checkpoint, rewritten atomically at most once a minute, so that a ``--resume`` after an interruption can
-    count the time spent since that checkpoint."""
-
-    FILE = "running.json"
-
-    def __init__(self, out_dir: str, every_s: float = 60.0):
-        self.path, self.every_s, self.last = os.path.join(out_dir, self.FILE), every_s, 0.0
-
-    def __call__(self, spent_s: float, saved_step: int, force: bool = False) -> None:
-        now = time.time()
-        if force or now - self.last >= self.every_s:
-            self.last = now
-            atomic_write_text(self.path, json.dumps({"spent_s": spent_s, "saved_step": saved_step}))
-
-    @classmethod
-    def lost_seconds(cls, out_dir: str, spent_s: float, saved_step: int) -> float:
-        """Seconds spent after the checkpoint of ``saved_step`` by a run that died: 0 if no heartbeat of that
-        checkpoint's run is found."""
-        path = os.path.join(out_dir, cls.FILE)
-        if not os.path.exists(path):
-            return 0.0
-        try:
-            with open(path, encoding="utf-8") as f:
-                beat = json.load(f)
-            if int(beat["saved_step"]) == saved_step:
-                return max(0.0, float(beat["spent_s"]) - spent_s)
-        except (ValueError, KeyError, TypeError) as e:
-            print(f"ignoring unreadable {path} ({e})", flush=True)
-        return 0.0
-
-
-# --------------------------------------------------------------------------------------------------------
-# The loop
-
-
 class Trainer:
     """Runs a :class:`Task`: the loop, written once for both applications.
 
@@ -438,7 +140,7 @@ class Trainer:
         self.saved_step = self.step_count
         self.interval: Dict[str, torch.Tensor] = {}
         self.interval_steps = 0
-        self.beat = _Heartbeat(cfg.out_dir) if dist_info.main else None
+        self.beat = Heartbeat(cfg.out_dir) if dist_info.main else None
         self.sampler = _LocalBatches()
         workers = cfg.num_workers
         self.loader = DataLoader(_Positioned(task.dataset), batch_sampler=self.sampler, collate_fn=self._collate,
@@ -457,10 +159,10 @@ class Trainer:
                 "history": self.history, "bad_epochs": self.bad}
 
     def _save_last(self) -> None:
-        rngs = [_rng_state()]
+        rngs = [rng_state()]
         if self.dist.world > 1:
             rngs = [None] * self.dist.world
-            dist.all_gather_object(rngs, _rng_state())
+            dist.all_gather_object(rngs, rng_state())
         if not self.dist.main:
             return
         engine = {"epoch": self.epoch, "pos": self.pos, "step": self.step_count, "epoch_sums": self.epoch_sums,
@@ -493,14 +195,14 @@ class Trainer:
                                                                  sorted(changed.items())), flush=True)
         self.epoch, self.pos, self.step_count = e["epoch"], e["pos"], e["step"]
         self.epoch_sums, self.epoch_steps, self.epoch_s = dict(e["epoch_sums"]), e["epoch_steps"], e["epoch_s"]
-        lost = _Heartbeat.lost_seconds(self.cfg.out_dir, e["spent_s"], e["step"])
+        lost = Heartbeat.lost_seconds(self.cfg.out_dir, e["spent_s"], e["step"])
         self.spent_s = e["spent_s"] + lost
         if lost and self.dist.main:
             print(f"{lost / 60:.1f} min after the last checkpoint were lost to an interruption; they count "
                   f"toward the time spent", flush=True)
         rngs = e["rng"]
         if len(rngs) == self.dist.world:
-            _set_rng_state(rngs[self.dist.rank])
+            set_rng_state(rngs[self.dist.rank])
         elif self.dist.main:
             print(f"resuming {len(rngs)} processes' run with {self.dist.world}: the dropout streams differ "
                   f"from an uninterrupted run", flush=True)

@@ -1,0 +1,147 @@
+"""The engine's settings, shared by ``showattend train`` and ``showattend translate train``; the precision they
+resolve to; and the run folder's checks before a run starts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence, get_args
+
+import torch
+
+from ..runs import resolve_device
+from .distributed import main_process
+
+__all__ = ["EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir"]
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = get_args(Precision)
+
+
+@dataclass
+class EngineConfig:
+    """Settings of the training engine, shared by ``showattend train`` and ``showattend translate train``.
+
+    Attributes:
+        out_dir: run folder: checkpoints, metrics, curves.
+        epochs: maximum epochs.
+        batch_size: items per optimizer step (captions, or sentence pairs), over all processes together.
+        lr: Adam learning rate.
+        lr_decay: learning rate factor after an epoch without a new best validation score.
+        weight_decay: Adam L2 penalty.
+        grad_clip: gradient norm clip (0: off).
+        patience: epochs without a new best validation score before stopping.
+        max_minutes: wall-time budget in minutes (0: none), counted over all epochs including those before a
+            ``--resume`` and the part lost to an interruption; no epoch starts when the time spent plus the
+            last epoch's time would exceed it.
+        max_steps: stop an epoch after this many batches (0: whole epoch; for smoke tests).
+        save_every: also write ``last.pt`` every N optimizer steps (0: only at epoch ends); a ``--resume``
+            continues from that step exactly.
+        log_every: read the running losses from the device every N steps (progress bar and ``steps.jsonl``).
+        seed: random seed (weights, batch order, dropout, hard-attention samples).
+        device: "auto" (cuda when available), "cpu" or "cuda".
+        precision: "auto" (bf16 on a CUDA device that supports it, else fp32), "fp32" or "bf16" (torch.autocast;
+            the CPU runs bf16 too, fast where it has AMX or AVX-512 bf16).
+        compile: torch.compile the decoder step (needs a C++ compiler on the CPU, Triton on CUDA).
+        num_workers: DataLoader worker processes (persistent across epochs).
+        progress: tqdm progress bars.
+    """
+
+    out_dir: str = "runs/run"
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 4e-4
+    lr_decay: float = 0.5
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    patience: int = 3
+    max_minutes: float = 0.0
+    max_steps: int = 0
+    save_every: int = 0
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = "auto"
+    compile: bool = False
+    num_workers: int = 0
+    progress: bool = True
+
+    def validate(self, at_least_one: Sequence[str] = ()) -> None:
+        """Check the settings before any long work (a feature cache can take half an hour).
+
+        Args:
+            at_least_one: an application's own integer settings that must be >= 1.
+
+        Raises:
+            ValueError: the first bad setting, named as its option.
+        """
+        for name in ("epochs", "batch_size", "log_every", "patience", *at_least_one):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip", "weight_decay", "max_minutes", "max_steps", "save_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        resolve_device(self.device)
+
+
+#: the files a run writes into its folder
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "steps.jsonl", "curves.png", "config.json",
+             "running.json")
+
+
+def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> None:
+    """Prepare a run folder: refuse to start a new run over another run's files (unless ``overwrite``, which
+    deletes them), and remove the temporary files of atomic writes that a killed process left behind.
+
+    Under torchrun only rank 0 deletes anything.
+
+    Raises:
+        ValueError: a new run (not ``resume``) in a folder holding a run's files, without ``overwrite``.
+    """
+    main = main_process()
+    found = [f for f in RUN_FILES if os.path.isfile(os.path.join(out_dir, f))]
+    if found and not resume:
+        if not overwrite:
+            raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}): add --resume to continue it, "
+                             f"--overwrite to replace it, or choose another --out-dir")
+        if main:
+            for f in found:
+                os.remove(os.path.join(out_dir, f))
+            print(f"--overwrite: removed the previous run's {', '.join(found)} from {out_dir}", flush=True)
+    if main and os.path.isdir(out_dir):
+        for f in os.listdir(out_dir):  # "<name>.tmp.<pid>[.png]" from checkpoint.py and runs.py
+            pid = f.split(".tmp.")[-1].split(".")[0] if ".tmp." in f else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                try:
+                    os.remove(os.path.join(out_dir, f))
+                except FileNotFoundError:
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--precision`` on ``device``: bfloat16, or None for fp32.
+
+    Raises:
+        ValueError: unknown precision, or bf16 on a CUDA device without bf16 support.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return torch.bfloat16 if cuda_bf16 else None
+    if device.type == "cuda" and not cuda_bf16:
+        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16")
+    return torch.bfloat16
