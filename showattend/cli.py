@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model checkpoint (default: the bundled "
                                                                         "Flickr8k model in assets/)")
         q.add_argument("--beam-size", type=int, default=3, help="beam size; 1 = greedy (default: 3)")
-        q.add_argument("--max-len", type=int, default=20, help="maximum caption length in tokens, <end> included: the last one is always <end> (default: 20)")
+        q.add_argument("--max-len", type=int, default=20, help="maximum caption length in tokens, <end> included: "
+                                                               "the last one is always <end> (default: 20)")
         q.add_argument("--length-penalty", type=float, default=0.0,
                        help="rank hypotheses by log-prob / length^p (default: 0, plain log-prob)")
         q.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "`showattend translate evaluate --help` describe training and evaluation.")
     tr.add_argument("text", nargs="*", help="sentences (default: read standard input)")
     translate_decode_options(tr)
-    tr.add_argument("--max-len", type=int, default=100, help="maximum output tokens, </s> included: at most this minus 1 subwords (default: 100)")
+    tr.add_argument("--max-len", type=int, default=100, help="maximum output tokens, </s> included: at most this "
+                                                             "minus 1 subwords (default: 100)")
     tr.add_argument("--alignment", default=None, help="write the first sentence's attention heatmap to this PNG")
     tr.set_defaults(func=cmd_translate)
 

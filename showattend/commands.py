@@ -16,13 +16,14 @@ __all__ = ["cmd_train", "cmd_cache", "cmd_caption", "cmd_evaluate", "cmd_export"
 def cmd_train(args) -> int:
     from .captioning.model import ModelConfig
     from .captioning.train import TrainConfig, train
+    from .engine import main_process
 
     args.config_values = base_settings(args, (ModelConfig, TrainConfig), TrainConfig.out_dir)
     model_cfg = build_config(ModelConfig, args)
     cfg = build_config(TrainConfig, args)
     t0 = time.time()
     best = train(model_cfg, cfg, resume=args.resume, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
+    if main_process():  # torchrun: one line, from rank 0
         print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
     return 0
 
@@ -96,6 +97,7 @@ def cmd_export(args) -> int:
 
 def cmd_translate_train(args) -> int:
     from .translation.model import TranslatorConfig
+    from .engine import main_process
     from .translation.train import TranslationTrainConfig, train_translator
 
     skip = ("src_vocab_size", "tgt_vocab_size")
@@ -104,7 +106,7 @@ def cmd_translate_train(args) -> int:
     t0 = time.time()
     best = train_translator(build_config(TranslatorConfig, args, skip), build_config(TranslationTrainConfig, args),
                             resume=args.resume, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":
+    if main_process():
         print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
     return 0
 

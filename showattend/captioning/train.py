@@ -204,7 +204,6 @@ class CaptionTask(Task):
         self.dataset = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True)
         self.baseline = MovingAverageBaseline(cfg.baseline_decay)
         self.hard = model_cfg.attention == "hard"
-        self.world = dist.get_world_size() if dist.is_initialized() else 1
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)).tolist()
@@ -223,31 +222,30 @@ class CaptionTask(Task):
         cfg = self.cfg
         feats, caps, lengths = batch.features.float(), batch.captions, batch.lengths
         coin = random.Random(_step_seed(cfg.seed, ctx.step)).random()  # the same on every process
-        if not (self.hard and coin >= cfg.expected_context_prob):  # soft, or a hard model's expected context
+        sampled = self.hard and coin >= cfg.expected_context_prob  # else soft, or a hard model's expected context
+        n = cfg.hard_samples if sampled else 1  # N sampled location sequences per caption (eq. 12)
+        words, items = ctx.words * n, ctx.items * n
+        if not sampled:
             out = model(feats, caps, lengths)
             loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation,
-                                        words=ctx.words, num_captions=ctx.items)
-            return loss, {"ce": ce * ctx.words, "ds": ds, "words": torch.full((), ctx.words / ctx.world,
-                                                                              device=ce.device)}
-        # stochastic hard attention: N sampled location sequences per caption (eq. 12)
-        n = cfg.hard_samples
-        rows = batch.rows
-        if n > 1:
-            feats, caps = feats.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
-            lengths = [x for x in lengths for _ in range(n)]
-            rows = (rows * n).repeat_interleave(n) + torch.arange(n, device=rows.device).repeat(len(batch.lengths))
-        g = torch.Generator(device=feats.device)
-        g.manual_seed(_step_seed(cfg.seed, ctx.step))
-        uniforms = torch.rand(ctx.items * n, cfg.max_caption_len + 1, generator=g, device=feats.device)[rows]
-        out = model(feats, caps, lengths, hard=True, uniforms=uniforms)
-        words, items = ctx.words * n, ctx.items * n
-        loss, ce, ds, reward = hard_attention_loss(out, caps, self.baseline.value, cfg.reinforce_weight,
-                                                   cfg.entropy_weight, cfg.ds_lambda, cfg.label_smoothing,
-                                                   cfg.ds_normalisation, words=words, num_captions=items)
-        total = reward.sum()
-        if ctx.world > 1:
-            dist.all_reduce(total)  # the same baseline on every process
-        self.baseline.update(total / items)  # after the step's gradient used the old b (eq. 11)
+                                        words=words, num_captions=items)
+        else:
+            rows = batch.rows
+            if n > 1:
+                feats, caps = feats.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
+                lengths = [x for x in lengths for _ in range(n)]
+                rows = (rows * n).repeat_interleave(n) + torch.arange(n, device=rows.device).repeat(len(batch.lengths))
+            g = torch.Generator(device=feats.device)
+            g.manual_seed(_step_seed(cfg.seed, ctx.step))
+            uniforms = torch.rand(items, cfg.max_caption_len + 1, generator=g, device=feats.device)[rows]
+            out = model(feats, caps, lengths, hard=True, uniforms=uniforms)
+            loss, ce, ds, reward = hard_attention_loss(out, caps, self.baseline.value, cfg.reinforce_weight,
+                                                       cfg.entropy_weight, cfg.ds_lambda, cfg.label_smoothing,
+                                                       cfg.ds_normalisation, words=words, num_captions=items)
+            total = reward.sum()
+            if ctx.world > 1:
+                dist.all_reduce(total)  # the same baseline on every process
+            self.baseline.update(total / items)  # after the step's gradient used the old b (eq. 11)
         return loss, {"ce": ce * words, "ds": ds, "words": torch.full((), words / ctx.world, device=ce.device)}
 
     def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:

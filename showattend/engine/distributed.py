@@ -56,16 +56,12 @@ def setup_distributed(device: str = "auto"):
 
 
 def to_device(batch, device: torch.device, non_blocking: bool = False):
-    """Move every tensor of a (named) tuple / dict batch to ``device``; other values (e.g. lists of lengths the
-    host needs) stay where they are."""
+    """Move a tensor, or the tensor fields of a NamedTuple batch, to ``device``; other fields (e.g. the lists of
+    lengths the host needs) are passed on as they are."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(to_device(x, device, non_blocking) for x in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(x, device, non_blocking) for x in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
     return batch
 
 

@@ -76,8 +76,9 @@ class Task:
         raise NotImplementedError
 
     def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
-        """Log values from the sums of ``steps`` steps (e.g. cross-entropy per word)."""
-        return {self.loss_key: sums.get("loss", 0.0) / max(steps, 1)}
+        """Log values from the sums of ``steps`` steps (e.g. cross-entropy per word); they include
+        ``loss_key``."""
+        raise NotImplementedError
 
     def validate(self) -> float:
         """The validation score of ``self.model`` (called on rank 0 only)."""
@@ -326,13 +327,15 @@ class Trainer:
             summary = self._flush()
             if summary is not None and self.step_count % cfg.log_every:
                 self._log_steps(summary)
-            self._end_epoch(len(global_batches))
+            self._end_epoch(sum(len(b) for b in global_batches))
             ran, t_mark = True, time.time()
         if self.beat is not None and os.path.exists(self.beat.path):
             os.remove(self.beat.path)
         return self.best_path
 
-    def _end_epoch(self, n_batches: int) -> None:
+    def _end_epoch(self, items: int) -> None:
+        """Validate, decide (best, early stopping, learning rate), write checkpoints and logs; ``items`` is the
+        number the epoch trained on (for the throughput)."""
         cfg, task = self.cfg, self.task
         train_s, t1 = self.epoch_s, time.time()
         score = [task.validate() if self.dist.main else 0.0]
@@ -344,7 +347,6 @@ class Trainer:
         improved = score > self.best
         self.best, self.bad = (score, 0) if improved else (self.best, self.bad + 1)
         self.scheduler.step(score)
-        items = sum(len(b) for b in task.epoch_batches(self.epoch)[:n_batches])
         row = {"epoch": self.epoch, **{k: round(v, 4) for k, v in task.summarise(self.epoch_sums,
                                                                                   self.epoch_steps).items()},
                task.score_key: round(score, 2), "lr": self.optimizer.param_groups[0]["lr"],
