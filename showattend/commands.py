@@ -1,140 +1,409 @@
-"""What each ``showattend`` command does, given its parsed arguments (the parser is :mod:`showattend.cli`'s).
-Each returns the process exit code."""
+"""The ``showattend`` commands: one dataclass each, whose fields are its options (tyro turns them into the command
+line, their help from the ``Attributes:`` entries) and whose :meth:`run` does the work and returns the exit code.
+The command tree and the dispatch are in :mod:`showattend.cli`."""
 from __future__ import annotations
 
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Annotated, List, Literal, Sequence
 
-from .options import base_settings, build_config
+import tyro
 
-__all__ = ["cmd_train", "cmd_cache", "cmd_caption", "cmd_evaluate", "cmd_export", "cmd_translate_train",
-           "cmd_translate_evaluate", "cmd_translate"]
+from .captioning.model import ModelConfig
+from .captioning.train import TrainConfig
+from .options import layered_settings, settings_instance
+from .translation.model import TranslatorConfig
+from .translation.train import TranslationTrainConfig
 
+__all__ = ["Train", "Cache", "Caption", "Evaluate", "Export", "Translate", "TranslateTrain", "TranslateEvaluate",
+           "CaptionDecoding", "TranslationDecoding", "DEFAULT_CHECKPOINT", "DEFAULT_TRANSLATOR"]
 
-def cmd_train(args) -> int:
-    from .captioning.model import ModelConfig
-    from .captioning.train import TrainConfig, train
-    from .engine import main_process
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                  "showattend_flickr8k_lite0.pt")
+DEFAULT_TRANSLATOR = os.path.join("runs", "translator", "best.pt")
 
-    args.config_values = base_settings(args, (ModelConfig, TrainConfig), TrainConfig.out_dir)
-    model_cfg = build_config(ModelConfig, args)
-    cfg = build_config(TrainConfig, args)
-    t0 = time.time()
-    best = train(model_cfg, cfg, resume=args.resume, overwrite=args.overwrite)
-    if main_process():  # torchrun: one line, from rank 0
-        print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
-    return 0
-
-
-def cmd_cache(args) -> int:
-    from .captioning.model import ModelConfig
-    from .captioning.train import TrainConfig, load_records, prepare_cache
-    from .engine import setup_distributed
-
-    model_cfg = build_config(ModelConfig, args)
-    cfg = build_config(TrainConfig, args)
-    t0 = time.time()
-    dist_info, device = setup_distributed(cfg.device)  # under torchrun each process encodes its share
-    store = prepare_cache(cfg, model_cfg, load_records(cfg), device, dist_info)
-    print(f"feature cache: {store.folder} ({len(store.row)} images, {time.time() - t0:.0f} s)")
-    return 0
+_flat = tyro.conf.OmitArgPrefixes  # a nested dataclass's options keep their own names: --batch-size
+_flag = tyro.conf.FlagCreatePairsOff  # --resume only, no --no-resume
+_File = Annotated[str, tyro.conf.arg(metavar="FILE")]
+_Optional = Annotated[str, tyro.conf.arg(help_behavior_hint="(optional)")]  # "" is unset
 
 
-def cmd_caption(args) -> int:
-    from .captioning.images import open_rgb
-    from .captioning.model import Captioner
-    from .captioning.overlay import plot_attention
+@dataclass
+class Train:
+    """Train a captioner.
 
-    cap = Captioner.from_checkpoint(args.checkpoint, device=args.device)
-    results, errors = cap.caption_files(args.images, beam_size=args.beam_size, max_len=args.max_len,
-                                        length_penalty=args.length_penalty, attention=args.attention,
-                                        samples=args.samples)
-    for path in args.images:
-        if path not in results:
-            continue
-        r = results[path]
-        print(f"{path}\t{r.text}" if len(args.images) > 1 else r.text, flush=True)
-        if args.attention_dir:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            out = os.path.join(args.attention_dir, f"{stem}_attention.png")
-            plot_attention(open_rgb(path), r.words, r.alphas, r.grid, out, betas=r.betas if args.show_beta else None,
-                           mark_location=cap.config.attention == "hard")
-            print(f"  attention overlay: {out}", file=sys.stderr)
-    for path, msg in errors.items():
-        print(f"error: {msg}", file=sys.stderr)
-    if errors:
-        print(f"{len(errors)} of {len(args.images)} images failed", file=sys.stderr)
-        return 1
-    return 0
+    The encoder's feature cache is built first (if needed), then the decoder is trained with teacher forcing
+    and early stopping on validation BLEU-4. Every option overrides the default; with --resume, the run's own
+    settings.
+
+    Attributes:
+        model: the model's settings (stored in the checkpoint).
+        train: the training settings.
+        resume: continue from OUT_DIR/last.pt exactly where it was saved, with the run's own settings (options
+            given again override them).
+        overwrite: a new run replaces the run files in OUT_DIR.
+        config: YAML or JSON file of settings (names as fields or options: batch_size: 32), or a run's
+            config.json; the options given on the command line win.
+    """
+
+    model: Annotated[ModelConfig, _flat] = field(default_factory=ModelConfig)
+    train: Annotated[TrainConfig, _flat] = field(default_factory=TrainConfig)
+    resume: Annotated[bool, _flag] = False
+    overwrite: Annotated[bool, _flag] = False
+    config: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+
+    @classmethod
+    def starting_settings(cls, argv: Sequence[str]) -> "Train":
+        """The defaults the command line overrides: the run's settings with --resume, then --config's."""
+        values = layered_settings(argv, (ModelConfig, TrainConfig), TrainConfig.out_dir)
+        return cls(settings_instance(ModelConfig, values), settings_instance(TrainConfig, values))
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad training setting (the model's are checked when it is built)."""
+        self.train.validate()
+
+    def run(self) -> int:
+        from .captioning.train import train
+        from .engine import main_process
+
+        t0 = time.time()
+        best = train(self.model, self.train, resume=self.resume, overwrite=self.overwrite)
+        if main_process():  # torchrun: one line, from rank 0
+            print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
+        return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .captioning.evaluate import evaluate
+@dataclass
+class Cache:
+    """Cache a dataset's annotation vectors.
 
-    report = evaluate(args.checkpoint, data=args.data, images=args.images, split=args.split,
-                      beam_size=args.beam_size, max_len=args.max_len, length_penalty=args.length_penalty,
-                      cache_dir=args.cache_dir, device=args.device, limit=args.limit,
-                      captions_out=args.captions_out, attention=args.attention, samples=args.samples)
+    Every image is encoded once with the frozen CNN and its annotation vectors stored (fp16, memory-mapped).
+    Resumable; `train` does this itself when needed; under torchrun each process encodes its share.
+
+    Attributes:
+        encoder: backbone, a key of ENCODERS.
+        encoder_weights: optional local .pth for the backbone.
+        image_size: input side in pixels (the model's --image-size).
+        data: Karpathy JSON or an official COCO captions_*.json.
+        images: image folder the JSON's file names are relative to.
+        karpathy_split: for a COCO annotation file, the dataset_coco.json that assigns splits.
+        cache_dir: where feature caches live (one sub-folder per dataset and encoder).
+        device: "auto" (cuda when available), "cpu" or "cuda".
+    """
+
+    encoder: str = ModelConfig.encoder
+    encoder_weights: _Optional = ""
+    image_size: int = ModelConfig.image_size
+    data: str = TrainConfig.data
+    images: str = TrainConfig.images
+    karpathy_split: _Optional = ""
+    cache_dir: str = TrainConfig.cache_dir
+    device: str = "auto"
+
+    def run(self) -> int:
+        from .captioning.train import load_records, prepare_cache
+        from .engine import setup_distributed
+
+        model_cfg = ModelConfig(encoder=self.encoder, encoder_weights=self.encoder_weights or None,
+                                image_size=self.image_size)
+        cfg = TrainConfig(data=self.data, images=self.images, karpathy_split=self.karpathy_split,
+                          cache_dir=self.cache_dir, device=self.device)
+        t0 = time.time()
+        dist_info, device = setup_distributed(cfg.device)
+        store = prepare_cache(cfg, model_cfg, load_records(cfg), device, dist_info)
+        print(f"feature cache: {store.folder} ({len(store.row)} images, {time.time() - t0:.0f} s)")
+        return 0
+
+
+@dataclass
+class CaptionDecoding:
+    """How `caption` and `evaluate` decode.
+
+    Attributes:
+        checkpoint: captioner checkpoint; the default is the bundled Flickr8k model.
+        beam_size: beam size; 1 = greedy.
+        max_len: maximum caption length in tokens, <end> included: the last one is always <end>.
+        length_penalty: rank hypotheses by log-prob / length^p (0: plain log-prob).
+        device: "auto" (cuda when available), "cpu" or "cuda".
+        attention: soft: the expected context Σ α_i a_i at every step (deterministic; the default, also for
+            hard-attention models); hard: sample the attended location at every step, run the search --samples
+            times and keep the best-scoring caption (log-prob / length^p).
+        samples: sampled searches with --attention hard.
+    """
+
+    checkpoint: _File = DEFAULT_CHECKPOINT
+    beam_size: int = 3
+    max_len: int = 20
+    length_penalty: float = 0.0
+    device: str = "auto"
+    attention: Literal["soft", "hard"] = "soft"
+    samples: int = 5
+
+
+@dataclass
+class Caption:
+    """Caption images, optionally with attention overlays.
+
+    One caption per image is printed (path<TAB>caption when several). With --attention-dir, also
+    IMAGE_attention.png: the image and, per word, its attention map. Unreadable images are reported and the
+    others still captioned; the exit code is 1 if any image failed.
+
+    Attributes:
+        images: image files (JPEG, PNG, ...).
+        decoding: how the output is decoded.
+        attention_dir: write one attention overlay PNG per image into this folder.
+        show_beta: show the gating scalar β in the overlay titles.
+    """
+
+    images: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE", help_behavior_hint="")]
+    decoding: Annotated[CaptionDecoding, _flat] = field(default_factory=CaptionDecoding)
+    attention_dir: _Optional = ""
+    show_beta: Annotated[bool, _flag] = False
+
+    def run(self) -> int:
+        from .captioning.images import open_rgb
+        from .captioning.model import Captioner
+        from .captioning.overlay import plot_attention
+
+        if not self.images:
+            print("showattend caption: error: no IMAGE given (see showattend caption --help)", file=sys.stderr)
+            return 2
+        d = self.decoding
+        cap = Captioner.from_checkpoint(d.checkpoint, device=d.device)
+        results, errors = cap.caption_files(self.images, beam_size=d.beam_size, max_len=d.max_len,
+                                            length_penalty=d.length_penalty, attention=d.attention,
+                                            samples=d.samples)
+        for path in self.images:
+            if path not in results:
+                continue
+            r = results[path]
+            print(f"{path}\t{r.text}" if len(self.images) > 1 else r.text, flush=True)
+            if self.attention_dir:
+                stem = os.path.splitext(os.path.basename(path))[0]
+                out = os.path.join(self.attention_dir, f"{stem}_attention.png")
+                plot_attention(open_rgb(path), r.words, r.alphas, r.grid, out,
+                               betas=r.betas if self.show_beta else None,
+                               mark_location=cap.config.attention == "hard")
+                print(f"  attention overlay: {out}", file=sys.stderr)
+        for path, msg in errors.items():
+            print(f"error: {msg}", file=sys.stderr)
+        if errors:
+            print(f"{len(errors)} of {len(self.images)} images failed", file=sys.stderr)
+            return 1
+        return 0
+
+
+@dataclass
+class Evaluate:
+    """Score a captioner on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr.
+
+    The split is captioned with beam search and scored with pycocoevalcap (PTB tokenizer, scores 0-100). SPICE
+    is not computed (it needs a download).
+
+    Attributes:
+        decoding: how the output is decoded.
+        data: Karpathy JSON or COCO captions file.
+        images: image folder.
+        split: the split to caption and score.
+        cache_dir: feature cache folder (frozen encoders).
+        limit: only the first N images of the split (0: all).
+        output: also write the JSON report to this file.
+        captions_out: write the generated captions as JSON to this file.
+    """
+
+    decoding: Annotated[CaptionDecoding, _flat] = field(default_factory=CaptionDecoding)
+    data: str = TrainConfig.data
+    images: str = TrainConfig.images
+    split: Literal["train", "val", "test"] = "test"
+    cache_dir: str = TrainConfig.cache_dir
+    limit: int = 0
+    output: _Optional = ""
+    captions_out: _Optional = ""
+
+    def run(self) -> int:
+        from .captioning.evaluate import evaluate
+
+        d = self.decoding
+        report = evaluate(d.checkpoint, data=self.data, images=self.images, split=self.split,
+                          beam_size=d.beam_size, max_len=d.max_len, length_penalty=d.length_penalty,
+                          cache_dir=self.cache_dir, device=d.device, limit=self.limit,
+                          captions_out=self.captions_out or None, attention=d.attention, samples=d.samples)
+        return _report(report, self.output)
+
+
+@dataclass
+class Export:
+    """Write an inference-only checkpoint (captioner or translator), optionally fp16.
+
+    The optimizer and scheduler state are dropped and, with --half, the weights stored as float16 (they load
+    back as float32).
+
+    Attributes:
+        checkpoint: training checkpoint (best.pt or last.pt).
+        output: output file.
+        half: store float16 weights.
+    """
+
+    checkpoint: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
+    output: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="OUTPUT")]
+    half: Annotated[bool, _flag] = False
+
+    def run(self) -> int:
+        from .checkpoint import export_checkpoint
+
+        out = export_checkpoint(self.checkpoint, self.output, half=self.half)
+        size = os.path.getsize(self.output) / 2 ** 20
+        print(f"wrote {self.output} ({out['format']}, {size:.1f} MiB{', fp16 weights' if self.half else ''})")
+        return 0
+
+
+@dataclass
+class TranslationDecoding:
+    """How `translate` and `translate evaluate` decode.
+
+    Attributes:
+        checkpoint: translator checkpoint.
+        beam_size: beam size; 1 = greedy.
+        length_penalty: rank hypotheses by log-prob / length^p.
+        device: "auto" (cuda when available), "cpu" or "cuda".
+    """
+
+    checkpoint: _File = DEFAULT_TRANSLATOR
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    device: str = "auto"
+
+
+@dataclass
+class Translate:
+    """Translate text with an attention seq2seq model.
+
+    The sentences given as arguments, or standard input one sentence per line, are translated to standard
+    output. `showattend translate train` trains a translator and `showattend translate evaluate` scores one
+    (see their --help); to translate the word "train" itself, put -- before it.
+
+    Attributes:
+        text: sentences (default: read standard input).
+        decoding: how the output is decoded.
+        max_len: maximum output tokens, </s> included: at most this minus 1 subwords.
+        alignment: write the first sentence's attention heatmap to this PNG.
+    """
+
+    text: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="TEXT", help_behavior_hint="")] = \
+        field(default_factory=list)
+    decoding: Annotated[TranslationDecoding, _flat] = field(default_factory=TranslationDecoding)
+    max_len: int = 100
+    alignment: _Optional = ""
+
+    def run(self) -> int:
+        from .translation.plot import plot_alignment
+        from .translation.train import TranslatorBundle
+
+        d = self.decoding
+        bundle = TranslatorBundle.from_checkpoint(d.checkpoint, d.device)
+        sentences = self.text if self.text else [line.rstrip("\n") for line in sys.stdin]
+        results = bundle.translate(sentences, beam_size=d.beam_size, max_len=self.max_len,
+                                   length_penalty=d.length_penalty)
+        for r in results:
+            print(r["text"], flush=True)
+        if self.alignment:
+            r = results[0]
+            if not r["source_pieces"]:
+                print("error: no alignment for an empty sentence", file=sys.stderr)
+                return 1
+            plot_alignment(r["source_pieces"], r["target_pieces"], r["alpha"], self.alignment, title=r["text"])
+            print(f"alignment of sentence 1: {self.alignment}", file=sys.stderr)
+        return 0
+
+
+@dataclass
+class TranslateTrain:
+    """Train a translator (Bahdanau or Luong attention).
+
+    Subword models are trained on the training split, then the translator, with early stopping on validation
+    sacreBLEU. Every option overrides the default; with --resume, the run's own settings.
+
+    Attributes:
+        model: the model's settings (stored in the checkpoint).
+        train: the training settings.
+        resume: continue from OUT_DIR/last.pt exactly where it was saved, with the run's own settings (options
+            given again override them).
+        overwrite: a new run replaces the run files in OUT_DIR.
+        config: YAML or JSON file of settings (names as fields or options: batch_size: 32), or a run's
+            config.json; the options given on the command line win.
+    """
+
+    model: Annotated[TranslatorConfig, _flat] = field(default_factory=TranslatorConfig)
+    train: Annotated[TranslationTrainConfig, _flat] = field(default_factory=TranslationTrainConfig)
+    resume: Annotated[bool, _flag] = False
+    overwrite: Annotated[bool, _flag] = False
+    config: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+
+    #: set from the trained subword models, never from a file or the command line
+    _DERIVED = ("src_vocab_size", "tgt_vocab_size")
+
+    @classmethod
+    def starting_settings(cls, argv: Sequence[str]) -> "TranslateTrain":
+        """The defaults the command line overrides: the run's settings with --resume, then --config's."""
+        values = layered_settings(argv, (TranslatorConfig, TranslationTrainConfig), TranslationTrainConfig.out_dir,
+                                  ignore=cls._DERIVED)
+        return cls(settings_instance(TranslatorConfig, values), settings_instance(TranslationTrainConfig, values))
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad training setting (the model's are checked when it is built)."""
+        self.train.validate()
+
+    def run(self) -> int:
+        from .engine import main_process
+        from .translation.train import train_translator
+
+        t0 = time.time()
+        best = train_translator(self.model, self.train, resume=self.resume, overwrite=self.overwrite)
+        if main_process():
+            print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
+        return 0
+
+
+@dataclass
+class TranslateEvaluate:
+    """Score a translator on a split: sacreBLEU's BLEU and chrF.
+
+    The split is translated and scored on detokenized text (the signatures are printed).
+
+    Attributes:
+        decoding: how the output is decoded.
+        data: folder of {split}.{lang}[.gz] files.
+        src: source language code, the file suffix.
+        tgt: target language code: the references.
+        split: the split to translate.
+        output: write the translations to this file, one per line.
+    """
+
+    decoding: Annotated[TranslationDecoding, _flat] = field(default_factory=TranslationDecoding)
+    data: str = TranslationTrainConfig.data
+    src: str = TranslationTrainConfig.src
+    tgt: str = TranslationTrainConfig.tgt
+    split: str = "test_2016_flickr"
+    output: _Optional = ""
+
+    def run(self) -> int:
+        from .translation.train import evaluate_translator
+
+        d = self.decoding
+        report = evaluate_translator(d.checkpoint, self.data, self.src, self.tgt, self.split, d.beam_size,
+                                     d.length_penalty, d.device, self.output or None)
+        return _report(report, "")
+
+
+def _report(report: dict, output: str) -> int:
+    """Print a JSON report to stdout and, given ``output``, write it there atomically."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.output:
+    if output:
         from .runs import atomic_write_text
 
-        atomic_write_text(args.output, text + "\n")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from .checkpoint import export_checkpoint
-
-    out = export_checkpoint(args.checkpoint, args.output, half=args.half)
-    size = os.path.getsize(args.output) / 2 ** 20
-    print(f"wrote {args.output} ({out['format']}, {size:.1f} MiB{', fp16 weights' if args.half else ''})")
-    return 0
-
-
-def cmd_translate_train(args) -> int:
-    from .translation.model import TranslatorConfig
-    from .engine import main_process
-    from .translation.train import TranslationTrainConfig, train_translator
-
-    skip = ("src_vocab_size", "tgt_vocab_size")
-    args.config_values = base_settings(args, (TranslatorConfig, TranslationTrainConfig),
-                                        TranslationTrainConfig.out_dir, ignore=skip)
-    t0 = time.time()
-    best = train_translator(build_config(TranslatorConfig, args, skip), build_config(TranslationTrainConfig, args),
-                            resume=args.resume, overwrite=args.overwrite)
-    if main_process():
-        print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
-    return 0
-
-
-def cmd_translate_evaluate(args) -> int:
-    from .translation.train import evaluate_translator
-
-    report = evaluate_translator(args.checkpoint, args.data, args.src, args.tgt, args.split, args.beam_size,
-                                 args.length_penalty, args.device, args.output)
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-def cmd_translate(args) -> int:
-    from .translation.plot import plot_alignment
-    from .translation.train import TranslatorBundle
-
-    bundle = TranslatorBundle.from_checkpoint(args.checkpoint, args.device)
-    sentences = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
-    results = bundle.translate(sentences, beam_size=args.beam_size, max_len=args.max_len,
-                               length_penalty=args.length_penalty)
-    for r in results:
-        print(r["text"], flush=True)
-    if args.alignment:
-        r = results[0]
-        if not r["source_pieces"]:
-            print("error: no alignment for an empty sentence", file=sys.stderr)
-            return 1
-        plot_alignment(r["source_pieces"], r["target_pieces"], r["alpha"], args.alignment, title=r["text"])
-        print(f"alignment of sentence 1: {args.alignment}", file=sys.stderr)
+        atomic_write_text(output, text + "\n")
     return 0

@@ -1,6 +1,7 @@
 """Images, checkpoints and the CLI: conversions, bad input, atomic checkpoints, round-trips, overlays."""
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -16,7 +17,6 @@ from showattend.captioning.model import Captioner, ModelConfig, build_decoder
 from showattend.captioning.train import TrainConfig
 from showattend.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from showattend.cli import main
-from showattend.options import field_docs
 from showattend.translation.model import TranslatorConfig
 from showattend.translation.train import TranslationTrainConfig
 from showattend.vocab import Vocab
@@ -194,36 +194,43 @@ def test_cli_help_runs():
     assert out.returncode == 0 and "--ds-lambda" in out.stdout and "doubly stochastic" in out.stdout
 
 
-def test_option_help_is_the_whole_docstring_entry(capsys):
-    @dataclasses.dataclass
-    class Settings:
-        """Settings.
+@pytest.mark.parametrize("command", [["train"], ["cache"], ["caption"], ["evaluate"], ["export"], ["translate"],
+                                     ["translate", "train"], ["translate", "evaluate"]])
+def test_every_option_has_its_whole_docstring_entry_as_help(command, capsys):
+    """tyro reads the help of each option from the ``Attributes:`` entry of its dataclass field (inherited ones
+    too): an undocumented field would show only its default."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: showattend {' '.join(command)} ")
+    flags = re.findall(r"^[│ ] +(--[a-z-]+)", out, flags=re.M)  # boxed on a UTF-8 terminal, plain otherwise
+    assert flags and "--help" not in flags  # "-h, --help" starts with -h
+    undocumented = re.findall(r"^[│ ] +(--[a-z-]+)(?: [A-Z{][^ ]*)?\s+\((?:default|required)", out, flags=re.M)
+    assert undocumented == []
+    text = " ".join(out.replace("│", " ").split())
+    if command == ["translate", "train"]:  # an entry continued over several lines, whole; inherited from the engine
+        assert "plus the last epoch's time would exceed it. (default: 0.0)" in text
+        assert "--src-vocab-size" not in out  # set from the subword models, not an option
+    if command == ["train"]:
+        assert "--score {additive,general,dot}" in out and "--ds-normalisation {mean,eq14,capgen}" in out
 
-        Note: not an entry.
 
-        Attributes:
-            a, b: shared text.
-            long: first line,
-                second line with ``markup`` and :data:`~pkg.mod.NAME`.
-            c: plain: with a colon.
-
-        Raises:
-            d: not an entry either.
-        """
-        a: int = 1
-        b: int = 2
-        long: str = "x"
-        c: float = 0.5
-
-    assert field_docs(Settings) == {"a": "shared text.", "b": "shared text.", "c": "plain: with a colon.",
-                                     "long": "first line, second line with markup and NAME."}
-    for config in (ModelConfig, TrainConfig, TranslatorConfig, TranslationTrainConfig):
-        assert {f.name for f in dataclasses.fields(config)} <= set(field_docs(config)), config.__name__
-    with pytest.raises(SystemExit):
-        main(["translate", "train", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert out.startswith("usage: showattend translate train")
-    assert "plus the last epoch's time would exceed it. (default: 0.0)" in out  # a continued entry, whole
+def test_top_level_help_lists_the_command_tree_and_rejects_unknown_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("train", "cache", "caption", "evaluate", "export", "translate", "translate train",
+                 "translate evaluate"):
+        assert re.search(rf"^  {name} +[A-Z]", out, flags=re.M), name
+    assert main(["trian"]) == 2
+    assert "unknown command 'trian' (did you mean 'train'?)" in capsys.readouterr().err
+    assert main(["--threads", "-1", "train"]) == 2
+    assert "--threads needs a number of threads >= 0, got '-1'" in capsys.readouterr().err
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as exit_:  # tyro's usage error
+        main(["train", "--score", "bad"])
+    assert exit_.value.code == 2 and "--score" in capsys.readouterr().err
+    assert main(["caption"]) == 2
 
 
 @pytest.mark.slow

@@ -254,6 +254,18 @@ def test_cli_translates_and_writes_alignment(trained, tmp_path, capsys):
     assert png.exists() and png.stat().st_size > 1000
 
 
+def test_cli_translate_text_and_subcommands_share_the_name(trained, capsys):
+    """`translate TEXT` translates; a first argument naming a subcommand selects it; after `--` it is text."""
+    ckpt = str(trained / "run" / "best.pt")
+    assert main(["translate", "--checkpoint", ckpt, "--device", "cpu", "ein hund", "der mann"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert main(["translate", "--checkpoint", ckpt, "--device", "cpu", "--", "train"]) == 0  # the word itself
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["translate", "evaluate", "--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: showattend translate evaluate")
+
+
 def test_cli_bad_input_lines(trained, monkeypatch, capsys):
     import io
 

@@ -36,9 +36,9 @@ class ModelConfig:
     """Architecture of a captioner (stored in its checkpoint).
 
     Attributes:
-        encoder: backbone, a key of :data:`~showattend.captioning.encoders.ENCODERS`: ``efficientnet_lite0``,
-            ``resnet101`` or ``vgg19``.
-        encoder_weights: optional local ``.pth`` for the backbone.
+        encoder: backbone, a key of ENCODERS: `efficientnet_lite0`,
+            `resnet101` or `vgg19`.
+        encoder_weights: optional local `.pth` for the backbone.
         fine_tune_blocks: top CNN blocks trained with the decoder (0: frozen, the paper's setting).
         image_size: input side in pixels.
         embed_dim: word embedding size m.

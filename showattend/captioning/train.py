@@ -33,14 +33,14 @@ __all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "load_records", "prepar
 
 @dataclass
 class TrainConfig(EngineConfig):
-    """Training settings of a captioner (stored in the checkpoint; every field is a ``showattend train --field``
+    """Training settings of a captioner (stored in the checkpoint; every field is a `showattend train --field`
     option). The engine's settings (epochs, batch size, learning rate, device, precision, ...) are
-    :class:`~showattend.engine.EngineConfig`'s.
+    EngineConfig's.
 
     Attributes:
-        data: Karpathy JSON (``dataset_flickr8k.json`` ...) or an official COCO ``captions_*.json``.
+        data: Karpathy JSON (`dataset_flickr8k.json` ...) or an official COCO `captions_*.json`.
         images: image folder the JSON's file names are relative to.
-        karpathy_split: for a COCO annotation file, the ``dataset_coco.json`` that assigns splits.
+        karpathy_split: for a COCO annotation file, the `dataset_coco.json` that assigns splits.
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
         ds_lambda: λ of the doubly stochastic regularization (eq. 14).
         ds_normalisation: how that penalty P is scaled against the per-word cross-entropy, with the deficit

@@ -19,7 +19,7 @@ PRECISIONS = get_args(Precision)
 
 @dataclass
 class EngineConfig:
-    """Settings of the training engine, shared by ``showattend train`` and ``showattend translate train``.
+    """Settings of the training engine, shared by `showattend train` and `showattend translate train`.
 
     Attributes:
         out_dir: run folder: checkpoints, metrics, curves.
@@ -31,12 +31,12 @@ class EngineConfig:
         grad_clip: gradient norm clip (0: off).
         patience: epochs without a new best validation score before stopping.
         max_minutes: wall-time budget in minutes (0: none), counted over all epochs including those before a
-            ``--resume`` and the part lost to an interruption; no epoch starts when the time spent plus the
+            `--resume` and the part lost to an interruption; no epoch starts when the time spent plus the
             last epoch's time would exceed it.
         max_steps: stop an epoch after this many batches (0: whole epoch; for smoke tests).
-        save_every: also write ``last.pt`` every N optimizer steps (0: only at epoch ends); a ``--resume``
+        save_every: also write `last.pt` every N optimizer steps (0: only at epoch ends); a `--resume`
             continues from that step exactly.
-        log_every: read the running losses from the device every N steps (progress bar and ``steps.jsonl``).
+        log_every: read the running losses from the device every N steps (progress bar and `steps.jsonl`).
         seed: random seed (weights, batch order, dropout, hard-attention samples).
         device: "auto" (cuda when available), "cpu" or "cuda".
         precision: "auto" (bf16 on a CUDA device that supports it, else fp32), "fp32" or "bf16" (torch.autocast;

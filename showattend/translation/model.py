@@ -21,9 +21,10 @@ N decoder hidden size, V target vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import List, Literal, Tuple
+from typing import Annotated, List, Literal, Tuple
 
 import torch
+import tyro
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -48,7 +49,8 @@ class TranslatorConfig:
         attention_dim: hidden size of the additive/concat score.
         encoder_layers: BiLSTM layers.
         dropout: dropout on embeddings, encoder outputs and the output layer.
-        src_vocab_size, tgt_vocab_size: subword vocabulary sizes (sentencepiece targets).
+        src_vocab_size, tgt_vocab_size: subword vocabulary sizes, set from the trained subword models (not
+            command-line options: `translate train --vocab-size` sets the sentencepiece target).
     """
 
     decoder: Literal["luong", "bahdanau"] = "luong"
@@ -59,17 +61,18 @@ class TranslatorConfig:
     attention_dim: int = 256
     encoder_layers: int = 1
     dropout: float = 0.3
-    src_vocab_size: int = 8000
-    tgt_vocab_size: int = 8000
+    src_vocab_size: Annotated[int, tyro.conf.Suppress] = 8000
+    tgt_vocab_size: Annotated[int, tyro.conf.Suppress] = 8000
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
         if self.score not in ("dot", "general", "concat"):
             raise ValueError(f"score must be dot, general or concat, got {self.score!r}")
-        for f in fields(self):
-            if f.type in (int, "int") and getattr(self, f.name) < 1:
-                raise ValueError(f"--{f.name.replace('_', '-')} must be at least 1, got {getattr(self, f.name)}")
+        for name in ("embed_dim", "encoder_hidden", "decoder_hidden", "attention_dim", "encoder_layers",
+                     "src_vocab_size", "tgt_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 

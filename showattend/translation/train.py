@@ -32,16 +32,16 @@ CHECKPOINT_KIND = "showattend-translator"
 
 @dataclass
 class TranslationTrainConfig(EngineConfig):
-    """Training settings of ``showattend translate train`` (each is a ``--field`` option). The engine's settings
+    """Training settings of `showattend translate train` (each is a `--field` option). The engine's settings
     (epochs, batch size, learning rate, budget, device, precision, ...) are
-    :class:`~showattend.engine.EngineConfig`'s.
+    EngineConfig's.
 
     Attributes:
-        data: folder with ``{train,val,test_2016_flickr}.{lang}[.gz]`` files.
-        src: source language code, the file suffix (``train.de``: ``de``).
+        data: folder with `{train,val,test_2016_flickr}.{lang}[.gz]` files.
+        src: source language code, the file suffix (`train.de`: `de`).
         tgt: target language code.
         train_split: split the model and the subword vocabularies are trained on.
-        val_split: split whose BLEU selects ``best.pt`` and drives early stopping.
+        val_split: split whose BLEU selects `best.pt` and drives early stopping.
         vocab_size: sentencepiece vocabulary size per language.
         max_len: subword tokens kept per training sentence.
         label_smoothing: label smoothing of the cross-entropy.
