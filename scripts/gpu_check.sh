@@ -32,7 +32,7 @@ tail -n 3 "$WORK/pytest.log"
 echo "== 2. training runs"
 "$PY" scripts/synthetic_data.py "$WORK/data" --train 6000 --val 200 > /dev/null
 for compile in no-compile compile; do
-    "$PY" -m showattend train --data "$WORK/data/dataset_synthetic.json" --images "$WORK/data" \
+    "$PY" -m showattend train --data "$WORK/data/dataset_synthetic.json" --images "$WORK/data/images" \
         --cache-dir "$WORK/data/cache" --out-dir "$WORK/run_$compile" --device "$DEVICE" --precision bf16 \
         --min-count 1 --epochs 1 --max-steps "$STEPS" --val-images 100 --val-beam-size 1 --num-workers 2 \
         --log-every 50 --no-progress "--$compile" > "$WORK/train_$compile.log" 2>&1

@@ -5,8 +5,9 @@
 
 Captions are random words (Zipf-distributed, 8-16 words) and the features are random: the data is for
 measuring speed and exercising the training path at a chosen size (e.g. on a GPU machine without the real
-images), not for learning anything. ``showattend train --data OUT_DIR/dataset_synthetic.json --cache-dir
-OUT_DIR/cache`` then finds its feature cache and encodes no images.
+images), not for learning anything. The images are empty placeholder files (a cache records each image's size
+and modification time); ``showattend train --data OUT_DIR/dataset_synthetic.json --images OUT_DIR/images
+--cache-dir OUT_DIR/cache`` then finds the feature cache and encodes no images.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import json
 import os
 
 import numpy as np
+
+from showattend.captioning.data import cache_meta
+from showattend.captioning.encoders import Encoder
 
 
 def main():
@@ -40,15 +44,20 @@ def main():
     os.makedirs(a.out_dir, exist_ok=True)
     with open(os.path.join(a.out_dir, "dataset_synthetic.json"), "w") as f:
         json.dump({"images": images}, f)
-    cache = os.path.join(a.out_dir, "cache", "synthetic-efficientnet_lite0-224")
+    keys = sorted(im["filename"] for im in images)
+    image_dir = os.path.join(a.out_dir, "images")  # placeholders: the cache records each file's size and time
+    os.makedirs(image_dir, exist_ok=True)
+    for k in keys:
+        open(os.path.join(image_dir, k), "ab").close()
+    meta = cache_meta(Encoder("efficientnet_lite0"), image_dir, keys, 224)
+    meta.update(L=a.L, D=a.D)
+    cache = os.path.join(a.out_dir, "cache", f"synthetic-efficientnet_lite0-224-{meta['id'][:12]}")
     os.makedirs(cache, exist_ok=True)
     arr = np.lib.format.open_memmap(os.path.join(cache, "features.npy"), mode="w+", dtype=np.float16,
                                     shape=(n, a.L, a.D))
     for i in range(0, n, 500):
         arr[i:i + 500] = rng.standard_normal((min(500, n - i), a.L, a.D), dtype=np.float32).astype(np.float16)
     arr.flush()
-    keys = sorted(im["filename"] for im in images)
-    meta = {"encoder": "efficientnet_lite0", "image_size": 224, "keys": keys, "L": a.L, "D": a.D}
     with open(os.path.join(cache, "index.json"), "w") as f:
         json.dump(meta, f)
     print(f"{n} images x 5 captions, features {n}x{a.L}x{a.D} fp16 in {cache}")

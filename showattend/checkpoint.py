@@ -3,16 +3,22 @@
 A checkpoint is a dict of tensors and plain Python values, never a pickled module::
 
     {"format": "showattend-captioner", "format_version": 1, "config": {...}, "vocab": [...],
-     "model": state_dict, "optimizer": ..., "epoch": int, ...}
+     "model": state_dict, "optimizer": ..., "epoch": int, ..., "checksum": "sha256:..."}
+
+The checksum (SHA-256 over every value, tensors by their bytes) is written with the checkpoint and verified
+when it is loaded, so a damaged file is reported as corrupt instead of failing somewhere inside decoding.
+Checkpoints written before checksums existed load unverified.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "export_checkpoint"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "export_checkpoint",
+           "checksum", "load_weights"]
 
 FORMAT_VERSION = 1
 
@@ -21,8 +27,37 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, of another kind or of another format version."""
 
 
+def checksum(payload: Dict[str, Any]) -> str:
+    """``"sha256:<hex>"`` over every value of a checkpoint dict except its ``checksum`` field: tensors by dtype,
+    shape and bytes, other values by type and ``repr``, dict entries in key order."""
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}".encode())
+            for k in sorted(x, key=repr):
+                walk(k)
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}".encode())
+            for v in x:
+                walk(v)
+        elif isinstance(x, (bytes, bytearray)):
+            h.update(b"B%d:" % len(x) + bytes(x))
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    walk({k: v for k, v in payload.items() if k != "checksum"})
+    return "sha256:" + h.hexdigest()
+
+
 def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename.
+    """Write ``payload`` and its :func:`checksum` to ``path`` atomically: a temporary file in the same folder,
+    fsync, then rename.
 
     An interrupted save leaves the previous checkpoint intact.
 
@@ -30,6 +65,7 @@ def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
         path: destination file.
         payload: plain data and tensors only (``weights_only`` loadable).
     """
+    payload = {**payload, "checksum": checksum(payload)}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
@@ -44,20 +80,23 @@ def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
             os.remove(tmp)
 
 
-def load_checkpoint(path: str, kind: Optional[str], map_location: Any = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str, kind: Optional[str], map_location: Any = "cpu",
+                    required: Sequence[str] = ()) -> Dict[str, Any]:
     """Load and validate a checkpoint with ``torch.load(weights_only=True)``.
 
     Args:
         path: checkpoint file.
         kind: expected ``format`` field, e.g. ``"showattend-captioner"`` (None: any showattend checkpoint).
         map_location: passed to ``torch.load``.
+        required: fields the caller needs (``config``, ``model``, ...).
 
     Returns:
         the checkpoint dict.
 
     Raises:
-        CheckpointError: missing or unreadable file, not a showattend checkpoint, another kind, or another
-            format version; the message names the file.
+        CheckpointError: missing or unreadable file, not a showattend checkpoint, another kind, another format
+            version, contents that do not match the checksum written with them, or a required field missing;
+            the message names the file.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -72,7 +111,36 @@ def load_checkpoint(path: str, kind: Optional[str], map_location: Any = "cpu") -
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('format_version')}, this showattend "
                               f"reads version {FORMAT_VERSION}")
+    if "checksum" in ckpt and ckpt["checksum"] != checksum(ckpt):
+        raise CheckpointError(f"{path}: corrupt checkpoint: its contents do not match the checksum written with "
+                              f"it (damaged on disk or in a copy); use another copy")
+    missing = [f for f in required if f not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete {ckpt['format']} checkpoint: no {', '.join(missing)}")
     return ckpt
+
+
+def load_weights(module: torch.nn.Module, state: Dict[str, torch.Tensor], path: str, what: str = "model") -> None:
+    """``module.load_state_dict(state)`` after checking that the names and shapes match the module, which is
+    built from the checkpoint's config.
+
+    Raises:
+        CheckpointError: missing or unexpected tensors, or a tensor of another shape (named, with both shapes).
+    """
+    own = module.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: the {what} weights are not a state dict")
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the {what} weights do not match its config: "
+                              + "; ".join(f"{len(v)} {n} tensors ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                                          for n, v in (("missing", missing), ("unexpected", unexpected)) if v))
+    for k, t in state.items():
+        if not isinstance(t, torch.Tensor) or t.shape != own[k].shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise CheckpointError(f"{path}: {what} tensor {k} has shape {got}, its config makes "
+                                  f"{tuple(own[k].shape)}: corrupt or edited checkpoint")
+    module.load_state_dict(state)
 
 
 #: what only resuming needs; an exported checkpoint drops it

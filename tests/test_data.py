@@ -128,3 +128,86 @@ def test_feature_store_works_with_several_workers(tmp_path):
 def test_missing_cache_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete feature cache"):
         FeatureStore(str(tmp_path))
+
+
+def _prepare(tmp_path, images, keys, image_size=64, **model):
+    from showattend.captioning.model import ModelConfig
+    from showattend.captioning.train import TrainConfig, prepare_cache
+
+    cfg = TrainConfig(data=str(tmp_path / "dataset_toy.json"), images=str(images), cache_dir=str(tmp_path / "cache"),
+                      progress=False)
+    records = [CaptionRecord(k, "train", [["x"]]) for k in keys]
+    return prepare_cache(cfg, ModelConfig(image_size=image_size, **model), records)
+
+
+def test_a_cache_is_reused_only_for_the_same_images_encoder_weights_and_size(tmp_path, capsys):
+    """The cache is keyed by the encoder's weights, the size and the image files (sizes and times): another image
+    folder under the same JSON, other weights or another size build their own cache; a cache of more images
+    serves a subset; an image changed since the build makes the cache be encoded again."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    keys = _images(a, 4)
+    for i, k in enumerate(keys):  # the same names, other pictures
+        Image.fromarray(np.full((50, 70, 3), 40 * i, dtype=np.uint8)).save(b / k)
+    first = _prepare(tmp_path, a, keys)
+    mtime = os.path.getmtime(os.path.join(first.folder, "features.npy"))
+    assert _prepare(tmp_path, a, keys).folder == first.folder  # reused, not encoded again
+    assert _prepare(tmp_path, a, keys[:2]).folder == first.folder  # a subset (evaluate on one split)
+    assert os.path.getmtime(os.path.join(first.folder, "features.npy")) == mtime
+    other_folder = _prepare(tmp_path, b, keys)
+    assert other_folder.folder != first.folder
+    assert not np.allclose(np.asarray(first.array, np.float32), np.asarray(other_folder.array, np.float32))
+    torch.save({k: v + 0.01 for k, v in Encoder("efficientnet_lite0").net.state_dict().items()},
+               tmp_path / "w.pth")
+    other_weights = _prepare(tmp_path, a, keys, encoder_weights=str(tmp_path / "w.pth"))
+    other_size = _prepare(tmp_path, a, keys, image_size=96)
+    assert len({first.folder, other_folder.folder, other_weights.folder, other_size.folder}) == 4
+    assert other_size.array.shape[1] == 9 and first.array.shape[1] == 4  # 3x3 and 2x2 grids
+    assert first.meta["encoder_fingerprint"] != other_weights.meta["encoder_fingerprint"]
+    # an image of the cache changed (other pixels, so another size or time): the cache is encoded again
+    before = first.get(keys[0]).clone()
+    Image.fromarray(np.zeros((50, 70, 3), dtype=np.uint8)).save(a / keys[0])
+    os.utime(a / keys[0], ns=(1, 1))
+    capsys.readouterr()
+    again = _prepare(tmp_path, a, keys)
+    assert again.folder == first.folder and "1 images changed since the cache was built" in capsys.readouterr().out
+    assert not torch.allclose(before, again.get(keys[0]))
+    assert again.meta["stats"][0][1] == 1
+
+
+def test_progress_is_checked_against_the_rows_written(tmp_path):
+    """A progress file that counts rows never written (hand-edited, or from a crash between writes) does not
+    leave all-zero feature rows: the zero rows are encoded again."""
+    from showattend.captioning.data import _stats_hash, image_stats
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    keys = _images(imgs)
+    good = (imgs / "im4.jpg").read_bytes()
+    (imgs / "im4.jpg").write_bytes(b"broken")
+    enc = Encoder("efficientnet_lite0")
+    with pytest.raises(ImageError, match="im4.jpg"):
+        build_feature_cache(enc, str(imgs), keys, str(tmp_path / "c"), batch_size=2, num_workers=0,
+                            progress=False, image_size=64)
+    (imgs / "im4.jpg").write_bytes(good)
+    progress = json.loads((tmp_path / "c" / "progress.json").read_text())
+    assert progress["done"] == 4
+    stats = image_stats(str(imgs), keys)
+    (tmp_path / "c" / "progress.json").write_text(json.dumps({**progress, "done": 6,
+                                                              "stats": _stats_hash(stats[:6])}))
+    store = build_feature_cache(enc, str(imgs), keys, str(tmp_path / "c"), batch_size=2, num_workers=0,
+                                progress=False, image_size=64)
+    rows = np.asarray(store.array, dtype=np.float32).reshape(len(keys), -1)
+    assert np.abs(rows).max(axis=1).min() > 0  # no all-zero row
+    fresh = build_feature_cache(enc, str(imgs), keys, str(tmp_path / "fresh"), num_workers=0, progress=False,
+                                image_size=64)
+    np.testing.assert_allclose(rows, np.asarray(fresh.array, np.float32).reshape(len(keys), -1), atol=2e-2)
+
+
+def test_missing_images_are_named_before_anything_is_encoded(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    keys = _images(imgs, 2) + ["gone1.jpg", "sub/gone2.jpg"]
+    with pytest.raises(ImageError, match=r"2 of 4 images are missing under .*imgs: gone1.jpg, sub/gone2.jpg"):
+        _prepare(tmp_path, imgs, keys)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

@@ -223,8 +223,8 @@ def test_two_processes_build_the_feature_cache_of_one(toy_images, tmp_path):
               "--device", "cpu"]
     _cli(["cache", *common, "--cache-dir", str(tmp_path / "one")])
     _cli(["cache", *common, "--cache-dir", str(tmp_path / "two")], nproc=2)
-    one = FeatureStore(str(tmp_path / "one" / "toy-efficientnet_lite0-224"))
-    two = FeatureStore(str(tmp_path / "two" / "toy-efficientnet_lite0-224"))
+    one = FeatureStore(str(next((tmp_path / "one").glob("toy-efficientnet_lite0-224-*"))))
+    two = FeatureStore(str(next((tmp_path / "two").glob("toy-efficientnet_lite0-224-*"))))
     assert one.meta == two.meta and len(one.meta["keys"]) == 10
     assert not [f for f in os.listdir(two.folder) if f.startswith("progress") or f.endswith(".partial")]
     a, b = np.asarray(one.array, dtype=np.float32), np.asarray(two.array, dtype=np.float32)
@@ -418,17 +418,18 @@ def test_overwrite_replaces_a_run_and_stale_temporary_files_are_removed(toy_imag
 
 def test_the_feature_cache_is_encoded_at_the_models_image_size(toy_images, tmp_path, capsys):
     """--image-size reaches the encoder: at 96 px Lite0 gives a 3x3 grid (L = 9), the size is recorded, and a
-    cache of another size under the same name is refused instead of being used."""
+    cache whose index.json was edited to another size is refused instead of being used."""
     from showattend.cli import main
 
     common = ["--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
     assert main(["cache", *common, "--image-size", "96"]) == 0
-    store = FeatureStore(str(tmp_path / "cache" / "toy-efficientnet_lite0-96"))
+    folder, = (tmp_path / "cache").glob("toy-efficientnet_lite0-96-*")
+    store = FeatureStore(str(folder))
     assert store.meta["image_size"] == 96 and store.array.shape[1] == 9
-    meta = json.loads((tmp_path / "cache" / "toy-efficientnet_lite0-96" / "index.json").read_text())
-    (tmp_path / "cache" / "toy-efficientnet_lite0-96" / "index.json").write_text(json.dumps({**meta,
-                                                                                           "image_size": 224}))
+    meta = json.loads((folder / "index.json").read_text())
+    (folder / "index.json").write_text(json.dumps({**meta, "image_size": 224}))
     capsys.readouterr()
     assert main(["cache", *common, "--image-size", "96"]) == 1
-    assert "holds features of efficientnet_lite0 at 224 px" in capsys.readouterr().err
+    assert f"{folder}/index.json does not match its own fingerprint (edited or corrupt); remove {folder}" in \
+        capsys.readouterr().err

@@ -115,10 +115,13 @@ def test_bad_checkpoints(tmp_path, tiny_checkpoint):
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     for change, msg in [({"format": "showattend-translator"}, "expected 'showattend-captioner'"),
                         ({"format_version": 99}, "format version 99"),
-                        ({"vocab": ckpt["vocab"] + ["extra"]}, "do not match its vocabulary")]:
-        torch.save({**ckpt, **change}, tmp_path / "bad.pt")
+                        ({"vocab": ckpt["vocab"] + ["extra"]}, "contents do not match the checksum")]:
+        torch.save({**ckpt, **change}, tmp_path / "bad.pt")  # edited, the old checksum kept
         with pytest.raises(CheckpointError, match=msg):
             Captioner.from_checkpoint(str(tmp_path / "bad.pt"))
+    save_checkpoint(str(tmp_path / "bad.pt"), {**ckpt, "vocab": ckpt["vocab"] + ["extra"]})  # a new checksum
+    with pytest.raises(CheckpointError, match=r"decoder tensor \S+ has shape \(\d+, \d+\), its config makes"):
+        Captioner.from_checkpoint(str(tmp_path / "bad.pt"))
     torch.save(Decoder(5, 4), tmp_path / "module.pt")  # a whole pickled module is refused
     with pytest.raises(CheckpointError):
         load_checkpoint(str(tmp_path / "module.pt"), "showattend-captioner")
@@ -187,6 +190,48 @@ def test_cli_bad_checkpoint_exits_nonzero(tmp_path, capsys):
     (tmp_path / "x.pt").write_text("garbage")
     assert main(["caption", PHOTO, "--checkpoint", str(tmp_path / "x.pt")]) == 1
     assert "x.pt" in capsys.readouterr().err
+
+
+def _flip(path, offset, n=4096):
+    data = bytearray(open(path, "rb").read())
+    data[offset:offset + n] = bytes(b ^ 0xFF for b in data[offset:offset + n])
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.9])
+def test_flipped_bits_are_a_corrupt_checkpoint_not_a_crash(tiny_checkpoint, tmp_path, where):
+    """4 KB of flipped bits inside the tensor data: the checksum written with the checkpoint does not match."""
+    path = tmp_path / "flipped.pt"
+    path.write_bytes(open(tiny_checkpoint, "rb").read())
+    _flip(path, int(path.stat().st_size * where))
+    with pytest.raises(CheckpointError, match=r"flipped.pt: (corrupt checkpoint: its contents do not match the "
+                                              r"checksum|cannot read checkpoint)"):
+        Captioner.from_checkpoint(str(path), device="cpu")
+
+
+def test_checkpoint_fields_and_shapes_are_checked_before_loading(tiny_checkpoint, tmp_path):
+    ckpt = load_checkpoint(tiny_checkpoint, None)
+    assert ckpt["checksum"].startswith("sha256:") and len(ckpt["checksum"]) == 71
+    no_vocab = {k: v for k, v in ckpt.items() if k not in ("vocab", "checksum")}
+    save_checkpoint(str(tmp_path / "a.pt"), no_vocab)
+    with pytest.raises(CheckpointError, match="a.pt: incomplete showattend-captioner checkpoint: no vocab"):
+        Captioner.from_checkpoint(str(tmp_path / "a.pt"), device="cpu")
+    name = next(iter(ckpt["model"]))
+    wrong = {**ckpt, "model": {**ckpt["model"], name: torch.zeros(3, 3)}}
+    save_checkpoint(str(tmp_path / "b.pt"), wrong)  # a valid checksum over a wrong tensor
+    with pytest.raises(CheckpointError, match=rf"b.pt: decoder tensor {name} has shape \(3, 3\), its config makes"):
+        Captioner.from_checkpoint(str(tmp_path / "b.pt"), device="cpu")
+    extra = {**ckpt, "model": {**ckpt["model"], "surplus.weight": torch.zeros(1)}}
+    save_checkpoint(str(tmp_path / "c.pt"), extra)
+    with pytest.raises(CheckpointError, match=r"c.pt: the decoder weights do not match its config: 1 unexpected"):
+        Captioner.from_checkpoint(str(tmp_path / "c.pt"), device="cpu")
+    bad_config = {**ckpt, "config": {**ckpt["config"], "hidden_dim": "many"}}
+    save_checkpoint(str(tmp_path / "d.pt"), bad_config)
+    with pytest.raises(CheckpointError, match=r"d.pt: bad model config"):
+        Captioner.from_checkpoint(str(tmp_path / "d.pt"), device="cpu")
+    legacy = {k: v for k, v in ckpt.items() if k != "checksum"}  # written before checksums: loads unverified
+    torch.save(legacy, tmp_path / "legacy.pt")
+    assert Captioner.from_checkpoint(str(tmp_path / "legacy.pt"), device="cpu").vocab.itos == ckpt["vocab"]
 
 
 def test_cli_help_runs():

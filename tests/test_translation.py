@@ -279,6 +279,17 @@ def test_cli_bad_input_lines(trained, monkeypatch, capsys):
     assert "cut to" in err
 
 
+def test_garbage_subword_model_in_a_checkpoint_is_named(trained, tmp_path, capsys):
+    from showattend.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(str(trained / "run" / "best.pt"), None)
+    save_checkpoint(str(tmp_path / "bad.pt"), {**ckpt, "src_tokenizer": b"\x00garbage" * 50})
+    assert main(["translate", "ein hund", "--checkpoint", str(tmp_path / "bad.pt"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.pt: the src subword model in the checkpoint is unusable (not a sentencepiece model" in err
+    assert "Traceback" not in err
+
+
 def test_cli_missing_checkpoint(tmp_path, capsys):
     assert main(["translate", "ein hund", "--checkpoint", str(tmp_path / "none.pt")]) == 1
     assert "none.pt" in capsys.readouterr().err

@@ -147,6 +147,19 @@ class Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
 
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of what determines this encoder's output for a given input: its name, its input
+        normalisation and every weight and buffer (the feature cache is keyed by it, so other weights, e.g. from
+        ``--encoder-weights``, never reuse a cache).
+        """
+        import hashlib
+
+        h = hashlib.sha256(f"{self.spec.name} {list(self.spec.mean)} {list(self.spec.std)}".encode())
+        for name, t in self.net.state_dict().items():
+            h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     @property
     def dim(self) -> int:
         """D, the size of each annotation vector."""

@@ -9,7 +9,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-__all__ = ["ImageError", "open_rgb", "load_image"]
+__all__ = ["ImageError", "open_rgb", "load_image", "TRANSFORM"]
+
+#: what :func:`load_image` does to a file; the feature cache records it and is keyed by it, so change it whenever
+#: load_image changes what it returns
+TRANSFORM = "Pillow RGB (alpha on white), bicubic resize to size x size (aspect ratio not kept), float in [0, 1]"
 
 
 class ImageError(ValueError):

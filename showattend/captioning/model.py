@@ -18,7 +18,7 @@ from typing import List, Literal, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from ..runs import resolve_device
 from ..search import beam_search, greedy_search
 from ..vocab import Vocab
@@ -26,7 +26,8 @@ from .decoder import Decoder
 from .encoders import ENCODERS, Encoder
 from .images import ImageError, load_image
 
-__all__ = ["ModelConfig", "CaptionResult", "Captioner", "build_decoder", "resolve_device", "CHECKPOINT_KIND"]
+__all__ = ["ModelConfig", "CaptionResult", "Captioner", "build_decoder", "resolve_device", "checkpoint_config",
+           "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "showattend-captioner"
 
@@ -86,6 +87,20 @@ class ModelConfig:
         if unknown:
             raise CheckpointError(f"unknown model config fields {sorted(unknown)}")
         return cls(**d)
+
+
+def checkpoint_config(ckpt: dict, path: str):
+    """The :class:`ModelConfig` and :class:`~showattend.vocab.Vocab` of a loaded captioner checkpoint.
+
+    Raises:
+        CheckpointError: either is malformed (the message names the file).
+    """
+    try:
+        return ModelConfig.from_dict(ckpt["config"]), Vocab(ckpt["vocab"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: bad model config or vocabulary in the checkpoint ({err})") from None
 
 
 @dataclass
@@ -155,20 +170,15 @@ class Captioner:
             CheckpointError: missing/corrupt file, another format or version, or weights that do not match
                 the stored vocabulary and configuration.
         """
-        ckpt = load_checkpoint(path, CHECKPOINT_KIND)
-        config = ModelConfig.from_dict(ckpt["config"])
-        vocab = Vocab(ckpt["vocab"])
+        ckpt = load_checkpoint(path, CHECKPOINT_KIND, required=("config", "vocab", "model"))
+        config, vocab = checkpoint_config(ckpt, path)
         decoder = build_decoder(config, len(vocab))
-        try:
-            decoder.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights do not match its vocabulary ({len(vocab)} words) and "
-                                  f"config: {str(err).splitlines()[0]} {str(err)[-300:]}") from None
+        load_weights(decoder, ckpt["model"], path, "decoder")
         encoder = None
         if ckpt.get("encoder"):
             encoder = Encoder(config.encoder, weights=config.encoder_weights,
                               fine_tune_blocks=config.fine_tune_blocks)
-            encoder.net.load_state_dict(ckpt["encoder"])
+            load_weights(encoder.net, ckpt["encoder"], path, "encoder")
         decoder.float()
         return cls(decoder, vocab, config, encoder, device)
 

@@ -17,16 +17,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, load_weights
 from ..metrics import bleu4
 from ..engine import (DistInfo, EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
                         setup_distributed)
 from ..vocab import Vocab
-from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, collate_captions, load_coco,
-                   load_karpathy)
+from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, cache_id, collate_captions,
+                   find_cache, image_stats, load_coco, load_karpathy)
 from .decoder import DS_NORMALISATIONS, DSNormalisation, MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
-from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder
+from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder, checkpoint_config
 
 __all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "load_records", "prepare_cache", "train", "evaluate_split"]
 
@@ -115,21 +115,27 @@ def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
 
 def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[CaptionRecord],
                   device: Optional[torch.device] = None, dist_info: DistInfo = DistInfo()) -> FeatureStore:
-    """Build (or reuse, or resume) the feature cache of every image in ``records``; under torchrun every process
-    calls this and encodes its share (see :func:`~showattend.captioning.data.build_feature_cache`)."""
-    name = os.path.splitext(os.path.basename(cfg.data))[0].replace("dataset_", "")
-    folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}-{model_cfg.image_size}")
-    keys = sorted({r.key for r in records})
-    if os.path.isfile(os.path.join(folder, "features.npy")):
-        store = FeatureStore(folder)
-        made_for = (store.meta.get("encoder"), store.meta.get("image_size"))
-        if made_for != (model_cfg.encoder, model_cfg.image_size):
-            raise ValueError(f"{folder} holds features of {made_for[0]} at {made_for[1]} px, not of "
-                             f"{model_cfg.encoder} at {model_cfg.image_size} px; remove it or choose another "
-                             f"--cache-dir")
-        if all(k in store for k in keys):
-            return store
+    """Reuse, resume or build the feature cache of every image in ``records``; under torchrun every process
+    calls this and encodes its share (see :func:`~showattend.captioning.data.build_feature_cache`).
+
+    A finished cache under ``cfg.cache_dir`` is reused when it holds all these images, made from the same files
+    (sizes and modification times) by the same encoder weights, transform and size; otherwise the cache is
+    built in ``{dataset}-{encoder}-{size}-{id}``, ``id`` the start of
+    :func:`~showattend.captioning.data.cache_id`.
+
+    Raises:
+        ImageError: images are missing under ``cfg.images`` (checked before anything is encoded), or unreadable.
+    """
     encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights)
+    keys = sorted({r.key for r in records})
+    stats = image_stats(cfg.images, keys)
+    fingerprint = encoder.fingerprint()
+    name = os.path.splitext(os.path.basename(cfg.data))[0].replace("dataset_", "")
+    cid = cache_id(fingerprint, model_cfg.image_size, keys, os.path.realpath(cfg.images))
+    folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}-{model_cfg.image_size}-{cid[:12]}")
+    store = find_cache(cfg.cache_dir, fingerprint, model_cfg.image_size, keys, stats, prefer=folder)
+    if store is not None:
+        return store
     return build_feature_cache(encoder, cfg.images, keys, folder, device=str(device or "cpu"),
                                progress=cfg.progress, rank=dist_info.rank, world=dist_info.world,
                                image_size=model_cfg.image_size)
@@ -291,9 +297,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     check_out_dir(cfg.out_dir, resume, overwrite)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"), CHECKPOINT_KIND) if resume else None
+    last = os.path.join(cfg.out_dir, "last.pt")
+    ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=("config", "vocab", "model")) if resume else None
     if ckpt is not None:
-        model_cfg = ModelConfig.from_dict(ckpt["config"])
+        model_cfg, _ = checkpoint_config(ckpt, last)
     records = load_records(cfg)
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]
@@ -302,12 +309,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     if not train_recs or not val_recs:
         raise ValueError(f"{cfg.data}: needs train and val images, found {len(train_recs)} and {len(val_recs)}")
     store = prepare_cache(cfg, model_cfg, records, device, dist_info)
-    vocab = Vocab(ckpt["vocab"]) if ckpt is not None else \
+    vocab = checkpoint_config(ckpt, last)[1] if ckpt is not None else \
         Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
     _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
     task = CaptionTask(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
     if ckpt is not None:
-        task.model.load_state_dict(ckpt["model"])
+        load_weights(task.model, ckpt["model"], last, "decoder")
     if dist_info.main:
         print(f"train: {len(train_recs)} images, {len(task.dataset)} captions; val: {len(val_recs)} images; "
               f"vocabulary {len(vocab)} words (min count {cfg.min_count}, train split); device {device}"

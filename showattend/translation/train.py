@@ -15,7 +15,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
+from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights
 from ..runs import atomic_write_text, resolve_device
 from ..engine import (EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
                         setup_distributed)
@@ -75,6 +75,28 @@ class TranslationTrainConfig(EngineConfig):
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
+_REQUIRED = ("config", "model", "src_tokenizer", "tgt_tokenizer")
+
+
+def checkpoint_parts(ckpt: dict, path: str):
+    """The :class:`TranslatorConfig` and the source and target subword models of a loaded translator checkpoint.
+
+    Raises:
+        CheckpointError: one of them is malformed (the message names the file).
+    """
+    try:
+        cfg = TranslatorConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: bad translator config in the checkpoint ({err})") from None
+    toks = []
+    for side in ("src", "tgt"):
+        try:
+            toks.append(SubwordTokenizer.from_bytes(ckpt[f"{side}_tokenizer"]))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: the {side} subword model in the checkpoint is unusable ({err})") from None
+    return cfg, toks[0], toks[1]
+
+
 class TranslatorBundle:
     """A translator with its tokenizers: translate raw sentences, save and load checkpoints.
 
@@ -97,15 +119,11 @@ class TranslatorBundle:
         Raises:
             CheckpointError: missing/corrupt file, another format, or weights that do not match the config.
         """
-        ckpt = load_checkpoint(path, CHECKPOINT_KIND)
-        cfg = TranslatorConfig.from_dict(ckpt["config"])
+        ckpt = load_checkpoint(path, CHECKPOINT_KIND, required=_REQUIRED)
+        cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, path)
         model = Translator(cfg)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights do not match its config: {str(err)[:300]}") from None
-        return cls(model, SubwordTokenizer.from_bytes(ckpt["src_tokenizer"]),
-                   SubwordTokenizer.from_bytes(ckpt["tgt_tokenizer"]), resolve_device(device))
+        load_weights(model, ckpt["model"], path)
+        return cls(model, src_tok, tgt_tok, resolve_device(device))
 
     def state(self) -> dict:
         return {"format": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": asdict(self.model.cfg),
@@ -251,11 +269,10 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
                                    find_split(cfg.data, cfg.train_split, cfg.tgt))
     va_src, va_tgt = read_parallel(find_split(cfg.data, cfg.val_split, cfg.src),
                                    find_split(cfg.data, cfg.val_split, cfg.tgt))
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"), CHECKPOINT_KIND) if resume else None
+    last = os.path.join(cfg.out_dir, "last.pt")
+    ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=_REQUIRED) if resume else None
     if ckpt is not None:
-        model_cfg = TranslatorConfig.from_dict(ckpt["config"])
-        src_tok = SubwordTokenizer.from_bytes(ckpt["src_tokenizer"])
-        tgt_tok = SubwordTokenizer.from_bytes(ckpt["tgt_tokenizer"])
+        model_cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, last)
     else:  # subword models from the training split only (each process trains the same ones)
         src_tok = SubwordTokenizer.train(tr_src, cfg.vocab_size)
         tgt_tok = SubwordTokenizer.train(tr_tgt, cfg.vocab_size)
@@ -264,7 +281,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     torch.manual_seed(cfg.seed)
     model = Translator(model_cfg)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], last)
     bundle = TranslatorBundle(model, src_tok, tgt_tok, device)
     pairs = encode_pairs(tr_src, tr_tgt, src_tok, tgt_tok, cfg.max_len)
     if dist_info.main:
