@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -98,12 +100,25 @@ def load_checkpoint(path: str, kind: Optional[str], map_location: Any = "cpu",
             version, contents that do not match the checksum written with them, or a required field missing;
             the message names the file.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format; older torch files are plain pickles
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, pickle of arbitrary objects, not a torch file ...
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err) and zipped:
+            why = "it holds Python objects other than tensors and plain data, refused (unpickling them could run code)"
+        elif zipped:
+            why = "truncated or damaged file"
+        else:
+            why = "not a PyTorch checkpoint file"
+        raise CheckpointError(f"{path}: cannot read checkpoint: {why} ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:100] if str(err) else 'no data'})") from None
     if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise CheckpointError(f"{path}: not a showattend checkpoint (no 'format' field)")
     if kind is not None and ckpt["format"] != kind:

@@ -4,6 +4,7 @@ The command tree and the dispatch are in :mod:`showattend.cli`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -142,6 +143,12 @@ class CaptionDecoding:
     attention: Literal["soft", "hard"] = "soft"
     samples: int = 5
 
+    def validate(self) -> None:
+        """Raises ValueError: a bad decoding option (named)."""
+        _check_decoding(self.beam_size, self.max_len, self.length_penalty, self.device)
+        if self.samples < 1:
+            raise ValueError(f"--samples must be at least 1, got {self.samples}")
+
 
 @dataclass
 class Caption:
@@ -152,7 +159,7 @@ class Caption:
     others still captioned; the exit code is 1 if any image failed.
 
     Attributes:
-        images: image files (JPEG, PNG, ...).
+        images: image files (JPEG, PNG, ...) or folders (searched recursively for image files).
         decoding: how the output is decoded.
         attention_dir: write one attention overlay PNG per image into this folder.
         show_beta: show the gating scalar β in the overlay titles.
@@ -163,8 +170,12 @@ class Caption:
     attention_dir: _Optional = ""
     show_beta: Annotated[bool, _flag] = False
 
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        self.decoding.validate()
+
     def run(self) -> int:
-        from .captioning.images import open_rgb
+        from .captioning.images import expand_inputs, open_rgb
         from .captioning.model import Captioner
         from .captioning.overlay import plot_attention
 
@@ -173,14 +184,16 @@ class Caption:
             return 2
         d = self.decoding
         cap = Captioner.from_checkpoint(d.checkpoint, device=d.device)
-        results, errors = cap.caption_files(self.images, beam_size=d.beam_size, max_len=d.max_len,
+        paths, folder_errors = expand_inputs(self.images)
+        results, errors = cap.caption_files(paths, beam_size=d.beam_size, max_len=d.max_len,
                                             length_penalty=d.length_penalty, attention=d.attention,
                                             samples=d.samples)
-        for path in self.images:
+        errors = {**folder_errors, **errors}
+        for path in paths:
             if path not in results:
                 continue
             r = results[path]
-            print(f"{path}\t{r.text}" if len(self.images) > 1 else r.text, flush=True)
+            print(f"{path}\t{r.text}" if len(paths) > 1 or paths != self.images else r.text, flush=True)
             if self.attention_dir:
                 stem = os.path.splitext(os.path.basename(path))[0]
                 out = os.path.join(self.attention_dir, f"{stem}_attention.png")
@@ -191,7 +204,7 @@ class Caption:
         for path, msg in errors.items():
             print(f"error: {msg}", file=sys.stderr)
         if errors:
-            print(f"{len(errors)} of {len(self.images)} images failed", file=sys.stderr)
+            print(f"{len(errors)} of {len(paths) + len(folder_errors)} images failed", file=sys.stderr)
             return 1
         return 0
 
@@ -222,6 +235,12 @@ class Evaluate:
     limit: int = 0
     output: _Optional = ""
     captions_out: _Optional = ""
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        self.decoding.validate()
+        if self.limit < 0:
+            raise ValueError(f"--limit must not be negative, got {self.limit}")
 
     def run(self) -> int:
         from .captioning.evaluate import evaluate
@@ -276,6 +295,10 @@ class TranslationDecoding:
     length_penalty: float = 1.0
     device: str = "auto"
 
+    def validate(self) -> None:
+        """Raises ValueError: a bad decoding option (named)."""
+        _check_decoding(self.beam_size, 2, self.length_penalty, self.device)
+
 
 @dataclass
 class Translate:
@@ -298,17 +321,28 @@ class Translate:
     max_len: int = 100
     alignment: _Optional = ""
 
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        self.decoding.validate()
+        if self.max_len < 2:
+            raise ValueError(f"--max-len must be at least 2 (a subword and </s>), got {self.max_len}")
+
     def run(self) -> int:
         from .translation.plot import plot_alignment
         from .translation.train import TranslatorBundle
 
         d = self.decoding
         bundle = TranslatorBundle.from_checkpoint(d.checkpoint, d.device)
-        sentences = self.text if self.text else [line.rstrip("\n") for line in sys.stdin]
-        results = bundle.translate(sentences, beam_size=d.beam_size, max_len=self.max_len,
-                                   length_penalty=d.length_penalty)
-        for r in results:
-            print(r["text"], flush=True)
+        sentences, bad = (self.text, {}) if self.text else _stdin_lines()
+        results = bundle.translate([x for i, x in enumerate(sentences) if i not in bad], beam_size=d.beam_size,
+                                   max_len=self.max_len, length_penalty=d.length_penalty)
+        outputs = iter(results)
+        for i in range(len(sentences)):  # one output line per input line; an unreadable one stays empty
+            print("" if i in bad else next(outputs)["text"], flush=True)
+        for i, msg in bad.items():
+            print(f"showattend translate: error: standard input line {i + 1}: {msg}; left empty", file=sys.stderr)
+        if not results:
+            return 1 if bad else 0
         if self.alignment:
             r = results[0]
             if not r["source_pieces"]:
@@ -316,7 +350,7 @@ class Translate:
                 return 1
             plot_alignment(r["source_pieces"], r["target_pieces"], r["alpha"], self.alignment, title=r["text"])
             print(f"alignment of sentence 1: {self.alignment}", file=sys.stderr)
-        return 0
+        return 1 if bad else 0
 
 
 @dataclass
@@ -389,6 +423,10 @@ class TranslateEvaluate:
     split: str = "test_2016_flickr"
     output: _Optional = ""
 
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        self.decoding.validate()
+
     def run(self) -> int:
         from .translation.train import evaluate_translator
 
@@ -396,6 +434,34 @@ class TranslateEvaluate:
         report = evaluate_translator(d.checkpoint, self.data, self.src, self.tgt, self.split, d.beam_size,
                                      d.length_penalty, d.device, self.output or None)
         return _report(report, "")
+
+
+def _stdin_lines():
+    """Standard input's lines, each decoded on its own: ([text, ...], {index: what is wrong}) ("" for a line
+    that is not UTF-8)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (tests, notebooks)
+        return [line.rstrip("\n") for line in sys.stdin], {}
+    lines, bad = [], {}
+    for i, line in enumerate(raw):
+        try:
+            lines.append(line.decode("utf-8").rstrip("\n").rstrip("\r"))
+        except UnicodeDecodeError as err:
+            lines.append("")
+            bad[i] = f"not valid UTF-8 (byte {err.start + 1} is {line[err.start]:#04x})"
+    return lines, bad
+
+
+def _check_decoding(beam_size: int, max_len: int, length_penalty: float, device: str) -> None:
+    from .runs import resolve_device
+
+    if beam_size < 1:
+        raise ValueError(f"--beam-size must be at least 1, got {beam_size}")
+    if max_len < 2:
+        raise ValueError(f"--max-len must be at least 2 (a word and <end>), got {max_len}")
+    if not math.isfinite(length_penalty):
+        raise ValueError(f"--length-penalty must be a number, got {length_penalty}")
+    resolve_device(device)
 
 
 def _report(report: dict, output: str) -> int:

@@ -99,10 +99,11 @@ def _torchvision(name: str, weights: Optional[str], pretrained: bool):
         try:
             net = builder(weights=enum.DEFAULT)
         except Exception as err:  # offline: torchvision cannot download
-            raise RuntimeError(
-                f"could not fetch the ImageNet weights of {name} from torchvision ({err}); offline, download "
-                f"them elsewhere and pass their local .pth path as encoder weights"
-            ) from err
+            raise FileNotFoundError(
+                f"the ImageNet weights of {name} are not on this machine and could not be downloaded "
+                f"({str(err)[:120]}); download {enum.DEFAULT.url} elsewhere and pass the file with "
+                f"--encoder-weights FILE (or use --encoder efficientnet_lite0, whose weights ship with it)"
+            ) from None
     else:
         net = builder(weights=None)
     if name == "resnet101":
@@ -126,7 +127,9 @@ class Encoder(nn.Module):
 
     Raises:
         KeyError: unknown encoder name.
-        RuntimeError / FileNotFoundError: the weights cannot be loaded.
+        FileNotFoundError: the weights are not on this machine and cannot be downloaded (the message says
+            which file to pass as ``--encoder-weights``).
+        ValueError: the weights file does not fit the network.
     """
 
     def __init__(self, name: str = "efficientnet_lite0", weights: Optional[str] = None, pretrained: bool = True,

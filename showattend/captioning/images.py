@@ -1,15 +1,19 @@
 """Reading images with Pillow: mode conversion, resizing, and clear errors for bad files."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
-from typing import Union
+import zlib
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-__all__ = ["ImageError", "open_rgb", "load_image", "TRANSFORM"]
+__all__ = ["ImageError", "open_rgb", "load_image", "check_file", "expand_inputs", "TRANSFORM", "MAX_PIXELS",
+           "IMAGE_EXTENSIONS"]
 
 #: what :func:`load_image` does to a file; the feature cache records it and is keyed by it, so change it whenever
 #: load_image changes what it returns
@@ -20,12 +24,65 @@ class ImageError(ValueError):
     """An input image is missing, empty, truncated or not an image; the message names the file."""
 
 
+#: the most pixels an image may have (Pillow's decompression-bomb limit, ~89.5 million); a JPEG may have 64 times
+#: more, since it is decoded at 1/8 of its side (draft mode)
+MAX_PIXELS = 89_478_485
+
+
+#: the file extensions a folder given as input is searched for
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def expand_inputs(paths: Sequence[str]):
+    """Image paths from the command line: each folder replaced by the image files under it (recursively, by
+    extension, sorted); other paths kept as given (:func:`open_rgb` reports what is wrong with them).
+
+    Returns:
+        (paths, errors): the files to caption, and {folder: message} for folders holding no image.
+    """
+    out, errors = [], {}
+    for p in paths:
+        if not os.path.isdir(p):
+            out.append(p)
+            continue
+        found = sorted(os.path.join(d, f) for d, _, files in os.walk(p) for f in files
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not found:
+            errors[p] = f"{p}: a folder without images (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        out += found
+    return out, errors
+
+
+def check_file(path: str) -> None:
+    """Say what is wrong with a path that should be a readable file.
+
+    Raises:
+        ImageError: no such file, a broken symbolic link or a link loop, a folder, not a regular file (a FIFO,
+            a device), or an empty file.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageError(f"{path}: symbolic link loop") from None
+        if os.path.islink(path):
+            raise ImageError(f"{path}: broken symbolic link (to {os.readlink(path)})") from None
+        raise ImageError(f"{path}: no such file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{path}: a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{path}: not a regular file (a pipe, socket or device)")
+    if st.st_size == 0:
+        raise ImageError(f"{path}: empty file")
+
+
 def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image:
     """Open an image file as an RGB PIL image.
 
     Grayscale, palette, RGBA/LA (composited on white) and CMYK images are converted to RGB. Images larger
-    than ``max_side`` on either side are reduced while decoding (JPEG draft mode) and then downscaled, so a
-    very large photo costs neither much memory nor Pillow's decompression-bomb error.
+    than ``max_side`` on either side are reduced while decoding (JPEG draft mode) and then downscaled. Images
+    of more than :data:`MAX_PIXELS` pixels (64 times more for a JPEG) are refused before they are decoded
+    (Pillow's decompression-bomb guard), and so is image data that ends early: never padded with black.
 
     Args:
         path: image file.
@@ -35,13 +92,11 @@ def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image
         a loaded ``PIL.Image.Image`` in mode RGB.
 
     Raises:
-        ImageError: the file is missing, empty, truncated, or not an image Pillow can read.
+        ImageError: the file is missing, not a regular file, empty, too large, truncated, or not an image
+            Pillow can read (see also :func:`check_file`).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{path}: empty file")
+    check_file(path)
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
@@ -49,15 +104,26 @@ def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
                 img = Image.open(path)
+                w, h = img.size
+                if w * h > MAX_PIXELS * (64 if img.format == "JPEG" else 1):
+                    raise ImageError(f"{path}: {w} x {h} pixels ({w * h / 1e6:.0f} million) is over the limit of "
+                                     f"{MAX_PIXELS * (64 if img.format == 'JPEG' else 1) / 1e6:.0f} million "
+                                     f"(Pillow's decompression-bomb guard); downscale it first")
                 if max(img.size) > max_side and img.format == "JPEG":
                     img.draft("RGB", (max_side, max_side))
                 img.load()
+                if img.format == "PNG":
+                    _check_png_data(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file Pillow can identify") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{path}: cannot decode image ({err})") from None
+        if isinstance(err, ImageError):
+            raise
+        if "truncated" in str(err):
+            raise ImageError(f"{path}: truncated image: the file ends before its image data ({err})") from None
+        raise ImageError(f"{path}: damaged image data that Pillow cannot decode ({err})") from None
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side))
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -65,6 +131,45 @@ def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
+
+
+def _check_png_data(path: str) -> None:
+    """Raise ImageError if a PNG's compressed data holds fewer bytes than its header's rows need (Pillow pads
+    the missing rows with black)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        n, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"IHDR":
+            header = data[pos + 8:pos + 8 + 13]
+        elif kind == b"IDAT":
+            idat.append(data[pos + 8:pos + 8 + n])
+        pos += 12 + n
+    if header is None or len(header) < 13:
+        return
+    w, h, depth, colour, interlace = (int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big"),
+                                      header[8], header[9], header[12])
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)] \
+        if interlace else [(0, 0, 1, 1)]
+    need = 0
+    for x0, y0, dx, dy in passes:
+        pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
+        if pw > 0 and ph > 0:
+            need += ph * (1 + -(-pw * bits // 8))
+    inflate, got = zlib.decompressobj(), 0
+    try:
+        for chunk in idat:
+            got += len(inflate.decompress(chunk, max(1, need - got)))
+            while inflate.unconsumed_tail and got < need:
+                got += len(inflate.decompress(inflate.unconsumed_tail, need - got))
+            if got >= need:
+                return
+    except zlib.error as err:
+        raise ImageError(f"{path}: damaged PNG data ({err})") from None
+    raise ImageError(f"{path}: truncated image: its data ends after {got * 100 // max(need, 1)}% of the rows "
+                     f"({w} x {h} pixels declared)")
 
 
 def load_image(path: Union[str, os.PathLike], size: int = 224) -> torch.Tensor:

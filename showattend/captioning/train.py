@@ -104,7 +104,15 @@ class TrainConfig(EngineConfig):
 
 
 def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
-    """The caption records of ``cfg.data`` (Karpathy JSON, or COCO annotations via pycocotools)."""
+    """The caption records of ``cfg.data`` (Karpathy JSON, or COCO annotations via pycocotools).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a folder, or not a caption file (named).
+    """
+    if os.path.isdir(cfg.data):
+        raise ValueError(f"{cfg.data}: a folder, not a Karpathy JSON or COCO captions file (--data)")
+    if not os.path.isfile(cfg.data):
+        raise FileNotFoundError(f"caption file not found: {cfg.data} (--data)")
     with open(cfg.data, encoding="utf-8") as f:
         head = f.read(4096)
     if '"annotations"' in head or "annotations" in os.path.basename(cfg.data) or \

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import os
 import random
+import zlib
 from typing import Iterator, List, Sequence, Tuple
 
 import torch
@@ -17,25 +18,42 @@ def read_lines(path: str) -> List[str]:
     """Lines of a UTF-8 text file (``.gz`` read transparently), without line ends.
 
     Raises:
-        FileNotFoundError: missing file. ValueError: not UTF-8 text (the message names the file).
+        FileNotFoundError: missing file. ValueError: a truncated or corrupt gzip file, an unreadable file, or a
+            line that is not UTF-8 (the message names the file and the line).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"text file not found: {path}")
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return [line.rstrip("\n").rstrip("\r") for line in f]
-    except (UnicodeDecodeError, OSError) as err:
-        raise ValueError(f"{path}: not readable UTF-8 text ({err})") from None
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    out = []
+    for i, raw in enumerate(lines, 1):
+        try:
+            out.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} line {i}: not valid UTF-8 (byte {err.start + 1} is {raw[err.start]:#04x})") \
+                from None
+    return out
 
 
 def read_parallel(src_path: str, tgt_path: str) -> Tuple[List[str], List[str]]:
     """Two aligned files.
 
     Raises:
-        ValueError: the files have different numbers of lines.
+        ValueError: a file has no lines, or the files have different numbers of lines (and see
+            :func:`read_lines`).
     """
     src, tgt = read_lines(src_path), read_lines(tgt_path)
+    for path, lines in ((src_path, src), (tgt_path, tgt)):
+        if not any(line.strip() for line in lines):
+            raise ValueError(f"{path}: no sentences")
     if len(src) != len(tgt):
         raise ValueError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: not aligned")
     return src, tgt

@@ -23,7 +23,8 @@ class SubwordTokenizer:
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"not a sentencepiece model ({str(err).splitlines()[0][:120]})") from None
+            raise ValueError(f"not a sentencepiece model: {len(self.proto)} bytes that sentencepiece cannot parse") \
+                from None
         if (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()) != (PAD_ID, BOS_ID, EOS_ID, UNK_ID):
             raise ValueError("sentencepiece model has other special ids than pad=0, bos=1, eos=2, unk=3")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -277,6 +278,9 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         src_tok = SubwordTokenizer.train(tr_src, cfg.vocab_size)
         tgt_tok = SubwordTokenizer.train(tr_tgt, cfg.vocab_size)
         model_cfg.src_vocab_size, model_cfg.tgt_vocab_size = len(src_tok), len(tgt_tok)
+        if dist_info.main and min(len(src_tok), len(tgt_tok)) < cfg.vocab_size:
+            print(f"--vocab-size {cfg.vocab_size}: the training text fills only {len(src_tok)} {cfg.src} and "
+                  f"{len(tgt_tok)} {cfg.tgt} subwords; training with those", file=sys.stderr, flush=True)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = Translator(model_cfg)
@@ -284,6 +288,9 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         load_weights(model, ckpt["model"], last)
     bundle = TranslatorBundle(model, src_tok, tgt_tok, device)
     pairs = encode_pairs(tr_src, tr_tgt, src_tok, tgt_tok, cfg.max_len)
+    if dist_info.main and len(pairs) < len(tr_src):
+        print(f"dropped {len(tr_src) - len(pairs)} training pairs with an empty side (of {len(tr_src)} in "
+              f"{cfg.train_split}.{cfg.src}/{cfg.tgt})", file=sys.stderr, flush=True)
     if dist_info.main:
         print(f"{cfg.src}->{cfg.tgt} {model_cfg.decoder}: {len(pairs)} training pairs, subword vocabularies "
               f"{len(src_tok)}/{len(tgt_tok)}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
