@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import time
 import warnings
 from typing import Any, Dict, Optional, Sequence
 
@@ -61,7 +62,8 @@ def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
     """Write ``payload`` and its :func:`checksum` to ``path`` atomically: a temporary file in the same folder,
     fsync, then rename.
 
-    An interrupted save leaves the previous checkpoint intact.
+    An interrupted save leaves the previous checkpoint intact. (For the fault tests, the environment variable
+    ``SHOWATTEND_SLOW_SAVE_S`` makes the write pause that many seconds before the rename.)
 
     Args:
         path: destination file.
@@ -76,6 +78,7 @@ def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        time.sleep(float(os.environ.get("SHOWATTEND_SLOW_SAVE_S", "0")))  # fault tests: a kill lands in the write
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -93,6 +93,7 @@ class Cache:
         karpathy_split: for a COCO annotation file, the dataset_coco.json that assigns splits.
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
         device: "auto" (cuda when available), "cpu" or "cuda".
+        batch_size: images per encoder forward pass.
     """
 
     encoder: str = ModelConfig.encoder
@@ -103,6 +104,12 @@ class Cache:
     karpathy_split: _Optional = ""
     cache_dir: str = TrainConfig.cache_dir
     device: str = "auto"
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
 
     def run(self) -> int:
         from .captioning.train import load_records, prepare_cache
@@ -114,7 +121,7 @@ class Cache:
                           cache_dir=self.cache_dir, device=self.device)
         t0 = time.time()
         dist_info, device = setup_distributed(cfg.device)
-        store = prepare_cache(cfg, model_cfg, load_records(cfg), device, dist_info)
+        store = prepare_cache(cfg, model_cfg, load_records(cfg), device, dist_info, batch_size=self.batch_size)
         print(f"feature cache: {store.folder} ({len(store.row)} images, {time.time() - t0:.0f} s)")
         return 0
 

@@ -378,6 +378,10 @@ def test_resume_keeps_the_runs_settings_and_a_new_run_does_not_overwrite_one(toy
     # nothing left: the run says so
     assert main(["train", *data, "--resume"]) == 0
     assert "nothing to train: 3 epochs done" in capsys.readouterr().out
+    # best.pt without last.pt: nothing to resume from, and the best model is not replaced
+    os.remove(tmp_path / "run" / "last.pt")
+    assert main(["train", *data, "--resume"]) == 1
+    assert "holds best.pt but no last.pt" in capsys.readouterr().err and (tmp_path / "run" / "best.pt").exists()
 
 
 def test_resuming_inside_an_epoch_needs_the_same_batches(toy_images, tmp_path, capsys):

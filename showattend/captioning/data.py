@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -386,11 +387,14 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     bar = tqdm(total=hi - lo, initial=done - lo, desc="encoding images", unit="img",
                disable=not progress or rank != 0)
     row = done
+    kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_CACHE_ROW", "0"))  # fault injection for the fault tests
     for images in loader:
         feats = encoder(images.to(device))  # (b, L, D)
         arr[row:row + len(feats)] = feats.cpu().numpy().astype(np.float16)
         row += len(feats)
         arr.flush()
+        if kill_at and row >= kill_at:  # the rows are written, the progress file does not count them yet
+            os.kill(os.getpid(), signal.SIGKILL)
         atomic_write_text(progress_file, json.dumps({"done": row, "rows": [lo, hi], "id": meta["id"],
                                                      "shape": shape, "stats": _stats_hash(stats[lo:row])}))
         bar.update(len(feats))

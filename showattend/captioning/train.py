@@ -122,14 +122,15 @@ def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
 
 
 def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[CaptionRecord],
-                  device: Optional[torch.device] = None, dist_info: DistInfo = DistInfo()) -> FeatureStore:
+                  device: Optional[torch.device] = None, dist_info: DistInfo = DistInfo(),
+                  batch_size: int = 32) -> FeatureStore:
     """Reuse, resume or build the feature cache of every image in ``records``; under torchrun every process
     calls this and encodes its share (see :func:`~showattend.captioning.data.build_feature_cache`).
 
     A finished cache under ``cfg.cache_dir`` is reused when it holds all these images, made from the same files
     (sizes and modification times) by the same encoder weights, transform and size; otherwise the cache is
     built in ``{dataset}-{encoder}-{size}-{id}``, ``id`` the start of
-    :func:`~showattend.captioning.data.cache_id`.
+    :func:`~showattend.captioning.data.cache_id`. ``batch_size`` images go through the encoder at once.
 
     Raises:
         ImageError: images are missing under ``cfg.images`` (checked before anything is encoded), or unreadable.
@@ -144,9 +145,9 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     store = find_cache(cfg.cache_dir, fingerprint, model_cfg.image_size, keys, stats, prefer=folder)
     if store is not None:
         return store
-    return build_feature_cache(encoder, cfg.images, keys, folder, device=str(device or "cpu"),
-                               progress=cfg.progress, rank=dist_info.rank, world=dist_info.world,
-                               image_size=model_cfg.image_size)
+    return build_feature_cache(encoder, cfg.images, keys, folder, batch_size=batch_size,
+                               device=str(device or "cpu"), progress=cfg.progress, rank=dist_info.rank,
+                               world=dist_info.world, image_size=model_cfg.image_size)
 
 
 def _seed_all(seed: int) -> None:
@@ -302,7 +303,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
         ValueError: a bad setting (checked before any long work).
     """
     cfg.validate()
-    check_out_dir(cfg.out_dir, resume, overwrite)
+    resume = check_out_dir(cfg.out_dir, resume, overwrite)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
     last = os.path.join(cfg.out_dir, "last.pt")

@@ -90,17 +90,31 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "steps.jsonl"
              "running.json")
 
 
-def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> None:
+def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> bool:
     """Prepare a run folder: refuse to start a new run over another run's files (unless ``overwrite``, which
     deletes them), and remove the temporary files of atomic writes that a killed process left behind.
 
+    ``resume`` in a folder without ``last.pt`` starts a new run (so that a script can always pass ``--resume``);
+    the logs of a run killed before its first checkpoint are replaced.
+
     Under torchrun only rank 0 deletes anything.
 
+    Returns:
+        whether the run resumes from ``last.pt``.
+
     Raises:
-        ValueError: a new run (not ``resume``) in a folder holding a run's files, without ``overwrite``.
+        ValueError: a new run (not ``resume``) in a folder holding a run's files, without ``overwrite``; or
+            ``resume`` in a folder holding ``best.pt`` but no ``last.pt``.
     """
     main = main_process()
     found = [f for f in RUN_FILES if os.path.isfile(os.path.join(out_dir, f))]
+    if resume and "last.pt" not in found:
+        if "best.pt" in found:
+            raise ValueError(f"{out_dir} holds best.pt but no last.pt: nothing to resume from; --overwrite starts "
+                             f"a new run there")
+        if main:
+            print(f"--resume: no last.pt in {out_dir} yet; starting a new run", flush=True)
+        resume, overwrite = False, True
     if found and not resume:
         if not overwrite:
             raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}): add --resume to continue it, "
@@ -117,6 +131,7 @@ def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> None:
                     os.remove(os.path.join(out_dir, f))
                 except FileNotFoundError:
                     pass
+    return resume
 
 
 def _alive(pid: int) -> bool:

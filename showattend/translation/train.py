@@ -263,7 +263,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         ValueError: a bad setting (checked before any long work).
     """
     cfg.validate()
-    check_out_dir(cfg.out_dir, resume, overwrite)
+    resume = check_out_dir(cfg.out_dir, resume, overwrite)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
     tr_src, tr_tgt = read_parallel(find_split(cfg.data, cfg.train_split, cfg.src),
