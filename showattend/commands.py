@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, List, Literal, Sequence
+from typing import Annotated, List, Literal, Sequence, Tuple
 
 import tyro
 
@@ -232,6 +232,8 @@ class Evaluate:
         limit: only the first N images of the split (0: all).
         output: also write the JSON report to this file.
         captions_out: write the generated captions as JSON to this file.
+        metrics: the metrics to compute; METEOR (and the PTB tokenizer) need Java, and without Java the others
+            are computed on showattend's own tokenisation.
     """
 
     decoding: Annotated[CaptionDecoding, _flat] = field(default_factory=CaptionDecoding)
@@ -242,6 +244,7 @@ class Evaluate:
     limit: int = 0
     output: _Optional = ""
     captions_out: _Optional = ""
+    metrics: Tuple[Literal["bleu", "meteor", "rouge", "cider"], ...] = ("bleu", "meteor", "rouge", "cider")
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
@@ -256,7 +259,8 @@ class Evaluate:
         report = evaluate(d.checkpoint, data=self.data, images=self.images, split=self.split,
                           beam_size=d.beam_size, max_len=d.max_len, length_penalty=d.length_penalty,
                           cache_dir=self.cache_dir, device=d.device, limit=self.limit,
-                          captions_out=self.captions_out or None, attention=d.attention, samples=d.samples)
+                          captions_out=self.captions_out or None, attention=d.attention, samples=d.samples,
+                          metrics=self.metrics)
         return _report(report, self.output)
 
 

@@ -2,15 +2,25 @@
 
 All scores are on a 0-100 scale. BLEU is coco-caption's corpus BLEU (closest reference length, brevity
 penalty), METEOR is METEOR 1.5 (Java), ROUGE-L, CIDEr-D. SPICE needs a Stanford CoreNLP download and is not
-computed here.
+computed here. The PTB tokenizer and METEOR need Java; without it, BLEU, ROUGE-L and CIDEr can still be computed
+on showattend's own tokenisation (lower case, letters and digits), which is close to but not the published
+protocol.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from typing import Dict, List, Sequence
 
-__all__ = ["caption_metrics", "bleu4"]
+__all__ = ["caption_metrics", "bleu4", "check_java", "java_available", "JavaMissing", "METRICS"]
+
+#: the metric names ``caption_metrics`` takes
+METRICS = ("bleu", "meteor", "rouge", "cider")
+
+
+class JavaMissing(ValueError):
+    """No ``java`` on PATH: the coco-caption PTB tokenizer and METEOR cannot run."""
 
 SPICE_NOTE = "SPICE not computed: it needs Stanford CoreNLP models that cannot be downloaded here"
 
@@ -22,9 +32,29 @@ def _ptb_tokenize(captions: Dict[str, List[str]]) -> Dict[str, List[str]]:
         return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
 
 
+def _simple_tokenize(captions: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    from .captioning.data import tokenize
+
+    return {k: [" ".join(tokenize(c)) for c in v] for k, v in captions.items()}
+
+
+def java_available() -> bool:
+    """Whether a ``java`` executable is on PATH (the PTB tokenizer and METEOR need one)."""
+    return shutil.which("java") is not None
+
+
+def check_java(metrics: Sequence[str]) -> None:
+    """Raises JavaMissing: METEOR is asked for and there is no Java (the message says what to do)."""
+    if "meteor" in metrics and not java_available():
+        raise JavaMissing("no `java` on PATH: METEOR and coco-caption's PTB tokenizer need a Java runtime "
+                          "(e.g. apt-get install default-jre-headless); without it, `--metrics bleu rouge cider` "
+                          "scores on showattend's own tokenisation (close to, but not, the published protocol)")
+
+
 def caption_metrics(references: Dict[str, Sequence[str]], hypotheses: Dict[str, str],
-                    metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider")) -> Dict[str, float]:
-    """Score generated captions with the coco-caption scorers after PTB tokenisation.
+                    metrics: Sequence[str] = METRICS) -> Dict[str, float]:
+    """Score generated captions with the coco-caption scorers after PTB tokenisation (Java), or, when Java is
+    missing and METEOR is not asked for, after showattend's own tokenisation.
 
     Args:
         references: image id -> reference captions (raw text).
@@ -36,13 +66,15 @@ def caption_metrics(references: Dict[str, Sequence[str]], hypotheses: Dict[str, 
 
     Raises:
         KeyError: a hypothesis id has no references.
-        RuntimeError: METEOR could not start (Java missing).
+        JavaMissing: METEOR asked for without Java (the message says how to get the other metrics).
     """
     missing = [k for k in hypotheses if k not in references]
     if missing:
         raise KeyError(f"{len(missing)} hypotheses have no references, e.g. {missing[:3]}")
-    gts = _ptb_tokenize({k: list(references[k]) for k in hypotheses})
-    res = _ptb_tokenize({k: [v] for k, v in hypotheses.items()})
+    check_java(metrics)
+    tok = _ptb_tokenize if java_available() else _simple_tokenize
+    gts = tok({k: list(references[k]) for k in hypotheses})
+    res = tok({k: [v] for k, v in hypotheses.items()})
     return _score(gts, res, metrics)
 
 
@@ -60,8 +92,8 @@ def _score(gts, res, metrics) -> Dict[str, float]:
 
         try:
             scorer = Meteor()
-        except (OSError, FileNotFoundError) as err:
-            raise RuntimeError(f"METEOR needs Java on PATH ({err})") from err
+        except OSError as err:
+            raise JavaMissing(f"METEOR could not start Java ({err})") from None
         out["METEOR"] = 100 * scorer.compute_score(gts, res)[0]
         with contextlib.suppress(Exception):
             scorer.close()

@@ -43,6 +43,7 @@ class Case:
         good_outputs: lines that stdout must still hold (the call's good inputs processed).
         absent: a file that must not exist afterwards (a pickle payload's side effect).
         offline: the outcome holds only without internet access (a download would succeed otherwise).
+        env: environment variables set while the case runs.
     """
 
     kind: str
@@ -54,6 +55,7 @@ class Case:
     good_outputs: int = 0
     absent: Optional[str] = None
     offline: bool = False
+    env: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -264,7 +266,7 @@ def _checkpoints(root: Path, tiny: str, translator: str) -> List[Case]:
     return cases
 
 
-def _data(root: Path, translator: str) -> List[Case]:
+def _data(root: Path, tiny: str, translator: str) -> List[Case]:
     d = root / "data"
     d.mkdir()
     cases = []
@@ -328,6 +330,15 @@ def _data(root: Path, translator: str) -> List[Case]:
                       ["train", "--data", str(toy / "dataset_toy.json"), "--images", str(toy / "images"), "--encoder",
                        "resnet101", "--cache-dir", str(toy / "cache"), "--out-dir", str(toy / "run"), "--device",
                        "cpu", "--no-progress"], 1, "pass the file with --encoder-weights FILE", offline=True))
+    nojava = {"PATH": str(d)}  # a PATH without java
+    evaluate = ["evaluate", "--data", str(toy / "dataset_toy.json"), "--images", str(toy / "images"), "--split", "val",
+                "--cache-dir", str(toy / "cache"), "--device", "cpu", "--beam-size", "1", "--max-len", "3",
+                "--checkpoint", tiny]
+    cases.append(Case("data", "evaluate without Java (METEOR and the PTB tokenizer need it)", evaluate, 1,
+                      "no `java` on PATH: METEOR and coco-caption's PTB tokenizer need a Java runtime", env=nojava))
+    cases.append(Case("data", "evaluate without Java, --metrics bleu rouge cider", [*evaluate, "--metrics", "bleu",
+                                                                                    "rouge", "cider"], 0,
+                      env=nojava, good_outputs=1))
     cases.append(Case("data", "train --data: no such file", ["train", "--data", str(d / "none.json"), "--out-dir",
                                                              str(d / "run"), "--device", "cpu"], 1, "none.json"))
     return cases
@@ -390,7 +401,7 @@ def make_corpus(root: Path) -> List[Case]:
                             src_vocab_size=len(src), tgt_vocab_size=len(tgt))
     translator = str(root / "translator.pt")
     save_checkpoint(translator, TranslatorBundle(Translator(tcfg), src, tgt, torch.device("cpu")).state())
-    cases = _images(root) + _checkpoints(root, tiny, translator) + _data(root, translator) + \
+    cases = _images(root) + _checkpoints(root, tiny, translator) + _data(root, tiny, translator) + \
         _options(root, tiny, translator)
     for c in cases:
         if c.kind == "image" or c.argv[0] == "caption" and "--device" not in c.argv:
@@ -407,10 +418,11 @@ def run_case(case: Case) -> Outcome:
 
     out, err = io.StringIO(), io.StringIO()
     stdin = io.TextIOWrapper(io.BytesIO(case.stdin), encoding="utf-8")
-    saved = sys.stdin
+    saved, saved_env = sys.stdin, {k: os.environ.get(k) for k in case.env}
     traceback = False
     try:
         sys.stdin = stdin
+        os.environ.update(case.env)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main(list(case.argv))
@@ -423,6 +435,11 @@ def run_case(case: Case) -> Outcome:
                 code, traceback = None, True
     finally:
         sys.stdin = saved
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return Outcome(code, out.getvalue(), err.getvalue(), traceback)
 
 

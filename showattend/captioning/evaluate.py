@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
-from ..metrics import SPICE_NOTE, caption_metrics
+from ..metrics import METRICS, SPICE_NOTE, caption_metrics, check_java, java_available
 from ..runs import atomic_write_text
 from .data import FeatureStore
 from .model import Captioner
@@ -17,7 +17,7 @@ __all__ = ["evaluate"]
 def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainConfig.images, split: str = "test",
              beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0, cache_dir: str = "runs/cache",
              device: str = "auto", limit: int = 0, captions_out: Optional[str] = None, attention: str = "soft",
-             samples: int = 5) -> Dict:
+             samples: int = 5, metrics: Sequence[str] = METRICS) -> Dict:
     """Caption every image of a split and score the captions against its references.
 
     The frozen encoder's features come from the feature cache (built if missing), so the images are encoded
@@ -33,14 +33,16 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
         limit: first N images only (0: all).
         captions_out: optional JSON file for the generated captions.
         attention, samples: inference attention (see :meth:`Captioner.decode`).
+        metrics: which of "bleu", "meteor", "rouge", "cider" to compute (METEOR needs Java).
 
     Returns:
         a report dict: metrics (0-100), decoding settings, split size, wall time.
 
     Raises:
-        ValueError: the split has no images.
+        ValueError: the split has no images. JavaMissing: METEOR asked for without Java (checked first).
     """
     t0 = time.time()
+    check_java(metrics)  # before the decoding, not after it
     captioner = Captioner.from_checkpoint(checkpoint, device=device)
     cfg = TrainConfig(data=data, images=images, cache_dir=cache_dir)
     records = [r for r in load_records(cfg) if r.split == split]
@@ -56,7 +58,7 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
                              length_penalty=length_penalty, attention=attention, samples=samples)
     hyps = {r.image_id: results[r.key].text for r in records}
     refs = {r.image_id: r.raw for r in records}
-    scores = caption_metrics(refs, hyps)
+    scores = caption_metrics(refs, hyps, metrics)
     lengths = [len(results[r.key].words) for r in records]
     report = {
         "checkpoint": checkpoint, "data": data, "split": split, "images": len(records),
@@ -64,7 +66,8 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
         "model_attention": captioner.config.attention,
         "inference_attention": attention if attention == "soft" else f"hard ({samples} sampled searches)",
         "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty,
-        "scorer": "pycocoevalcap (coco-caption), PTB tokenizer, scale 0-100",
+        "scorer": "pycocoevalcap (coco-caption), " + ("PTB tokenizer" if java_available() else
+                                                      "showattend's tokenisation (no Java)") + ", scale 0-100",
         "metrics": {k: round(v, 2) for k, v in scores.items()},
         "SPICE": SPICE_NOTE,
         "mean_caption_words": round(sum(lengths) / len(lengths), 2),
