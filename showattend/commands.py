@@ -16,14 +16,13 @@ import tyro
 from .captioning.model import ModelConfig
 from .captioning.train import TrainConfig
 from .options import layered_settings, settings_instance
+from .pretrained import DEFAULT_CAPTIONER, PRETRAINED, get_model, weights_file
 from .translation.model import TranslatorConfig
 from .translation.train import TranslationTrainConfig
 
-__all__ = ["Train", "Cache", "Caption", "Evaluate", "Export", "Translate", "TranslateTrain", "TranslateEvaluate",
-           "CaptionDecoding", "TranslationDecoding", "DEFAULT_CHECKPOINT", "DEFAULT_TRANSLATOR"]
+__all__ = ["Train", "Cache", "Caption", "Evaluate", "Export", "Models", "Translate", "TranslateTrain",
+           "TranslateEvaluate", "CaptionDecoding", "TranslationDecoding", "DEFAULT_TRANSLATOR"]
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
-                                  "showattend_flickr8k_lite0.pt")
 DEFAULT_TRANSLATOR = os.path.join("runs", "translator", "best.pt")
 
 _flat = tyro.conf.OmitArgPrefixes  # a nested dataclass's options keep their own names: --batch-size
@@ -131,7 +130,8 @@ class CaptionDecoding:
     """How `caption` and `evaluate` decode.
 
     Attributes:
-        checkpoint: captioner checkpoint; the default is the bundled Flickr8k model.
+        model: a bundled captioner, by name (`showattend models` lists them).
+        checkpoint: a captioner checkpoint file (from `showattend train` or `export`), used instead of --model.
         beam_size: beam size; 1 = greedy.
         max_len: maximum caption length in tokens, <end> included: the last one is always <end>.
         length_penalty: rank hypotheses by log-prob / length^p (0: plain log-prob).
@@ -142,7 +142,8 @@ class CaptionDecoding:
         samples: sampled searches with --attention hard.
     """
 
-    checkpoint: _File = DEFAULT_CHECKPOINT
+    model: str = DEFAULT_CAPTIONER
+    checkpoint: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
     beam_size: int = 3
     max_len: int = 20
     length_penalty: float = 0.0
@@ -155,6 +156,12 @@ class CaptionDecoding:
         _check_decoding(self.beam_size, self.max_len, self.length_penalty, self.device)
         if self.samples < 1:
             raise ValueError(f"--samples must be at least 1, got {self.samples}")
+        if not self.checkpoint:
+            get_model(self.model, "captioning")
+
+    def checkpoint_file(self) -> str:
+        """--checkpoint, or the bundled --model's file."""
+        return self.checkpoint or str(weights_file(self.model, "captioning"))
 
 
 @dataclass
@@ -190,7 +197,7 @@ class Caption:
             print("showattend caption: error: no IMAGE given (see showattend caption --help)", file=sys.stderr)
             return 2
         d = self.decoding
-        cap = Captioner.from_checkpoint(d.checkpoint, device=d.device)
+        cap = Captioner.from_checkpoint(d.checkpoint_file(), device=d.device)
         paths, folder_errors = expand_inputs(self.images)
         results, errors = cap.caption_files(paths, beam_size=d.beam_size, max_len=d.max_len,
                                             length_penalty=d.length_penalty, attention=d.attention,
@@ -256,7 +263,7 @@ class Evaluate:
         from .captioning.evaluate import evaluate
 
         d = self.decoding
-        report = evaluate(d.checkpoint, data=self.data, images=self.images, split=self.split,
+        report = evaluate(d.checkpoint_file(), data=self.data, images=self.images, split=self.split,
                           beam_size=d.beam_size, max_len=d.max_len, length_penalty=d.length_penalty,
                           cache_dir=self.cache_dir, device=d.device, limit=self.limit,
                           captions_out=self.captions_out or None, attention=d.attention, samples=d.samples,
@@ -287,6 +294,33 @@ class Export:
         out = export_checkpoint(self.checkpoint, self.output, half=self.half)
         size = os.path.getsize(self.output) / 2 ** 20
         print(f"wrote {self.output} ({out['format']}, {size:.1f} MiB{', fp16 weights' if self.half else ''})")
+        return 0
+
+
+@dataclass
+class Models:
+    """List the bundled models: name, task, test metrics, size, training data and its licence.
+
+    Load one with `showattend caption --model NAME` or, in Python, `Captioner.from_pretrained(NAME)`.
+
+    Attributes:
+        task: only the models of this task.
+    """
+
+    task: Literal["all", "captioning", "translation"] = "all"
+
+    def run(self) -> int:
+        for m in PRETRAINED.values():
+            if self.task not in ("all", m.task):
+                continue
+            default = " (the default)" if m.name == DEFAULT_CAPTIONER else ""
+            print(f"{m.name}{default}\n  task:      {m.task}\n  encoder:   {m.encoder}\n  data:      {m.data}\n"
+                  f"  licence:   {m.data_licence}\n  test:      "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in m.metrics.items()) + f"\n             ({m.evaluation})\n"
+                  f"  decoding:  " + ", ".join(f"{k} {v}" for k, v in m.decoding.items()) +
+                  f"\n  file:      {m.file}, {m.size_mib:.0f} MiB\n  card:      {m.card}\n")
+        if not any(self.task in ("all", m.task) for m in PRETRAINED.values()):
+            print(f"no bundled {self.task} model yet")
         return 0
 
 
@@ -340,10 +374,10 @@ class Translate:
 
     def run(self) -> int:
         from .translation.plot import plot_alignment
-        from .translation.train import TranslatorBundle
+        from .translation.translator import Translator
 
         d = self.decoding
-        bundle = TranslatorBundle.from_checkpoint(d.checkpoint, d.device)
+        bundle = Translator.from_checkpoint(d.checkpoint, d.device)
         sentences, bad = (self.text, {}) if self.text else _stdin_lines()
         results = bundle.translate([x for i, x in enumerate(sentences) if i not in bad], beam_size=d.beam_size,
                                    max_len=self.max_len, length_penalty=d.length_penalty)

@@ -383,9 +383,9 @@ def make_corpus(root: Path) -> List[Case]:
 
     from showattend.captioning.model import Captioner, ModelConfig, build_decoder
     from showattend.checkpoint import save_checkpoint
-    from showattend.translation.model import Translator, TranslatorConfig
+    from showattend.translation.model import Seq2Seq, TranslatorConfig
     from showattend.translation.tokenizer import SubwordTokenizer
-    from showattend.translation.train import TranslatorBundle
+    from showattend.translation.translator import Translator
     from showattend.vocab import Vocab
 
     root = Path(root)
@@ -400,7 +400,7 @@ def make_corpus(root: Path) -> List[Case]:
     tcfg = TranslatorConfig(decoder="bahdanau", embed_dim=8, encoder_hidden=8, decoder_hidden=16, attention_dim=8,
                             src_vocab_size=len(src), tgt_vocab_size=len(tgt))
     translator = str(root / "translator.pt")
-    save_checkpoint(translator, TranslatorBundle(Translator(tcfg), src, tgt, torch.device("cpu")).state())
+    save_checkpoint(translator, Translator(Seq2Seq(tcfg), src, tgt, torch.device("cpu")).state())
     cases = _images(root) + _checkpoints(root, tiny, translator) + _data(root, tiny, translator) + \
         _options(root, tiny, translator)
     for c in cases:

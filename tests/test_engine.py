@@ -57,16 +57,16 @@ def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", **cf
 
 
 def toy_translation_task(tmp_path, device="cpu"):
-    from showattend.translation.model import Translator, TranslatorConfig
-    from showattend.translation.train import TranslationTask, TranslationTrainConfig, TranslatorBundle
+    from showattend.translation.model import Seq2Seq, TranslatorConfig
+    from showattend.translation.train import TranslationTask, TranslationTrainConfig, Translator
 
     src = [[4 + (i + j) % 7 for j in range(2 + i % 5)] for i in range(24)]
     pairs = [(s, [x + 1 for x in reversed(s)]) for s in src]
     cfg = TranslationTrainConfig(out_dir=str(tmp_path / "mt"), batch_size=6, progress=False, device=device)
     torch.manual_seed(0)
-    model = Translator(TranslatorConfig(src_vocab_size=12, tgt_vocab_size=13, embed_dim=8, encoder_hidden=8,
+    model = Seq2Seq(TranslatorConfig(src_vocab_size=12, tgt_vocab_size=13, embed_dim=8, encoder_hidden=8,
                                         decoder_hidden=16, attention_dim=8, dropout=0.0))
-    return TranslationTask(TranslatorBundle(model, None, None, torch.device(device)), cfg, pairs, [], []), cfg
+    return TranslationTask(Translator(model, None, None, torch.device(device)), cfg, pairs, [], []), cfg
 
 
 def write_toy_parallel(root):

@@ -1,5 +1,4 @@
 """Images, checkpoints and the CLI: conversions, bad input, atomic checkpoints, round-trips, overlays."""
-import dataclasses
 import os
 import re
 import subprocess
@@ -14,15 +13,12 @@ from conftest import ASSETS
 from showattend.captioning.decoder import Decoder
 from showattend.captioning.images import ImageError, load_image, open_rgb
 from showattend.captioning.model import Captioner, ModelConfig, build_decoder
-from showattend.captioning.train import TrainConfig
 from showattend.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from showattend.cli import main
-from showattend.translation.model import TranslatorConfig
-from showattend.translation.train import TranslationTrainConfig
 from showattend.vocab import Vocab
 
 PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
-BUNDLED = os.path.join(ASSETS, "showattend_flickr8k_lite0.pt")
+BUNDLED = os.path.join(os.path.dirname(ASSETS), "showattend", "weights", "flickr8k-lite0-soft.pt")
 
 
 def _tiny_captioner():

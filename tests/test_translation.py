@@ -14,9 +14,9 @@ import showattend.translation.model as tm
 from conftest import shared_path
 from showattend.cli import main
 from showattend.translation.data import pad_batch, read_parallel
-from showattend.translation.model import Translator, TranslatorConfig
+from showattend.translation.model import Seq2Seq, TranslatorConfig
 from showattend.translation.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SubwordTokenizer
-from showattend.translation.train import (TranslationTrainConfig, TranslatorBundle, evaluate_translator,
+from showattend.translation.train import (TranslationTrainConfig, Translator, evaluate_translator,
                                           train_translator)
 
 LEXICON = {"ein": "a", "der": "the", "mann": "man", "hund": "dog", "frau": "woman", "läuft": "runs",
@@ -43,7 +43,7 @@ def tiny_cfg(decoder="luong", score="general", **kw):
 @pytest.mark.parametrize("decoder,score", VARIANTS)
 def test_padding_gets_zero_weight_and_changes_nothing(decoder, score):
     torch.manual_seed(0)
-    model = Translator(tiny_cfg(decoder, score)).eval()
+    model = Seq2Seq(tiny_cfg(decoder, score)).eval()
     src, lengths = pad_batch([[5, 6, 7, 8, 9], [5, 6], [10, 11, 12]])
     tgt, _ = pad_batch([[4, 5, 6]] * 3, bos=True)
     logits, alphas = model(src, lengths, tgt)
@@ -103,7 +103,7 @@ def _reference_decoder(model, src, lengths, tgt_in):
 def test_decoders_follow_the_papers_equations(decoder, score):
     """Each decoder on the shared attention core equals the paper's equations (Luong: with input feeding)."""
     torch.manual_seed(0)
-    model = Translator(tiny_cfg(decoder, score)).eval()
+    model = Seq2Seq(tiny_cfg(decoder, score)).eval()
     src, lengths = pad_batch([[5, 6, 7, 8, 9], [5, 6], [10, 11, 12]])
     tgt, _ = pad_batch([[4, 5, 6, 7], [8, 9, 4, 5], [6, 4, 4, 9]], bos=True)
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_bahdanau_and_luong_differ_where_the_paper_says():
     """Bahdanau attends with s_{t-1} before the RNN step; Luong attends with the new h_t after it."""
     torch.manual_seed(0)
     for decoder, expected_first in (("bahdanau", "attention"), ("luong", "rnn")):
-        model = Translator(tiny_cfg(decoder, "concat")).eval()
+        model = Seq2Seq(tiny_cfg(decoder, "concat")).eval()
         order = []
         model.decoder.attention.register_forward_hook(lambda *a: order.append("attention"))
         model.decoder.rnn.register_forward_hook(lambda *a: order.append("rnn"))
@@ -128,7 +128,7 @@ def test_bahdanau_and_luong_differ_where_the_paper_says():
 
 def test_dot_score_needs_matching_sizes():
     with pytest.raises(ValueError, match="dot"):
-        Translator(TranslatorConfig(decoder="luong", score="dot", encoder_hidden=16, decoder_hidden=16))
+        Seq2Seq(TranslatorConfig(decoder="luong", score="dot", encoder_hidden=16, decoder_hidden=16))
     with pytest.raises(ValueError):
         TranslatorConfig(decoder="transformer")
 
@@ -137,7 +137,7 @@ def test_dot_score_needs_matching_sizes():
 def test_wide_beam_equals_brute_force_on_the_model(decoder):
     torch.manual_seed(1)
     V, max_len = 6, 3  # ids 0..5: pad and bos never generated, so </s> and 3 subwords
-    model = Translator(TranslatorConfig(decoder=decoder, score="concat", embed_dim=8, encoder_hidden=8,
+    model = Seq2Seq(TranslatorConfig(decoder=decoder, score="concat", embed_dim=8, encoder_hidden=8,
                                         decoder_hidden=16, attention_dim=8, dropout=0.0, src_vocab_size=12,
                                         tgt_vocab_size=V)).eval()
     src, lengths = pad_batch([[4, 7, 9, 5]])
@@ -190,7 +190,7 @@ def test_overfits_a_tiny_corpus(decoder, score, precision):
     tgt_tok = SubwordTokenizer.train([t for _, t in toy_pairs(300)], vocab_size=30)
     cfg = tiny_cfg(decoder, score)
     cfg.src_vocab_size, cfg.tgt_vocab_size = len(src_tok), len(tgt_tok)
-    model = Translator(cfg)
+    model = Seq2Seq(cfg)
     src, sl = pad_batch([src_tok.encode(s) for s, _ in pairs])
     tgt_in, _ = pad_batch([tgt_tok.encode(t) for _, t in pairs], bos=True)
     tgt_out, _ = pad_batch([tgt_tok.encode(t) for _, t in pairs], eos=True)
@@ -203,7 +203,7 @@ def test_overfits_a_tiny_corpus(decoder, score, precision):
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
-    bundle = TranslatorBundle(model, src_tok, tgt_tok)
+    bundle = Translator(model, src_tok, tgt_tok)
     assert [r["text"] for r in bundle.translate([s for s, _ in pairs], beam_size=3)] == [t for _, t in pairs]
 
 
@@ -231,7 +231,7 @@ def test_training_resume_and_checkpoint_round_trip(trained):
     ckpt = torch.load(trained / "run" / "last.pt", weights_only=True)
     assert ckpt["format"] == "showattend-translator" and isinstance(ckpt["src_tokenizer"], bytes)
     best = torch.load(trained / "run" / "best.pt", weights_only=True)
-    bundle = TranslatorBundle.from_checkpoint(str(trained / "run" / "best.pt"), "cpu")
+    bundle = Translator.from_checkpoint(str(trained / "run" / "best.pt"), "cpu")
     state = bundle.model.state_dict()
     assert state.keys() == best["model"].keys()
     assert all(torch.equal(state[k].cpu(), best["model"][k]) for k in state)

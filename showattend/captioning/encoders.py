@@ -89,7 +89,11 @@ def _lite0(weights: Optional[str], pretrained: bool):
 
 
 def _torchvision(name: str, weights: Optional[str], pretrained: bool):
-    tv = import_torchvision()
+    try:
+        tv = import_torchvision()
+    except ImportError:
+        raise ValueError(f"the {name} encoder needs torchvision, which is not installed: pip install "
+                         f"'showattend[torchvision]' (or the torchvision release that matches your torch)") from None
     builder = getattr(tv.models, name)
     if weights:
         net = builder(weights=None)

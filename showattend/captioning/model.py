@@ -2,10 +2,10 @@
 
 Usage::
 
-    from showattend.captioning import Captioner
-    cap = Captioner.from_checkpoint("assets/showattend_flickr8k_lite0.pt")
+    from showattend import Captioner
+    cap = Captioner.from_pretrained("flickr8k-lite0-soft")
     for r in cap.caption(["assets/photos/coffee.jpg"], beam_size=3):
-        print(r.text)          # "a cup of coffee on a table"
+        print(r.text)          # "a brown dog is running through the water": it knows Flickr8k's world
         r.alphas               # (n_words + 1, L) attention weights, one row per word and <end>
 """
 from __future__ import annotations
@@ -181,6 +181,19 @@ class Captioner:
             load_weights(encoder.net, ckpt["encoder"], path, "encoder")
         decoder.float()
         return cls(decoder, vocab, config, encoder, device)
+
+    @classmethod
+    def from_pretrained(cls, name: str = "flickr8k-lite0-soft", device: Union[str, torch.device] = "auto"
+                        ) -> "Captioner":
+        """Load a bundled captioner by name: :func:`showattend.list_models` lists them, and
+        :data:`showattend.PRETRAINED` holds their metadata (data, licence, metrics, decoding defaults).
+
+        Raises:
+            ValueError: no such bundled captioner. CheckpointError: its file is damaged.
+        """
+        from ..pretrained import weights_file
+
+        return cls.from_checkpoint(str(weights_file(name, "captioning")), device)
 
     def state(self, half: bool = False) -> dict:
         """Checkpoint payload (plain data), optionally with fp16 weights."""

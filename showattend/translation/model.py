@@ -33,7 +33,7 @@ from ..attention import Attention
 from ..search import Hypothesis, beam_search, greedy_search
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-__all__ = ["TranslatorConfig", "BiLSTMEncoder", "BahdanauDecoder", "LuongDecoder", "Translator", "DECODERS"]
+__all__ = ["TranslatorConfig", "BiLSTMEncoder", "BahdanauDecoder", "LuongDecoder", "Seq2Seq", "DECODERS"]
 
 
 @dataclass
@@ -186,7 +186,7 @@ class LuongDecoder(nn.Module):
 DECODERS = {"bahdanau": BahdanauDecoder, "luong": LuongDecoder}
 
 
-class Translator(nn.Module):
+class Seq2Seq(nn.Module):
     """BiLSTM encoder + a Bahdanau or Luong decoder.
 
     Args:

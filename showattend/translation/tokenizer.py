@@ -22,7 +22,7 @@ class SubwordTokenizer:
         self.proto = bytes(model_proto)
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
-        except (RuntimeError, TypeError) as err:
+        except (RuntimeError, TypeError):
             raise ValueError(f"not a sentencepiece model: {len(self.proto)} bytes that sentencepiece cannot parse") \
                 from None
         if (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()) != (PAD_ID, BOS_ID, EOS_ID, UNK_ID):

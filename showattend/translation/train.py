@@ -10,25 +10,24 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights
-from ..runs import atomic_write_text, resolve_device
+from ..checkpoint import load_checkpoint, load_weights
+from ..runs import atomic_write_text
 from ..engine import (EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
                         setup_distributed)
-from ..search import Hypothesis
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
-from .model import Translator, TranslatorConfig
+from .model import Seq2Seq, TranslatorConfig
+from .translator import CHECKPOINT_KIND, REQUIRED, Translator, checkpoint_parts
 from .tokenizer import PAD_ID, SubwordTokenizer
 
-__all__ = ["TranslationTrainConfig", "TranslatorBundle", "TranslationBatch", "TranslationTask", "train_translator",
+__all__ = ["TranslationTrainConfig", "TranslationBatch", "TranslationTask", "train_translator",
            "evaluate_translator", "CHECKPOINT_KIND"]
 
-CHECKPOINT_KIND = "showattend-translator"
 
 
 @dataclass
@@ -76,105 +75,6 @@ class TranslationTrainConfig(EngineConfig):
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-_REQUIRED = ("config", "model", "src_tokenizer", "tgt_tokenizer")
-
-
-def checkpoint_parts(ckpt: dict, path: str):
-    """The :class:`TranslatorConfig` and the source and target subword models of a loaded translator checkpoint.
-
-    Raises:
-        CheckpointError: one of them is malformed (the message names the file).
-    """
-    try:
-        cfg = TranslatorConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"{path}: bad translator config in the checkpoint ({err})") from None
-    toks = []
-    for side in ("src", "tgt"):
-        try:
-            toks.append(SubwordTokenizer.from_bytes(ckpt[f"{side}_tokenizer"]))
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: the {side} subword model in the checkpoint is unusable ({err})") from None
-    return cfg, toks[0], toks[1]
-
-
-class TranslatorBundle:
-    """A translator with its tokenizers: translate raw sentences, save and load checkpoints.
-
-    Args:
-        model: the :class:`Translator`.
-        src_tok, tgt_tok: sentencepiece tokenizers.
-        device: torch device.
-        max_src_len: longer inputs are cut to this many subwords (with a warning on stderr).
-    """
-
-    def __init__(self, model: Translator, src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
-                 device: torch.device = torch.device("cpu"), max_src_len: int = 250):
-        self.model, self.src_tok, self.tgt_tok = model.to(device), src_tok, tgt_tok
-        self.device, self.max_src_len = device, max_src_len
-
-    @classmethod
-    def from_checkpoint(cls, path: str, device: str = "auto") -> "TranslatorBundle":
-        """Load ``best.pt``/``last.pt`` of a translation run.
-
-        Raises:
-            CheckpointError: missing/corrupt file, another format, or weights that do not match the config.
-        """
-        ckpt = load_checkpoint(path, CHECKPOINT_KIND, required=_REQUIRED)
-        cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, path)
-        model = Translator(cfg)
-        load_weights(model, ckpt["model"], path)
-        return cls(model, src_tok, tgt_tok, resolve_device(device))
-
-    def state(self) -> dict:
-        return {"format": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": asdict(self.model.cfg),
-                "src_tokenizer": self.src_tok.to_bytes(), "tgt_tokenizer": self.tgt_tok.to_bytes(),
-                "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
-
-    def translate(self, sentences: Sequence[str], beam_size: int = 5, max_len: int = 100,
-                  length_penalty: float = 1.0, batch_size: int = 64) -> List[Dict]:
-        """Translate raw sentences.
-
-        Empty or whitespace-only lines give an empty translation; characters never seen in training become
-        ``<unk>`` subwords; sentences longer than ``max_src_len`` subwords are cut.
-
-        Returns:
-            one dict per sentence: ``text`` (detokenized), ``source_pieces``, ``target_pieces`` (subwords, the
-            last one ``</s>`` when finished), ``alpha`` ((len(target_pieces), len(source_pieces)) tensor),
-            ``log_prob``.
-        """
-        import sys
-
-        results: List[Optional[Dict]] = [None] * len(sentences)
-        todo = []
-        for i, s in enumerate(sentences):
-            ids = self.src_tok.encode(s) if s.strip() else []
-            if len(ids) > self.max_src_len:
-                print(f"warning: sentence {i + 1} has {len(ids)} subwords; cut to {self.max_src_len}",
-                      file=sys.stderr)
-                ids = ids[: self.max_src_len]
-            if not ids:
-                results[i] = {"text": "", "source_pieces": [], "target_pieces": [], "alpha": torch.zeros(0, 0),
-                              "log_prob": 0.0}
-            else:
-                todo.append((i, ids))
-        for k in range(0, len(todo), batch_size):
-            chunk = todo[k:k + batch_size]
-            src, lengths = pad_batch([ids for _, ids in chunk])
-            hyps = self.model.translate_ids(src.to(self.device), lengths.to(self.device), beam_size,
-                                            max_len, length_penalty)
-            for (i, ids), h in zip(chunk, hyps):
-                results[i] = self._result(ids, h)
-        return results  # type: ignore[return-value]
-
-    def _result(self, src_ids: List[int], h: Hypothesis) -> Dict:
-        pieces = [self.src_tok.id_to_piece(i) for i in src_ids]
-        target = [self.tgt_tok.id_to_piece(i) for i in h.tokens] + (["</s>"] if h.finished else [])
-        alpha = h.extras[:, : len(src_ids)].float().cpu() if h.extras is not None else torch.zeros(0, len(src_ids))
-        return {"text": self.tgt_tok.decode(h.tokens), "source_pieces": pieces, "target_pieces": target,
-                "alpha": alpha, "log_prob": h.log_prob}
-
-
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> Dict:
     """sacreBLEU BLEU and chrF of detokenized text, with their signatures."""
     import sacrebleu
@@ -205,13 +105,13 @@ class TranslationTask(Task):
     validation sacreBLEU by decoding.
 
     Args:
-        bundle: the :class:`TranslatorBundle` being trained; cfg: training settings;
+        bundle: the :class:`Translator` being trained; cfg: training settings;
         pairs: training subword id pairs; val_src, val_tgt: validation sentences.
     """
 
     kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_loss", "val_bleu", "sentences"
 
-    def __init__(self, bundle: TranslatorBundle, cfg: TranslationTrainConfig, pairs, val_src: List[str],
+    def __init__(self, bundle: Translator, cfg: TranslationTrainConfig, pairs, val_src: List[str],
                  val_tgt: List[str]):
         self.bundle, self.cfg, self.val_src, self.val_tgt = bundle, cfg, val_src, val_tgt
         self.model, self.dataset = bundle.model, pairs
@@ -271,7 +171,7 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     va_src, va_tgt = read_parallel(find_split(cfg.data, cfg.val_split, cfg.src),
                                    find_split(cfg.data, cfg.val_split, cfg.tgt))
     last = os.path.join(cfg.out_dir, "last.pt")
-    ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=_REQUIRED) if resume else None
+    ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=REQUIRED) if resume else None
     if ckpt is not None:
         model_cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, last)
     else:  # subword models from the training split only (each process trains the same ones)
@@ -283,10 +183,10 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
                   f"{len(tgt_tok)} {cfg.tgt} subwords; training with those", file=sys.stderr, flush=True)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = Translator(model_cfg)
+    model = Seq2Seq(model_cfg)
     if ckpt is not None:
         load_weights(model, ckpt["model"], last)
-    bundle = TranslatorBundle(model, src_tok, tgt_tok, device)
+    bundle = Translator(model, src_tok, tgt_tok, device)
     pairs = encode_pairs(tr_src, tr_tgt, src_tok, tgt_tok, cfg.max_len)
     if dist_info.main and len(pairs) < len(tr_src):
         print(f"dropped {len(tr_src) - len(pairs)} training pairs with an empty side (of {len(tr_src)} in "
@@ -305,7 +205,7 @@ def evaluate_translator(checkpoint: str, data: str, src: str, tgt: str, split: s
                         output: Optional[str] = None) -> Dict:
     """Translate a split and score it with sacreBLEU (BLEU and chrF, signatures included)."""
     t0 = time.time()
-    bundle = TranslatorBundle.from_checkpoint(checkpoint, device)
+    bundle = Translator.from_checkpoint(checkpoint, device)
     sources, refs = read_parallel(find_split(data, split, src), find_split(data, split, tgt))
     hyps = [r["text"] for r in bundle.translate(sources, beam_size=beam_size, length_penalty=length_penalty)]
     if output:

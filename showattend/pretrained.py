@@ -1,0 +1,118 @@
+"""Pretrained models that ship inside the package, the torchvision way: a registry of names with metadata (task,
+training data and its licence, encoder, decoding defaults, test metrics with their split and beam, file size), and
+the weights found with :mod:`importlib.resources`, never relative to the current directory.
+
+    >>> from showattend import Captioner
+    >>> captioner = Captioner.from_pretrained("flickr8k-lite0-soft")
+
+Each file's SHA-256 is recorded here and checked when it is first loaded, so a damaged installation is reported
+as such instead of failing inside decoding.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Dict, List, Literal, Optional
+
+from .checkpoint import CheckpointError
+
+__all__ = ["PretrainedModel", "PRETRAINED", "DEFAULT_CAPTIONER", "list_models", "get_model", "weights_file"]
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    """Metadata of a bundled model.
+
+    Attributes:
+        name: registry key, e.g. "flickr8k-lite0-soft".
+        task: "captioning" or "translation".
+        file: the weights' file name in ``showattend/weights/``.
+        sha256: SHA-256 (hex) of that file.
+        size_mib: its size in MiB.
+        data: the training data.
+        data_licence: the licence of the training data (and so the terms the model is offered under).
+        encoder: the image encoder (captioning) or the architecture (translation).
+        decoding: the decoding settings the metrics were measured with (the CLI's defaults).
+        metrics: test metrics, 0-100.
+        evaluation: split, beam and scorer of the metrics.
+        card: the model card's file name in ``showattend/weights/`` (Markdown).
+    """
+
+    name: str
+    task: Literal["captioning", "translation"]
+    file: str
+    sha256: str
+    size_mib: float
+    data: str
+    data_licence: str
+    encoder: str
+    decoding: Dict[str, float] = field(default_factory=dict)
+    metrics: Dict[str, float] = field(default_factory=dict)
+    evaluation: str = ""
+    card: str = ""
+
+
+PRETRAINED: Dict[str, PretrainedModel] = {m.name: m for m in [
+    PretrainedModel(
+        name="flickr8k-lite0-soft", task="captioning", file="flickr8k-lite0-soft.pt",
+        sha256="1d3f2b31ac758bca80a9d220e67fa5f12d758fc27d5b507305f84c472ccee554", size_mib=20.0,
+        data="Flickr8k, Karpathy (official) split: 6,000 train images, 30,000 captions",
+        data_licence="Flickr8k is distributed for research use; its images are under their Flickr owners' terms",
+        encoder="EfficientNet-Lite0 (ImageNet, frozen), 224 px, 7x7x1280 annotation vectors",
+        decoding={"beam_size": 3, "max_len": 20, "length_penalty": 0.0},
+        metrics={"BLEU-1": 63.13, "BLEU-2": 45.07, "BLEU-3": 31.19, "BLEU-4": 21.23, "METEOR": 20.22,
+                 "ROUGE-L": 46.20, "CIDEr": 52.43},
+        evaluation="Flickr8k test split (1,000 images, 5 references), beam 3, pycocoevalcap with the PTB tokenizer",
+        card="flickr8k-lite0-soft.md"),
+]}
+
+#: the captioner ``showattend caption`` uses when neither --model nor --checkpoint is given
+DEFAULT_CAPTIONER = "flickr8k-lite0-soft"
+
+_verified: Dict[str, Path] = {}
+
+
+def list_models(task: Optional[str] = None) -> List[str]:
+    """Names of the bundled models (of one task: "captioning" or "translation")."""
+    return [n for n, m in PRETRAINED.items() if task is None or m.task == task]
+
+
+def get_model(name: str, task: Optional[str] = None) -> PretrainedModel:
+    """The metadata of a bundled model.
+
+    Raises:
+        ValueError: no such model (or one of another task); the message lists the names.
+    """
+    names = list_models(task)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        raise ValueError(f"no bundled {task or ''} model {name!r}".replace("  ", " ") +
+                         (f" (did you mean {close[0]!r}?)" if close else "") +
+                         f"; the bundled ones are: {', '.join(names) or 'none yet'} (showattend models)")
+    return PRETRAINED[name]
+
+
+def weights_file(name: str, task: Optional[str] = None) -> Path:
+    """The path of a bundled model's weights inside the installed package, checked against its SHA-256 once per
+    process.
+
+    Raises:
+        ValueError: no such model. FileNotFoundError: the file is not in the installation. CheckpointError: its
+            content does not match the recorded SHA-256 (a damaged installation).
+    """
+    model = get_model(name, task)
+    if name in _verified:
+        return _verified[name]
+    path = Path(str(resources.files("showattend") / "weights" / model.file))
+    if not path.is_file():
+        raise FileNotFoundError(f"the weights of {name} are missing from this installation: {path} "
+                                f"(reinstall showattend)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != model.sha256:
+        raise CheckpointError(f"{path}: the weights of {name} are damaged (SHA-256 {digest[:12]}..., expected "
+                      f"{model.sha256[:12]}...); reinstall showattend")
+    _verified[name] = path
+    return path

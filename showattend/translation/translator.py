@@ -1,0 +1,128 @@
+"""The user-facing translator: an attention seq2seq network (:class:`~showattend.translation.model.Seq2Seq`) with its
+source and target subword models; translate raw sentences, load and save checkpoints, load a bundled model."""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights
+from ..runs import resolve_device
+from ..search import Hypothesis
+from .data import pad_batch
+from .model import Seq2Seq, TranslatorConfig
+from .tokenizer import SubwordTokenizer
+
+__all__ = ["Translator", "checkpoint_parts", "CHECKPOINT_KIND", "REQUIRED"]
+
+CHECKPOINT_KIND = "showattend-translator"
+#: the fields a translator checkpoint must have
+REQUIRED = ("config", "model", "src_tokenizer", "tgt_tokenizer")
+
+
+def checkpoint_parts(ckpt: dict, path: str):
+    """The :class:`TranslatorConfig` and the source and target subword models of a loaded translator checkpoint.
+
+    Raises:
+        CheckpointError: one of them is malformed (the message names the file).
+    """
+    try:
+        cfg = TranslatorConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: bad translator config in the checkpoint ({err})") from None
+    toks = []
+    for side in ("src", "tgt"):
+        try:
+            toks.append(SubwordTokenizer.from_bytes(ckpt[f"{side}_tokenizer"]))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: the {side} subword model in the checkpoint is unusable ({err})") from None
+    return cfg, toks[0], toks[1]
+
+
+class Translator:
+    """A translator with its tokenizers: translate raw sentences, save and load checkpoints.
+
+    Args:
+        model: the :class:`~showattend.translation.model.Seq2Seq` network.
+        src_tok, tgt_tok: sentencepiece tokenizers.
+        device: torch device.
+        max_src_len: longer inputs are cut to this many subwords (with a warning on stderr).
+    """
+
+    def __init__(self, model: Seq2Seq, src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
+                 device: torch.device = torch.device("cpu"), max_src_len: int = 250):
+        self.model, self.src_tok, self.tgt_tok = model.to(device), src_tok, tgt_tok
+        self.device, self.max_src_len = device, max_src_len
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "auto") -> "Translator":
+        """Load ``best.pt``/``last.pt`` of a translation run.
+
+        Raises:
+            CheckpointError: missing/corrupt file, another format, or weights that do not match the config.
+        """
+        ckpt = load_checkpoint(path, CHECKPOINT_KIND, required=REQUIRED)
+        cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, path)
+        model = Seq2Seq(cfg)
+        load_weights(model, ckpt["model"], path)
+        return cls(model, src_tok, tgt_tok, resolve_device(device))
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: str = "auto") -> "Translator":
+        """Load a bundled translator by name (:func:`showattend.list_models` ``("translation")``).
+
+        Raises:
+            ValueError: no such bundled translator. CheckpointError: its file is damaged.
+        """
+        from ..pretrained import weights_file
+
+        return cls.from_checkpoint(str(weights_file(name, "translation")), device)
+
+    def state(self) -> dict:
+        """The checkpoint payload (plain data): config, both subword models, weights."""
+        return {"format": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": asdict(self.model.cfg),
+                "src_tokenizer": self.src_tok.to_bytes(), "tgt_tokenizer": self.tgt_tok.to_bytes(),
+                "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
+
+    def translate(self, sentences: Sequence[str], beam_size: int = 5, max_len: int = 100,
+                  length_penalty: float = 1.0, batch_size: int = 64) -> List[Dict]:
+        """Translate raw sentences.
+
+        Empty or whitespace-only lines give an empty translation; characters never seen in training become
+        ``<unk>`` subwords; sentences longer than ``max_src_len`` subwords are cut.
+
+        Returns:
+            one dict per sentence: ``text`` (detokenized), ``source_pieces``, ``target_pieces`` (subwords, the
+            last one ``</s>`` when finished), ``alpha`` ((len(target_pieces), len(source_pieces)) tensor),
+            ``log_prob``.
+        """
+        results: List[Optional[Dict]] = [None] * len(sentences)
+        todo = []
+        for i, s in enumerate(sentences):
+            ids = self.src_tok.encode(s) if s.strip() else []
+            if len(ids) > self.max_src_len:
+                print(f"warning: sentence {i + 1} has {len(ids)} subwords; cut to {self.max_src_len}",
+                      file=sys.stderr)
+                ids = ids[: self.max_src_len]
+            if not ids:
+                results[i] = {"text": "", "source_pieces": [], "target_pieces": [], "alpha": torch.zeros(0, 0),
+                              "log_prob": 0.0}
+            else:
+                todo.append((i, ids))
+        for k in range(0, len(todo), batch_size):
+            chunk = todo[k:k + batch_size]
+            src, lengths = pad_batch([ids for _, ids in chunk])
+            hyps = self.model.translate_ids(src.to(self.device), lengths.to(self.device), beam_size,
+                                            max_len, length_penalty)
+            for (i, ids), h in zip(chunk, hyps):
+                results[i] = self._result(ids, h)
+        return results  # type: ignore[return-value]
+
+    def _result(self, src_ids: List[int], h: Hypothesis) -> Dict:
+        pieces = [self.src_tok.id_to_piece(i) for i in src_ids]
+        target = [self.tgt_tok.id_to_piece(i) for i in h.tokens] + (["</s>"] if h.finished else [])
+        alpha = h.extras[:, : len(src_ids)].float().cpu() if h.extras is not None else torch.zeros(0, len(src_ids))
+        return {"text": self.tgt_tok.decode(h.tokens), "source_pieces": pieces, "target_pieces": target,
+                "alpha": alpha, "log_prob": h.log_prob}

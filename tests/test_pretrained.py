@@ -1,0 +1,112 @@
+"""The bundled models and the public API: the registry, its checks, ``from_pretrained``, ``showattend models``, the
+names ``import showattend`` offers, and the built wheel installed into a fresh virtualenv and used from another
+directory."""
+import dataclasses
+import glob
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+
+import showattend
+from conftest import ASSETS, ROOT
+from showattend import pretrained
+from showattend.checkpoint import CheckpointError
+from showattend.cli import main
+
+PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
+
+
+def test_registry_metadata_and_lookup():
+    assert pretrained.list_models() == ["flickr8k-lite0-soft"] and pretrained.list_models("translation") == []
+    m = pretrained.get_model("flickr8k-lite0-soft")
+    assert m.task == "captioning" and m.metrics["BLEU-4"] == 21.23 and m.decoding["beam_size"] == 3
+    assert "research use" in m.data_licence and "test split" in m.evaluation
+    path = pretrained.weights_file("flickr8k-lite0-soft")
+    assert path.is_file() and abs(path.stat().st_size / 2 ** 20 - m.size_mib) < 1
+    assert (path.parent / m.card).is_file()
+    with pytest.raises(ValueError, match=r"no bundled captioning model 'flickr8k-lite0'.*did you mean "
+                                         r"'flickr8k-lite0-soft'"):
+        pretrained.get_model("flickr8k-lite0", "captioning")
+    with pytest.raises(ValueError, match="no bundled translation model"):
+        showattend.Translator.from_pretrained("multi30k-de-en")
+
+
+def test_a_damaged_bundled_file_is_reported(monkeypatch):
+    m = pretrained.PRETRAINED["flickr8k-lite0-soft"]
+    monkeypatch.setitem(pretrained.PRETRAINED, "damaged", dataclasses.replace(m, name="damaged", sha256="0" * 64))
+    with pytest.raises(CheckpointError, match="the weights of damaged are damaged"):
+        pretrained.weights_file("damaged")
+    monkeypatch.setitem(pretrained.PRETRAINED, "gone", dataclasses.replace(m, name="gone", file="gone.pt"))
+    with pytest.raises(FileNotFoundError, match="missing from this installation"):
+        pretrained.weights_file("gone")
+
+
+def test_from_pretrained_is_the_bundled_checkpoint():
+    a = showattend.Captioner.from_pretrained("flickr8k-lite0-soft", device="cpu")
+    b = showattend.Captioner.from_checkpoint(str(pretrained.weights_file("flickr8k-lite0-soft")), device="cpu")
+    assert a.caption([PHOTO], beam_size=2)[0].text == b.caption([PHOTO], beam_size=2)[0].text
+
+
+def test_models_command_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("flickr8k-lite0-soft (the default)") and "BLEU-4 21.23" in out and "research use" in out
+    assert main(["models", "--task", "translation"]) == 0
+    assert capsys.readouterr().out.strip() == "no bundled translation model yet"
+
+
+def test_public_api_names_resolve():
+    for name in showattend.__all__:
+        assert getattr(showattend, name) is not None, name
+    from showattend.captioning.model import Captioner
+    from showattend.translation.translator import Translator
+
+    assert showattend.Captioner is Captioner and showattend.Translator is Translator
+    assert set(showattend.__all__) <= set(dir(showattend))
+    with pytest.raises(AttributeError):
+        showattend.TranslatorBundle  # the old name is gone
+    assert os.path.isfile(os.path.join(os.path.dirname(showattend.__file__), "py.typed"))
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
+    """Build the wheel, install it (without dependencies) into a fresh virtualenv that finds the dependencies in
+    the project's environment (offline), and use it from a directory outside the checkout: the CLI with no model
+    path, and the README's Python API."""
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
+                    ROOT], check=True, capture_output=True)
+    wheel, = glob.glob(str(dist / "showattend-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "showattend/weights/flickr8k-lite0-soft.pt" in names and "showattend/py.typed" in names
+    assert os.path.getsize(wheel) < 60 * 2 ** 20
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "project_deps.pth"), "w") as f:  # after the venv's own site-packages
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True,
+                   capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    where = subprocess.run([py, "-c", "import showattend; print(showattend.__file__)"], cwd=elsewhere, env=env,
+                           check=True, capture_output=True, text=True).stdout
+    assert where.startswith(site), where  # the wheel's copy, not the checkout
+    out = subprocess.run([str(venv / "bin" / "showattend"), "caption", PHOTO, "--device", "cpu"], cwd=elsewhere,
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and len(out.stdout.split()) >= 3, out.stderr
+    code = ("from showattend import Captioner, open_rgb, plot_attention\n"
+            "cap = Captioner.from_pretrained('flickr8k-lite0-soft')\n"
+            f"r = cap.caption([{PHOTO!r}], beam_size=3)[0]\n"
+            f"plot_attention(open_rgb({PHOTO!r}), r.words, r.alphas, r.grid, 'coffee.png')\n"
+            "print(r.text)\n")
+    api = subprocess.run([py, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert api.returncode == 0, api.stderr
+    assert api.stdout.strip() == out.stdout.strip() and (elsewhere / "coffee.png").stat().st_size > 10_000
