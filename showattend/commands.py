@@ -168,59 +168,92 @@ class CaptionDecoding:
 class Caption:
     """Caption images, optionally with attention overlays.
 
-    One caption per image is printed (path<TAB>caption when several). With --attention-dir, also
-    IMAGE_attention.png: the image and, per word, its attention map. Unreadable images are reported and the
-    others still captioned; the exit code is 1 if any image failed.
+    Images are files, folders (searched recursively), http(s) URLs, glob patterns, or - for a list of them on
+    standard input; they are read in batches as they are captioned. Output: one caption per image (text: the
+    caption alone for one image, path<TAB>caption for several; tsv: always path<TAB>caption; jsonl: one JSON
+    object per image with the log-probability, the words and, with --alphas, the attention weights). With
+    --attention-dir, also IMAGE_attention.png: the image and, per word, its attention map. Unreadable images are
+    reported and the others still captioned; the exit code is 1 if any image failed.
 
     Attributes:
-        images: image files (JPEG, PNG, ...) or folders (searched recursively for image files).
+        images: image files (JPEG, PNG, ...), folders, http(s) URLs, glob patterns, or - (a list on stdin).
         decoding: how the output is decoded.
+        format: the output format.
+        alphas: with --format jsonl, include each word's attention weights α (and β) and the grid.
         attention_dir: write one attention overlay PNG per image into this folder.
         show_beta: show the gating scalar β in the overlay titles.
+        batch_size: images read and captioned at a time.
     """
 
     images: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE", help_behavior_hint="")]
     decoding: Annotated[CaptionDecoding, _flat] = field(default_factory=CaptionDecoding)
+    format: Literal["text", "tsv", "jsonl"] = "text"
+    alphas: Annotated[bool, _flag] = False
     attention_dir: _Optional = ""
     show_beta: Annotated[bool, _flag] = False
+    batch_size: int = 16
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
         self.decoding.validate()
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
 
     def run(self) -> int:
-        from .captioning.images import expand_inputs, open_rgb
+        from tqdm import tqdm
+
+        from .captioning.images import expand_inputs
         from .captioning.model import Captioner
-        from .captioning.overlay import plot_attention
 
         if not self.images:
             print("showattend caption: error: no IMAGE given (see showattend caption --help)", file=sys.stderr)
             return 2
         d = self.decoding
         cap = Captioner.from_checkpoint(d.checkpoint_file(), device=d.device)
-        paths, folder_errors = expand_inputs(self.images)
-        results, errors = cap.caption_files(paths, beam_size=d.beam_size, max_len=d.max_len,
-                                            length_penalty=d.length_penalty, attention=d.attention,
-                                            samples=d.samples)
-        errors = {**folder_errors, **errors}
-        for path in paths:
-            if path not in results:
-                continue
-            r = results[path]
-            print(f"{path}\t{r.text}" if len(paths) > 1 or paths != self.images else r.text, flush=True)
-            if self.attention_dir:
-                stem = os.path.splitext(os.path.basename(path))[0]
-                out = os.path.join(self.attention_dir, f"{stem}_attention.png")
-                plot_attention(open_rgb(path), r.words, r.alphas, r.grid, out,
-                               betas=r.betas if self.show_beta else None,
-                               mark_location=cap.config.attention == "hard")
-                print(f"  attention overlay: {out}", file=sys.stderr)
-        for path, msg in errors.items():
+        sources, arg_errors = expand_inputs(self.images)
+        errors = {}
+        several = len(sources) > 1 or sources != self.images
+        bar = tqdm(total=len(sources), desc="captioning", unit="img", disable=None, leave=False)
+        for i in range(0, len(sources), self.batch_size):  # read lazily, a batch at a time
+            chunk = sources[i:i + self.batch_size]
+            results, failed = cap.caption_files(chunk, beam_size=d.beam_size, max_len=d.max_len,
+                                                length_penalty=d.length_penalty, attention=d.attention,
+                                                samples=d.samples)
+            errors.update(failed)
+            for source in chunk:
+                if source in results:
+                    self._emit(source, results[source], several, cap)
+                else:
+                    print(f"error: {failed[source]}", file=sys.stderr, flush=True)
+            bar.update(len(chunk))
+        bar.close()
+        for msg in arg_errors.values():  # folders and patterns holding no image
             print(f"error: {msg}", file=sys.stderr)
-        if errors:
-            print(f"{len(errors)} of {len(paths) + len(folder_errors)} images failed", file=sys.stderr)
+        if errors or arg_errors:
+            print(f"{len(errors) + len(arg_errors)} of {len(sources) + len(arg_errors)} images failed",
+                  file=sys.stderr)
             return 1
         return 0
+
+    def _emit(self, source: str, r, several: bool, cap) -> None:
+        """Print one result in --format and write its overlay."""
+        from .captioning.images import is_url, open_rgb
+        from .captioning.overlay import plot_attention
+
+        if self.format == "jsonl":
+            row = {"image": source, "caption": r.text, "log_prob": round(r.log_prob, 4), "words": r.words}
+            if self.alphas:
+                row.update(grid=list(r.grid), alphas=[[round(a, 5) for a in row_] for row_ in r.alphas.tolist()],
+                           betas=[round(b, 5) for b in r.betas.tolist()])
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        else:
+            print(f"{source}\t{r.text}" if several or self.format == "tsv" else r.text, flush=True)
+        if self.attention_dir:
+            name = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1] if is_url(source) else os.path.basename(source)
+            out = os.path.join(self.attention_dir, f"{os.path.splitext(name)[0] or 'image'}_attention.png")
+            plot_attention(open_rgb(source), r.words, r.alphas, r.grid, out,
+                           betas=r.betas if self.show_beta else None, mark_location=cap.config.attention == "hard")
+            print(f"  attention overlay: {out}", file=sys.stderr)
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""Reading images with Pillow: mode conversion, resizing, and clear errors for bad files."""
+"""Reading images with Pillow from any source (files, folders, http(s) URLs, PIL images, numpy arrays, tensors):
+EXIF orientation, mode conversion, resizing, and clear errors for bad input."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
@@ -10,14 +12,22 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "open_rgb", "load_image", "check_file", "expand_inputs", "TRANSFORM", "MAX_PIXELS",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["ImageError", "ImageSource", "open_rgb", "load_image", "fetch", "is_url", "check_file", "expand_inputs",
+           "TRANSFORM", "MAX_PIXELS", "IMAGE_EXTENSIONS"]
 
 #: what :func:`load_image` does to a file; the feature cache records it and is keyed by it, so change it whenever
 #: load_image changes what it returns
-TRANSFORM = "Pillow RGB (alpha on white), bicubic resize to size x size (aspect ratio not kept), float in [0, 1]"
+TRANSFORM = ("Pillow RGB (EXIF orientation applied, alpha on white), bicubic resize to size x size (aspect ratio "
+             "not kept), float in [0, 1]")
+
+#: an image as the API takes it: a file path or http(s) URL, a PIL image, an (H, W, 3) numpy array (uint8, or
+#: float in [0, 1]) or a (3, H, W) tensor in [0, 1]
+ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+#: downloads of images given by URL stop after this many seconds and bytes
+URL_TIMEOUT_S, URL_MAX_BYTES = 20.0, 50 * 2 ** 20
 
 
 class ImageError(ValueError):
@@ -33,15 +43,37 @@ MAX_PIXELS = 89_478_485
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def expand_inputs(paths: Sequence[str]):
-    """Image paths from the command line: each folder replaced by the image files under it (recursively, by
-    extension, sorted); other paths kept as given (:func:`open_rgb` reports what is wrong with them).
+def is_url(source) -> bool:
+    """Whether ``source`` is an http(s) URL string."""
+    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+
+
+def expand_inputs(paths: Sequence[str], stdin=None):
+    """Image sources from the command line: each folder replaced by the image files under it (recursively, by
+    extension, sorted), ``-`` by the paths or URLs listed on standard input (one per line), a glob pattern that
+    names no file by the files it matches; URLs and other paths kept as given (:func:`open_rgb` reports what is
+    wrong with them).
 
     Returns:
-        (paths, errors): the files to caption, and {folder: message} for folders holding no image.
+        (sources, errors): what to caption, and {argument: message} for folders or patterns with no image.
     """
+    import glob
+    import sys
+
     out, errors = [], {}
     for p in paths:
+        if p == "-":
+            out += [ln.strip() for ln in (stdin or sys.stdin) if ln.strip()]
+            continue
+        if is_url(p) or os.path.lexists(p) and not os.path.isdir(p):
+            out.append(p)
+            continue
+        if not os.path.lexists(p) and glob.has_magic(p):
+            found = sorted(glob.glob(p, recursive=True))
+            if not found:
+                errors[p] = f"{p}: no file matches this pattern"
+            out += found
+            continue
         if not os.path.isdir(p):
             out.append(p)
             continue
@@ -76,8 +108,37 @@ def check_file(path: str) -> None:
         raise ImageError(f"{path}: empty file")
 
 
-def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image:
-    """Open an image file as an RGB PIL image.
+def fetch(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYTES) -> bytes:
+    """Download an image given by URL (urllib), with a timeout and a size limit.
+
+    Raises:
+        ImageError: the download failed (HTTP status, network error, timeout), returned nothing, or is larger
+            than ``max_bytes``; the message names the URL.
+    """
+    import urllib.error
+    import urllib.request
+
+    from .. import __version__
+
+    request = urllib.request.Request(url, headers={"User-Agent": f"showattend/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as err:
+        raise ImageError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise ImageError(f"{url}: cannot download ({reason})") from None
+    if len(data) > max_bytes:
+        raise ImageError(f"{url}: more than {max_bytes / 2 ** 20:.0f} MB; download it first")
+    if not data:
+        raise ImageError(f"{url}: the server sent no data")
+    return data
+
+
+def open_rgb(source: ImageSource, max_side: int = 4096) -> Image.Image:
+    """Open an image as an RGB PIL image, its EXIF orientation applied (a phone photo stored on its side comes
+    out upright).
 
     Grayscale, palette, RGBA/LA (composited on white) and CMYK images are converted to RGB. Images larger
     than ``max_side`` on either side are reduced while decoding (JPEG draft mode) and then downscaled. Images
@@ -85,7 +146,8 @@ def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image
     (Pillow's decompression-bomb guard), and so is image data that ends early: never padded with black.
 
     Args:
-        path: image file.
+        source: an image file, an http(s) URL (downloaded with a timeout and a size limit: :func:`fetch`), a
+            PIL image, an (H, W, 3) numpy array (uint8, or float in [0, 1]) or a (3, H, W) tensor in [0, 1].
         max_side: longest side kept after opening, in pixels.
 
     Returns:
@@ -93,17 +155,44 @@ def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image
 
     Raises:
         ImageError: the file is missing, not a regular file, empty, too large, truncated, or not an image
-            Pillow can read (see also :func:`check_file`).
+            Pillow can read (see also :func:`check_file`); the download failed; an array of another shape.
     """
-    path = os.fspath(path)
+    if isinstance(source, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(source), max_side)
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return Image.fromarray(_as_uint8_hwc(source))
+    if is_url(source):
+        return _decode(io.BytesIO(fetch(source)), source, max_side)
+    path = os.fspath(source)
     check_file(path)
+    return _decode(path, path, max_side)
+
+
+def _as_uint8_hwc(array) -> np.ndarray:
+    """An (H, W, 3) uint8 array from an (H, W, 3) numpy array or a (3, H, W) tensor (uint8, or float in [0, 1])."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu()
+        if array.ndim != 3 or array.shape[0] != 3:
+            raise ImageError(f"an image tensor must be (3, H, W), got {tuple(array.shape)}")
+        array = array.permute(1, 2, 0).numpy()
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ImageError(f"an image array must be (H, W, 3), got {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.clip(np.asarray(array, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _decode(fp, name: str, max_side: int) -> Image.Image:
+    """Decode a file (path or file object) named ``name`` in messages: the size guard, JPEG draft mode, the
+    truncation checks, EXIF orientation, RGB."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    path = name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                img = Image.open(path)
+                img = Image.open(fp)
                 w, h = img.size
                 if w * h > MAX_PIXELS * (64 if img.format == "JPEG" else 1):
                     raise ImageError(f"{path}: {w} x {h} pixels ({w * h / 1e6:.0f} million) is over the limit of "
@@ -113,7 +202,11 @@ def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image
                     img.draft("RGB", (max_side, max_side))
                 img.load()
                 if img.format == "PNG":
-                    _check_png_data(path)
+                    if hasattr(fp, "getvalue"):
+                        _check_png_data(fp.getvalue(), name)
+                    else:
+                        with open(fp, "rb") as f:
+                            _check_png_data(f.read(), name)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
@@ -124,7 +217,12 @@ def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image
         if "truncated" in str(err):
             raise ImageError(f"{path}: truncated image: the file ends before its image data ({err})") from None
         raise ImageError(f"{path}: damaged image data that Pillow cannot decode ({err})") from None
+    return _to_rgb(ImageOps.exif_transpose(img), max_side)
+
+
+def _to_rgb(img: Image.Image, max_side: int) -> Image.Image:
     if max(img.size) > max_side:
+        img = img.copy()
         img.thumbnail((max_side, max_side))
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
@@ -133,11 +231,9 @@ def open_rgb(path: Union[str, os.PathLike], max_side: int = 4096) -> Image.Image
     return img.convert("RGB")
 
 
-def _check_png_data(path: str) -> None:
+def _check_png_data(data: bytes, path: str) -> None:
     """Raise ImageError if a PNG's compressed data holds fewer bytes than its header's rows need (Pillow pads
     the missing rows with black)."""
-    with open(path, "rb") as f:
-        data = f.read()
     pos, idat, header = 8, [], None
     while pos + 8 <= len(data):
         n, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
@@ -172,14 +268,15 @@ def _check_png_data(path: str) -> None:
                      f"({w} x {h} pixels declared)")
 
 
-def load_image(path: Union[str, os.PathLike], size: int = 224) -> torch.Tensor:
+def load_image(source: ImageSource, size: int = 224) -> torch.Tensor:
     """Read an image into a float tensor ready for an encoder.
 
     The image is resized to ``size`` x ``size`` (bicubic, aspect ratio not kept, as the shared Flickr8k copy
-    was made).
+    was made). A (3, H, W) float tensor is resized as it is (bicubic, antialiased), without a round trip
+    through 8-bit pixels.
 
     Args:
-        path: image file.
+        source: any :data:`ImageSource` (see :func:`open_rgb`).
         size: output side in pixels.
 
     Returns:
@@ -188,6 +285,14 @@ def load_image(path: Union[str, os.PathLike], size: int = 224) -> torch.Tensor:
     Raises:
         ImageError: see :func:`open_rgb`.
     """
-    img = open_rgb(path).resize((size, size), Image.BICUBIC)
+    if isinstance(source, torch.Tensor) and source.is_floating_point():
+        if source.ndim != 3 or source.shape[0] != 3:
+            raise ImageError(f"an image tensor must be (3, H, W), got {tuple(source.shape)}")
+        x = source.detach().float().cpu()
+        if tuple(x.shape[1:]) != (size, size):
+            x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bicubic", antialias=True,
+                                                align_corners=False)[0].clamp(0, 1)
+        return x.contiguous()
+    img = open_rgb(source).resize((size, size), Image.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)

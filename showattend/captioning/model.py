@@ -15,8 +15,10 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import List, Literal, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from ..runs import resolve_device
@@ -24,7 +26,7 @@ from ..search import beam_search, greedy_search
 from ..vocab import Vocab
 from .decoder import Decoder
 from .encoders import ENCODERS, Encoder
-from .images import ImageError, load_image
+from .images import ImageError, ImageSource, load_image
 
 __all__ = ["ModelConfig", "CaptionResult", "Captioner", "build_decoder", "resolve_device", "checkpoint_config",
            "CHECKPOINT_KIND"]
@@ -273,21 +275,26 @@ class Captioner:
         return out
 
     @torch.no_grad()
-    def encode(self, images: Sequence[Union[str, os.PathLike, torch.Tensor]]) -> torch.Tensor:
-        """Images (paths or (3, H, W) tensors in [0, 1]) -> (B, L, D) annotation vectors."""
+    def encode(self, images: Sequence[ImageSource]) -> torch.Tensor:
+        """Images (any :data:`~showattend.captioning.images.ImageSource`: paths, URLs, PIL images, arrays,
+        tensors) -> (B, L, D) annotation vectors."""
         size = self.config.image_size
-        batch = torch.stack([load_image(x, size) if not isinstance(x, torch.Tensor) else x for x in images])
+        batch = torch.stack([load_image(x, size) for x in images])
         return self.encoder(batch.to(self.device))
 
-    def caption(self, images: Sequence[Union[str, os.PathLike, torch.Tensor]], beam_size: int = 3,
-                max_len: int = 20, length_penalty: float = 0.0, batch_size: int = 32, attention: str = "soft",
+    def caption(self, images: Union[ImageSource, Sequence[ImageSource]], beam_size: int = 3, max_len: int = 20,
+                length_penalty: float = 0.0, batch_size: int = 32, attention: str = "soft",
                 samples: int = 5) -> List[CaptionResult]:
-        """Caption images given as file paths or (3, H, W) tensors in [0, 1] (decoding options: :meth:`decode`).
+        """Caption images given as file paths, http(s) URLs, PIL images, (H, W, 3) numpy arrays or (3, H, W)
+        tensors in [0, 1] (decoding options: :meth:`decode`); one image alone gives a list of one.
 
         Raises:
-            ImageError: an image file cannot be read (the message names it). Use :meth:`caption_files` to
-                caption the readable files of a list and collect the failures.
+            ImageError: an image cannot be read (the message names it). Use :meth:`caption_files` to caption
+                the readable files of a list and collect the failures.
         """
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or \
+                isinstance(images, torch.Tensor) and images.ndim == 3:
+            images = [images]
         results = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
