@@ -13,9 +13,9 @@ import difflib
 import inspect
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-__all__ = ["main"]
+__all__ = ["main", "parse", "UsageError"]
 
 _DESCRIPTION = ("Show, Attend and Tell (Xu et al. 2015): train captioners with visual attention, caption images, "
                 "draw attention maps, evaluate with the coco-caption metrics; translate text with Bahdanau or Luong "
@@ -53,57 +53,78 @@ def _usage(tree: dict) -> str:
     return "\n".join(lines)
 
 
-def _fail(message: str) -> int:
-    print("usage: showattend [-h] [--version] [--threads N] COMMAND [options]", file=sys.stderr)
-    print(f"showattend: error: {message}", file=sys.stderr)
-    return 2
+class UsageError(ValueError):
+    """A command line that names no command, an unknown one, or a bad option before it."""
+
+
+def _split(argv: List[str]) -> Tuple[int, str, type, List[str]]:
+    """(threads, command name, command class, its arguments) of a command line without -h/--version.
+
+    Raises:
+        UsageError: no command, an unknown command or option, a bad --threads.
+    """
+    tree = _tree()
+    threads, i = 0, 0
+    while i < len(argv) and argv[i].startswith("-"):  # the options before the command
+        opt, _, value = argv[i].partition("=")
+        if opt != "--threads":
+            raise UsageError(f"unknown option {argv[i]} before the command")
+        if not value:
+            i += 1
+            value = argv[i] if i < len(argv) else ""
+        if not value.lstrip("-").isdigit() or int(value) < 0:
+            raise UsageError(f"--threads needs a number of threads >= 0, got {value!r}")
+        threads, i = int(value), i + 1
+    if i == len(argv):
+        raise UsageError("a command is required: " + ", ".join(tree))
+    name, rest = argv[i], argv[i + 1:]
+    if name not in tree:
+        close = difflib.get_close_matches(name, tree, n=1)
+        raise UsageError(f"unknown command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") +
+                         "; the commands are " + ", ".join(tree))
+    node = tree[name]
+    if not isinstance(node, dict):
+        return threads, name, node, rest
+    if rest and rest[0] in node and rest[0]:  # translate: a first argument naming a subcommand selects it
+        return threads, f"{name} {rest[0]}", node[rest[0]], rest[1:]
+    return threads, name, node[""], rest
+
+
+def _parse(cls, name: str, argv: List[str]):
+    """One command's dataclass from its arguments (over its starting settings, for the training commands), every
+    setting checked.
+
+    Raises:
+        ValueError, FileNotFoundError, CheckpointError: a bad setting, --config file or last.pt.
+        SystemExit: tyro's own usage errors (2) and --help (0).
+    """
+    import tyro
+
+    default = cls.starting_settings(argv) if hasattr(cls, "starting_settings") else None
+    kwargs = {"default": default} if default is not None else {}
+    command = tyro.cli(cls, args=argv, prog=f"showattend {name}", description=_description(cls), **kwargs)
+    if hasattr(command, "validate"):  # every setting, before any long work
+        command.validate()
+    return command
+
+
+def parse(argv: List[str]) -> Tuple[str, object]:
+    """Parse a ``showattend`` command line (the arguments after ``showattend``) into its command name and
+    command dataclass, checking every setting, without running anything (the README test checks its examples
+    with it).
+
+    Raises:
+        UsageError, ValueError, FileNotFoundError, CheckpointError, SystemExit: as :func:`main` reports them.
+    """
+    _, name, cls, rest = _split(list(argv))
+    return name, _parse(cls, name, rest)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code: 0 success, 1 failed input, 2 a usage error or a bad setting
     (tyro's own usage errors and ``--help`` exit through SystemExit, with code 2 and 0)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    tree = _tree()
-    threads, i = 0, 0
-    while i < len(argv) and argv[i].startswith("-"):  # the options before the command
-        opt, _, value = argv[i].partition("=")
-        if opt in ("-h", "--help"):
-            print(_usage(tree))
-            return 0
-        if opt == "--version":
-            from . import __version__
-
-            print(f"showattend {__version__}")
-            return 0
-        if opt != "--threads":
-            return _fail(f"unknown option {argv[i]} before the command")
-        if not value:
-            i += 1
-            value = argv[i] if i < len(argv) else ""
-        if not value.lstrip("-").isdigit() or int(value) < 0:
-            return _fail(f"--threads needs a number of threads >= 0, got {value!r}")
-        threads, i = int(value), i + 1
-    if i == len(argv):
-        return _fail("a command is required: " + ", ".join(tree))
-    name, rest = argv[i], argv[i + 1:]
-    if name not in tree:
-        close = difflib.get_close_matches(name, tree, n=1)
-        return _fail(f"unknown command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") +
-                     "; the commands are " + ", ".join(tree))
-    node = tree[name]
-    if isinstance(node, dict):  # translate: a first argument naming a subcommand selects it
-        if rest and rest[0] in node and rest[0]:
-            name, cls, rest = f"{name} {rest[0]}", node[rest[0]], rest[1:]
-        else:
-            cls = node[""]
-    else:
-        cls = node
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     try:
-        return _run(cls, name, rest)
+        return _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -112,19 +133,39 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
 
 
-def _run(cls, name: str, argv: List[str]) -> int:
-    """Parse one command's options (over its starting settings, for the training commands), check them, run it."""
-    import tyro
+def _main(argv: List[str]) -> int:
+    k, head = 0, []
+    while k < len(argv) and argv[k].startswith("-"):  # the options before the command
+        head.append(argv[k])
+        k += 2 if argv[k] == "--threads" else 1
+    if any(a in ("-h", "--help") for a in head):
+        print(_usage(_tree()))
+        return 0
+    if "--version" in head:
+        from . import __version__
 
+        print(f"showattend {__version__}")
+        return 0
+    try:
+        threads, name, cls, rest = _split(argv)
+    except UsageError as err:
+        print("usage: showattend [-h] [--version] [--threads N] COMMAND [options]", file=sys.stderr)
+        print(f"showattend: error: {err}", file=sys.stderr)
+        return 2
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return _run(cls, name, rest)
+
+
+def _run(cls, name: str, argv: List[str]) -> int:
+    """Parse one command's options, check them, run it; errors become one line on stderr and an exit code."""
     from .captioning.images import ImageError
     from .checkpoint import CheckpointError
 
     try:
-        default = cls.starting_settings(argv) if hasattr(cls, "starting_settings") else None
-        kwargs = {"default": default} if default is not None else {}
-        command = tyro.cli(cls, args=argv, prog=f"showattend {name}", description=_description(cls), **kwargs)
-        if hasattr(command, "validate"):  # every setting, before any long work
-            command.validate()
+        command = _parse(cls, name, argv)
     except (FileNotFoundError, ValueError, CheckpointError) as err:  # a bad setting, --config file or last.pt
         print(f"showattend {name}: error: {err}", file=sys.stderr)
         return 2
