@@ -20,4 +20,12 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/cons
         || { echo "installation failed" >&2; exit 1; }
     touch "$STAMP"
 fi
+# The browser test (tests/test_report.py) drives Debian's Chromium with Playwright (never a browser download):
+# install it where it is missing and we may (root, apt-get); elsewhere that test skips and says why.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+        && [ -z "${SHOWATTEND_NO_CHROMIUM:-}" ]; then
+    echo "installing chromium (apt-get) for the browser test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "could not install chromium: the browser test will skip" >&2
+fi
 export PATH="$VENV/bin:$PATH"

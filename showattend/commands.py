@@ -183,6 +183,8 @@ class Caption:
         attention_dir: write one attention overlay PNG per image into this folder.
         show_beta: show the gating scalar β in the overlay titles.
         batch_size: images read and captioned at a time.
+        html: write a self-contained HTML page of the results: each image with its caption; hover or click a
+            word to see its attention map over the image.
     """
 
     images: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE", help_behavior_hint="")]
@@ -192,6 +194,7 @@ class Caption:
     attention_dir: _Optional = ""
     show_beta: Annotated[bool, _flag] = False
     batch_size: int = 16
+    html: _Optional = ""
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
@@ -211,7 +214,7 @@ class Caption:
         d = self.decoding
         cap = Captioner.from_checkpoint(d.checkpoint_file(), device=d.device)
         sources, arg_errors = expand_inputs(self.images)
-        errors = {}
+        errors, items = {}, []
         several = len(sources) > 1 or sources != self.images
         bar = tqdm(total=len(sources), desc="captioning", unit="img", disable=None, leave=False)
         for i in range(0, len(sources), self.batch_size):  # read lazily, a batch at a time
@@ -223,12 +226,22 @@ class Caption:
             for source in chunk:
                 if source in results:
                     self._emit(source, results[source], several, cap)
+                    if self.html:
+                        from .report import caption_item
+
+                        items.append(caption_item(source, source, results[source]))
                 else:
                     print(f"error: {failed[source]}", file=sys.stderr, flush=True)
             bar.update(len(chunk))
         bar.close()
         for msg in arg_errors.values():  # folders and patterns holding no image
             print(f"error: {msg}", file=sys.stderr)
+        if self.html:
+            from .report import write_caption_report
+
+            write_caption_report(self.html, items, f"showattend caption: {len(items)} images, "
+                                                   f"{d.checkpoint or d.model}, beam {d.beam_size}")
+            print(f"report: {self.html}", file=sys.stderr)
         if errors or arg_errors:
             print(f"{len(errors) + len(arg_errors)} of {len(sources) + len(arg_errors)} images failed",
                   file=sys.stderr)
@@ -274,6 +287,8 @@ class Evaluate:
         captions_out: write the generated captions as JSON to this file.
         metrics: the metrics to compute; METEOR (and the PTB tokenizer) need Java, and without Java the others
             are computed on showattend's own tokenisation.
+        html: write a self-contained HTML page: each image with its caption, references and scores (sortable,
+            filterable), and each word's attention map on hover or click.
     """
 
     decoding: Annotated[CaptionDecoding, _flat] = field(default_factory=CaptionDecoding)
@@ -285,6 +300,7 @@ class Evaluate:
     output: _Optional = ""
     captions_out: _Optional = ""
     metrics: Tuple[Literal["bleu", "meteor", "rouge", "cider"], ...] = ("bleu", "meteor", "rouge", "cider")
+    html: _Optional = ""
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
@@ -300,7 +316,7 @@ class Evaluate:
                           beam_size=d.beam_size, max_len=d.max_len, length_penalty=d.length_penalty,
                           cache_dir=self.cache_dir, device=d.device, limit=self.limit,
                           captions_out=self.captions_out or None, attention=d.attention, samples=d.samples,
-                          metrics=self.metrics)
+                          metrics=self.metrics, html=self.html or None)
         return _report(report, self.output)
 
 
@@ -391,6 +407,7 @@ class Translate:
         decoding: how the output is decoded.
         max_len: maximum output tokens, </s> included: at most this minus 1 subwords.
         alignment: write the first sentence's attention heatmap to this PNG.
+        html: write a self-contained HTML page with every sentence's alignment as an interactive matrix.
     """
 
     text: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="TEXT", help_behavior_hint="")] = \
@@ -398,6 +415,7 @@ class Translate:
     decoding: Annotated[TranslationDecoding, _flat] = field(default_factory=TranslationDecoding)
     max_len: int = 100
     alignment: _Optional = ""
+    html: _Optional = ""
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
@@ -419,6 +437,11 @@ class Translate:
             print("" if i in bad else next(outputs)["text"], flush=True)
         for i, msg in bad.items():
             print(f"showattend translate: error: standard input line {i + 1}: {msg}; left empty", file=sys.stderr)
+        if self.html:
+            from .report import write_alignment_report
+
+            write_alignment_report(self.html, results, f"showattend translate: {len(results)} sentences")
+            print(f"report: {self.html}", file=sys.stderr)
         if not results:
             return 1 if bad else 0
         if self.alignment:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 __all__ = ["caption_metrics", "bleu4", "check_java", "java_available", "JavaMissing", "METRICS"]
 
@@ -52,7 +52,7 @@ def check_java(metrics: Sequence[str]) -> None:
 
 
 def caption_metrics(references: Dict[str, Sequence[str]], hypotheses: Dict[str, str],
-                    metrics: Sequence[str] = METRICS) -> Dict[str, float]:
+                    metrics: Sequence[str] = METRICS, per_image: Optional[dict] = None) -> Dict[str, float]:
     """Score generated captions with the coco-caption scorers after PTB tokenisation (Java), or, when Java is
     missing and METEOR is not asked for, after showattend's own tokenisation.
 
@@ -60,6 +60,8 @@ def caption_metrics(references: Dict[str, Sequence[str]], hypotheses: Dict[str, 
         references: image id -> reference captions (raw text).
         hypotheses: image id -> one generated caption; every id must have references.
         metrics: any of "bleu", "meteor", "rouge", "cider".
+        per_image: a dict that receives each image's scores, {image id: {"BLEU-4": ..., "CIDEr": ...}} (CIDEr's
+            document frequencies are the whole set's, as for the corpus score).
 
     Returns:
         {"BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} (those asked for), each on 0-100.
@@ -75,18 +77,27 @@ def caption_metrics(references: Dict[str, Sequence[str]], hypotheses: Dict[str, 
     tok = _ptb_tokenize if java_available() else _simple_tokenize
     gts = tok({k: list(references[k]) for k in hypotheses})
     res = tok({k: [v] for k, v in hypotheses.items()})
-    return _score(gts, res, metrics)
+    return _score(gts, res, metrics, per_image)
 
 
-def _score(gts, res, metrics) -> Dict[str, float]:
+def _score(gts, res, metrics, per_image: Optional[dict] = None) -> Dict[str, float]:
+    """Corpus scores (0-100); with ``per_image`` (a dict), also each image's, as {image id: {metric: score}}."""
     out: Dict[str, float] = {}
+    ids = list(gts)
     quiet = contextlib.redirect_stdout(io.StringIO())
+
+    def keep(name, values):
+        if per_image is not None:
+            for k, v in zip(ids, values):
+                per_image.setdefault(k, {})[name] = round(100 * float(v), 2)
+
     if "bleu" in metrics:
         from pycocoevalcap.bleu.bleu import Bleu
 
         with quiet:
-            scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
+            scores, each = Bleu(4).compute_score(gts, res, verbose=0)
         out.update({f"BLEU-{i + 1}": 100 * s for i, s in enumerate(scores)})
+        keep("BLEU-4", each[3])
     if "meteor" in metrics:
         from pycocoevalcap.meteor.meteor import Meteor
 
@@ -94,17 +105,23 @@ def _score(gts, res, metrics) -> Dict[str, float]:
             scorer = Meteor()
         except OSError as err:
             raise JavaMissing(f"METEOR could not start Java ({err})") from None
-        out["METEOR"] = 100 * scorer.compute_score(gts, res)[0]
+        score, each = scorer.compute_score(gts, res)
+        out["METEOR"] = 100 * score
+        keep("METEOR", each)
         with contextlib.suppress(Exception):
             scorer.close()
     if "rouge" in metrics:
         from pycocoevalcap.rouge.rouge import Rouge
 
-        out["ROUGE-L"] = 100 * Rouge().compute_score(gts, res)[0]
+        score, each = Rouge().compute_score(gts, res)
+        out["ROUGE-L"] = 100 * score
+        keep("ROUGE-L", each)
     if "cider" in metrics:
         from pycocoevalcap.cider.cider import Cider
 
-        out["CIDEr"] = 100 * Cider().compute_score(gts, res)[0]
+        score, each = Cider().compute_score(gts, res)
+        out["CIDEr"] = 100 * score
+        keep("CIDEr", each)
     return out
 
 

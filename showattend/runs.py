@@ -32,7 +32,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, fsync, rename)."""
+    """Write a text file atomically (temporary file in the same folder, fsync, rename); the folder is created."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Dict, Optional, Sequence
 
@@ -17,7 +18,7 @@ __all__ = ["evaluate"]
 def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainConfig.images, split: str = "test",
              beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0, cache_dir: str = "runs/cache",
              device: str = "auto", limit: int = 0, captions_out: Optional[str] = None, attention: str = "soft",
-             samples: int = 5, metrics: Sequence[str] = METRICS) -> Dict:
+             samples: int = 5, metrics: Sequence[str] = METRICS, html: Optional[str] = None) -> Dict:
     """Caption every image of a split and score the captions against its references.
 
     The frozen encoder's features come from the feature cache (built if missing), so the images are encoded
@@ -34,6 +35,8 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
         captions_out: optional JSON file for the generated captions.
         attention, samples: inference attention (see :meth:`Captioner.decode`).
         metrics: which of "bleu", "meteor", "rouge", "cider" to compute (METEOR needs Java).
+        html: also write an HTML report there: each image with its caption, references, per-image scores and
+            attention maps (:func:`~showattend.report.write_caption_report`).
 
     Returns:
         a report dict: metrics (0-100), decoding settings, split size, wall time.
@@ -58,7 +61,8 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
                              length_penalty=length_penalty, attention=attention, samples=samples)
     hyps = {r.image_id: results[r.key].text for r in records}
     refs = {r.image_id: r.raw for r in records}
-    scores = caption_metrics(refs, hyps, metrics)
+    per_image: Dict[str, Dict] = {}
+    scores = caption_metrics(refs, hyps, metrics, per_image=per_image)
     lengths = [len(results[r.key].words) for r in records]
     report = {
         "checkpoint": checkpoint, "data": data, "split": split, "images": len(records),
@@ -75,6 +79,13 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
         "captions_at_max_len": sum(len(results[r.key].words) >= max_len - 1 for r in records),
         "wall_s": round(time.time() - t0, 1),
     }
+    if html:
+        from ..report import caption_item, write_caption_report
+
+        items = [caption_item(r.key, os.path.join(images, r.key), results[r.key], r.raw, per_image[r.image_id])
+                 for r in records]
+        write_caption_report(html, items, f"showattend evaluate: {checkpoint}, {split} split, beam {beam_size}",
+                             summary=report["metrics"])
     if captions_out:
         atomic_write_text(captions_out, json.dumps([{"image": r.key, "caption": hyps[r.image_id]} for r in records],
                                                    indent=1))
