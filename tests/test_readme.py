@@ -52,6 +52,8 @@ def _commands(block: str):
             continue
         for part in line.split("|"):
             words = shlex.split(part)
+            cut = next((k for k, w in enumerate(words) if w in ("<", ">", "2>", ">>")), len(words))
+            words = words[:cut]  # redirections are the shell's
             if "showattend" not in words:
                 continue
             i = words.index("showattend")
