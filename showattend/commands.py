@@ -182,6 +182,7 @@ class Caption:
         alphas: with --format jsonl, include each word's attention weights α (and β) and the grid.
         attention_dir: write one attention overlay PNG per image into this folder.
         show_beta: show the gating scalar β in the overlay titles.
+        colorbar: add a colour bar to the overlays.
         batch_size: images read and captioned at a time.
         html: write a self-contained HTML page of the results: each image with its caption; hover or click a
             word to see its attention map over the image.
@@ -193,6 +194,7 @@ class Caption:
     alphas: Annotated[bool, _flag] = False
     attention_dir: _Optional = ""
     show_beta: Annotated[bool, _flag] = False
+    colorbar: Annotated[bool, _flag] = False
     batch_size: int = 16
     html: _Optional = ""
 
@@ -265,7 +267,8 @@ class Caption:
             name = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1] if is_url(source) else os.path.basename(source)
             out = os.path.join(self.attention_dir, f"{os.path.splitext(name)[0] or 'image'}_attention.png")
             plot_attention(open_rgb(source), r.words, r.alphas, r.grid, out,
-                           betas=r.betas if self.show_beta else None, mark_location=cap.config.attention == "hard")
+                           betas=r.betas if self.show_beta else None, mark_location=cap.config.attention == "hard",
+                           colorbar=self.colorbar)
             print(f"  attention overlay: {out}", file=sys.stderr)
 
 

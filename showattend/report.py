@@ -63,9 +63,10 @@ def write_alignment_report(path: str, results: List[Dict], title: str) -> None:
     """
     from .runs import atomic_write_text
 
-    items = [{"source": " ".join(r["source_pieces"]).replace("▁", " ").strip(), "text": r["text"],
-              "src": [p.replace("▁", "·") for p in r["source_pieces"]],
-              "tgt": [p.replace("▁", "·") for p in r["target_pieces"]],
+    from .translation.plot import readable_pieces
+
+    items = [{"source": "".join(r["source_pieces"]).replace("▁", " ").strip(), "text": r["text"],
+              "src": readable_pieces(r["source_pieces"]), "tgt": readable_pieces(r["target_pieces"]),
               "alpha": [[round(a, 4) for a in row] for row in r["alpha"].tolist()]} for r in results]
     atomic_write_text(path, _page(title, _ALIGN_BODY, _ALIGN_JS, {"title": title, "items": items}))
 

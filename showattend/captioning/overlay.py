@@ -1,4 +1,6 @@
-"""Attention maps over the image, one panel per generated word (the style of Xu et al. Figures 2-3)."""
+"""Attention maps over the image, one panel per generated word (the style of Xu et al. Figures 2-3): each word's
+map upsampled and smoothed, drawn in a perceptual colour map (viridis) whose opacity grows with the weight, so the
+photo stays visible where the model does not look."""
 from __future__ import annotations
 
 import math
@@ -10,7 +12,7 @@ from PIL import Image, ImageFilter
 
 from ..runs import save_figure
 
-__all__ = ["upsample_alpha", "plot_attention", "plot_attention_rows", "AttentionRow"]
+__all__ = ["upsample_alpha", "plot_attention", "plot_attention_rows", "attention_figure", "AttentionRow"]
 
 
 def upsample_alpha(alpha: Union[torch.Tensor, np.ndarray], grid: Sequence[int], size: Sequence[int],
@@ -37,7 +39,7 @@ def upsample_alpha(alpha: Union[torch.Tensor, np.ndarray], grid: Sequence[int], 
 
 def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tensor, grid: Sequence[int], path: str,
                    title: Optional[str] = None, columns: int = 5, betas: Optional[torch.Tensor] = None,
-                   mark_location: bool = False) -> str:
+                   mark_location: bool = False, colorbar: bool = False) -> str:
     """Write a PNG: the image, then one panel per word with its attention map overlaid.
 
     Args:
@@ -51,12 +53,14 @@ def plot_attention(image: Image.Image, words: Sequence[str], alphas: torch.Tenso
         betas: optional (n,) gating scalars, shown in the panel titles.
         mark_location: outline the most probable location argmax_i α_ti of each word (for hard-attention models:
             the location a sample most often picks).
+        colorbar: add a colour bar (each map is scaled to its own maximum: 0 to max_i α_ti).
 
     Returns:
         ``path``.
     """
     entry = AttentionRow("image", words, alphas, betas, mark_location)
-    return plot_attention_rows(image, [entry], grid, path, title if title is not None else " ".join(words), columns)
+    return plot_attention_rows(image, [entry], grid, path, title if title is not None else " ".join(words), columns,
+                               colorbar)
 
 
 class AttentionRow(NamedTuple):
@@ -78,18 +82,11 @@ class AttentionRow(NamedTuple):
 
 
 def plot_attention_rows(image: Image.Image, rows: Sequence[AttentionRow], grid: Sequence[int], path: str,
-                        title: Optional[str] = None, columns: int = 5) -> str:
+                        title: Optional[str] = None, columns: int = 5, colorbar: bool = False) -> str:
     """Write a PNG with one block of panels per caption of the same image (e.g. soft vs hard attention).
 
-    Each block starts with the plain image titled ``row.label``, then one panel per word with its map.
-
-    Args:
-        image: the image (any size and mode; shown at 256 px on its longer side).
-        rows: the captions to show, one :class:`AttentionRow` each.
-        grid: (h, w) of the annotation grid, h·w = L.
-        path: output PNG (written atomically).
-        title: figure title (default: "label: caption" per row, one line each).
-        columns: panels per line.
+    Each block starts with the plain image titled ``row.label``, then one panel per word with its map (see
+    :func:`attention_figure` for the arguments).
 
     Returns:
         ``path``.
@@ -97,9 +94,33 @@ def plot_attention_rows(image: Image.Image, rows: Sequence[AttentionRow], grid: 
     Raises:
         ValueError: ``rows`` is empty.
     """
+    return save_figure(attention_figure(image, rows, grid, title, columns, colorbar), path, dpi=90)
+
+
+def attention_figure(image: Image.Image, rows: Sequence[AttentionRow], grid: Sequence[int],
+                     title: Optional[str] = None, columns: int = 5, colorbar: bool = False):
+    """The matplotlib figure of :func:`plot_attention_rows`: panels sized to the image's aspect ratio and laid
+    out by matplotlib's constrained layout, so no title overlaps an image at any aspect ratio.
+
+    Args:
+        image: the image (any size and mode; shown at 256 px on its longer side).
+        rows: the captions to show, one :class:`AttentionRow` each.
+        grid: (h, w) of the annotation grid, h·w = L.
+        title: figure title (default: "label: caption" per row, one line each).
+        columns: panels per line.
+        colorbar: add a colour bar for the maps.
+
+    Returns:
+        the figure (the caller saves or closes it).
+
+    Raises:
+        ValueError: ``rows`` is empty.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.cm
+    import matplotlib.colors
     import matplotlib.patches
     import matplotlib.pyplot as plt
 
@@ -109,8 +130,13 @@ def plot_attention_rows(image: Image.Image, rows: Sequence[AttentionRow], grid: 
     image = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
     labels = [list(r.words) + (["<end>"] if len(r.alphas) > len(r.words) else []) for r in rows]
     lines = [math.ceil((len(lab) + 1) / columns) for lab in labels]  # panel lines per block
-    fig, axes = plt.subplots(sum(lines), columns, figsize=(2.2 * columns, 2.4 * sum(lines) + 0.3 * len(rows)),
-                             squeeze=False)
+    if title is None:
+        title = "\n".join(f"{r.label}: {' '.join(r.words)}" for r in rows)
+    panel_h = 2.2 * image.height / image.width + 0.4  # the photo at 2.2 in wide, and a line for its title
+    fig, axes = plt.subplots(sum(lines), columns, squeeze=False, layout="constrained",
+                             figsize=(2.2 * columns + 0.8 * colorbar,
+                                      panel_h * sum(lines) + 0.3 * (title.count("\n") + 1)))
+    cmap = plt.get_cmap("viridis")
     for ax in axes.flat:
         ax.axis("off")
     top = 0
@@ -124,15 +150,17 @@ def plot_attention_rows(image: Image.Image, rows: Sequence[AttentionRow], grid: 
         for i, word in enumerate(lab):
             ax = panels[i + 1]
             ax.imshow(image)
-            ax.imshow(upsample_alpha(row.alphas[i], grid, image.size), cmap="Greys_r", alpha=0.75, vmin=0, vmax=1)
+            m = upsample_alpha(row.alphas[i], grid, image.size)
+            overlay = cmap(m)  # (H, W, 4): viridis, more opaque where the weight is higher
+            overlay[..., 3] = 0.15 + 0.6 * m
+            ax.imshow(overlay)
             if row.mark_location:
                 k = int(torch.as_tensor(row.alphas[i]).argmax())
                 ax.add_patch(matplotlib.patches.Rectangle(((k % w) * cw, (k // w) * ch), cw, ch, fill=False,
                                                           edgecolor="red", linewidth=2))
             ax.set_title(word if row.betas is None else f"{word}  (β={float(row.betas[i]):.2f})", fontsize=10)
-    if title is None:
-        title = "\n".join(f"{r.label}: {' '.join(r.words)}" for r in rows)
     fig.suptitle(title, fontsize=11)
-    top_margin = 0.25 * (title.count("\n") + 1) / fig.get_figheight()  # room for the title lines, in figure units
-    fig.tight_layout(rect=(0, 0, 1, 1 - top_margin))
-    return save_figure(fig, path, dpi=90)
+    if colorbar:
+        scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), cmap)
+        fig.colorbar(scale, ax=axes, shrink=0.6, label="α / max α of the word")
+    return fig

@@ -7,15 +7,30 @@ import torch
 
 from ..runs import save_figure
 
-__all__ = ["plot_alignment"]
+__all__ = ["plot_alignment", "readable_pieces"]
+
+
+def readable_pieces(pieces: Sequence[str]) -> list:
+    """Subwords for people: sentencepiece's word-start mark ``▁`` dropped, and a piece that continues a word
+    shown with a leading hyphen ("▁Fahr", "rad" -> "Fahr", "-rad"); special tokens such as ``</s>`` kept."""
+    out = []
+    for p in pieces:
+        if p.startswith("<") and p.endswith(">"):
+            out.append(p)
+        elif p.startswith("▁"):
+            out.append(p[1:] or "▁")
+        else:
+            out.append("-" + p)
+    return out
 
 
 def plot_alignment(source: Sequence[str], target: Sequence[str], alpha: torch.Tensor, path: str,
                    title: str = "") -> str:
-    """Write a PNG heatmap of α (rows: target tokens, columns: source tokens), as Bahdanau et al. Figure 3.
+    """Write a PNG heatmap of α (rows: target tokens, columns: source tokens), as Bahdanau et al. Figure 3, with
+    a colour bar (viridis, 0 to 1) and the subwords made readable (:func:`readable_pieces`).
 
     Args:
-        source: source subwords (columns).
+        source: source subwords (columns), as sentencepiece gives them.
         target: generated subwords (rows).
         alpha: (len(target), len(source)) attention weights.
         path: output PNG (written atomically).
@@ -35,13 +50,13 @@ def plot_alignment(source: Sequence[str], target: Sequence[str], alpha: torch.Te
     alpha = torch.as_tensor(alpha).float().cpu()
     if tuple(alpha.shape) != (len(target), len(source)):
         raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected ({len(target)}, {len(source)})")
-    fig, ax = plt.subplots(figsize=(0.45 * len(source) + 2.5, 0.4 * len(target) + 2))
-    ax.imshow(alpha.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(source)), labels=list(source), rotation=90)
-    ax.set_yticks(range(len(target)), labels=list(target))
-    ax.set_xlabel("source")
-    ax.set_ylabel("translation")
+    fig, ax = plt.subplots(figsize=(0.45 * len(source) + 3.2, 0.4 * len(target) + 2), layout="constrained")
+    im = ax.imshow(alpha.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(source)), labels=readable_pieces(source), rotation=90)
+    ax.set_yticks(range(len(target)), labels=readable_pieces(target))
+    ax.set_xlabel("source subwords")
+    ax.set_ylabel("translation subwords")
+    fig.colorbar(im, ax=ax, shrink=0.9, label="α")
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, path)
