@@ -117,11 +117,10 @@ def load_checkpoint(path: str, kind: Optional[str], map_location: Any = "cpu",
         if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err) and zipped:
             why = "it holds Python objects other than tensors and plain data, refused (unpickling them could run code)"
         elif zipped:
-            why = "truncated or damaged file"
+            why = f"truncated or damaged file ({type(err).__name__})"
         else:
             why = "not a PyTorch checkpoint file"
-        raise CheckpointError(f"{path}: cannot read checkpoint: {why} ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:100] if str(err) else 'no data'})") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint: {why}") from None
     if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise CheckpointError(f"{path}: not a showattend checkpoint (no 'format' field)")
     if kind is not None and ckpt["format"] != kind:

@@ -1,7 +1,11 @@
 """The ``showattend`` command line: one tree of commands, each a dataclass of :mod:`showattend.commands` parsed
 by tyro (options from its fields, help from their docstring entries, choices from ``Literal`` types).
 
-    showattend [--threads N] train | cache | caption | evaluate | export | models | translate [train | evaluate] ...
+    showattend [--threads N] [--quiet | --verbose] train | cache | caption | evaluate | export | models
+               | translate [train | evaluate] ...
+
+Results go to standard output; messages (progress, warnings, errors) to standard error through the ``showattend``
+logger: ``--quiet`` keeps only warnings and errors, ``--verbose`` adds debug messages.
 
 ``showattend translate`` translates its arguments (or standard input); a first argument that names one of its
 subcommands (``train``, ``evaluate``) selects that subcommand instead. Run ``showattend COMMAND --help`` for a
@@ -9,8 +13,10 @@ command's options.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
+import logging
 import os
 import sys
 from typing import List, Optional, Tuple
@@ -27,7 +33,8 @@ def _tree() -> dict:
     from . import commands as c
 
     return {"train": c.Train, "cache": c.Cache, "caption": c.Caption, "evaluate": c.Evaluate, "export": c.Export,
-            "models": c.Models, "translate": {"": c.Translate, "train": c.TranslateTrain, "evaluate": c.TranslateEvaluate}}
+            "models": c.Models,
+            "translate": {"": c.Translate, "train": c.TranslateTrain, "evaluate": c.TranslateEvaluate}}
 
 
 def _summary(cls) -> str:
@@ -41,16 +48,41 @@ def _description(cls) -> str:
 
 
 def _usage(tree: dict) -> str:
-    lines = ["usage: showattend [-h] [--version] [--threads N] COMMAND [options]", "", _DESCRIPTION, "",
+    lines = [_USAGE, "", _DESCRIPTION, "",
              "commands:"]
     for name, node in tree.items():
         for sub, cls in (node.items() if isinstance(node, dict) else [("", node)]):
             lines.append(f"  {(name + ' ' + sub).strip():<20}{_summary(cls)}")
     lines += ["", "options:", "  -h, --help          show this help message and exit",
               "  --version           show the version and exit",
-              "  --threads N         torch CPU threads (default: torch's choice)", "",
+              "  --threads N         torch CPU threads (default: torch's choice)",
+              "  --quiet             only warnings and errors on stderr (results still go to stdout)",
+              "  --verbose           also debug messages", "",
               "Run `showattend COMMAND --help` for a command's options."]
     return "\n".join(lines)
+
+
+_USAGE = "usage: showattend [-h] [--version] [--threads N] [--quiet | --verbose] COMMAND [options]"
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: int):
+    """While a command runs, the messages of the ``showattend`` loggers go to stderr as plain lines, at ``level``
+    and above; afterwards the loggers are as they were (a library user who never calls the CLI sees warnings and
+    errors through Python's default handling)."""
+    logger = logging.getLogger("showattend")
+    saved = logger.level, logger.propagate
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 class UsageError(ValueError):
@@ -58,7 +90,8 @@ class UsageError(ValueError):
 
 
 def _split(argv: List[str]) -> Tuple[int, str, type, List[str]]:
-    """(threads, command name, command class, its arguments) of a command line without -h/--version.
+    """(threads, command name, command class, its arguments) of a command line without -h/--version
+    (--quiet and --verbose are read by :func:`main`).
 
     Raises:
         UsageError: no command, an unknown command or option, a bad --threads.
@@ -67,6 +100,9 @@ def _split(argv: List[str]) -> Tuple[int, str, type, List[str]]:
     threads, i = 0, 0
     while i < len(argv) and argv[i].startswith("-"):  # the options before the command
         opt, _, value = argv[i].partition("=")
+        if opt in ("--quiet", "--verbose"):
+            i += 1
+            continue
         if opt != "--threads":
             raise UsageError(f"unknown option {argv[i]} before the command")
         if not value:
@@ -146,10 +182,20 @@ def _main(argv: List[str]) -> int:
 
         print(f"showattend {__version__}")
         return 0
+    if "--quiet" in head and "--verbose" in head:
+        print(_USAGE, file=sys.stderr)
+        print("showattend: error: --quiet and --verbose exclude each other", file=sys.stderr)
+        return 2
+    with _logging_to_stderr(logging.WARNING if "--quiet" in head else logging.DEBUG if "--verbose" in head
+                            else logging.INFO):
+        return _dispatch(argv)
+
+
+def _dispatch(argv: List[str]) -> int:
     try:
         threads, name, cls, rest = _split(argv)
     except UsageError as err:
-        print("usage: showattend [-h] [--version] [--threads N] COMMAND [options]", file=sys.stderr)
+        print(_USAGE, file=sys.stderr)
         print(f"showattend: error: {err}", file=sys.stderr)
         return 2
     if threads:

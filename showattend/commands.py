@@ -4,6 +4,7 @@ The command tree and the dispatch are in :mod:`showattend.cli`."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -19,6 +20,8 @@ from .options import layered_settings, settings_instance
 from .pretrained import DEFAULT_CAPTIONER, PRETRAINED, get_model, weights_file
 from .translation.model import TranslatorConfig
 from .translation.train import TranslationTrainConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Train", "Cache", "Caption", "Evaluate", "Export", "Models", "Translate", "TranslateTrain",
            "TranslateEvaluate", "CaptionDecoding", "TranslationDecoding", "DEFAULT_TRANSLATOR"]
@@ -200,9 +203,17 @@ class Caption:
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
+        from .runs import check_output_file, check_output_folder
+
         self.decoding.validate()
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.alphas and self.format != "jsonl":
+            raise ValueError("--alphas needs --format jsonl")
+        if self.html:
+            check_output_file(self.html, "--html")
+        if self.attention_dir:
+            check_output_folder(self.attention_dir, "--attention-dir")
 
     def run(self) -> int:
         from tqdm import tqdm
@@ -216,6 +227,9 @@ class Caption:
         d = self.decoding
         cap = Captioner.from_checkpoint(d.checkpoint_file(), device=d.device)
         sources, arg_errors = expand_inputs(self.images)
+        if not sources and not arg_errors:
+            log.error("error: no images given (standard input was empty)")
+            return 1
         errors, items = {}, []
         several = len(sources) > 1 or sources != self.images
         bar = tqdm(total=len(sources), desc="captioning", unit="img", disable=None, leave=False)
@@ -233,20 +247,19 @@ class Caption:
 
                         items.append(caption_item(source, source, results[source]))
                 else:
-                    print(f"error: {failed[source]}", file=sys.stderr, flush=True)
+                    log.error(f"error: {failed[source]}")
             bar.update(len(chunk))
         bar.close()
         for msg in arg_errors.values():  # folders and patterns holding no image
-            print(f"error: {msg}", file=sys.stderr)
+            log.error(f"error: {msg}")
         if self.html:
             from .report import write_caption_report
 
             write_caption_report(self.html, items, f"showattend caption: {len(items)} images, "
                                                    f"{d.checkpoint or d.model}, beam {d.beam_size}")
-            print(f"report: {self.html}", file=sys.stderr)
+            log.info(f"report: {self.html}")
         if errors or arg_errors:
-            print(f"{len(errors) + len(arg_errors)} of {len(sources) + len(arg_errors)} images failed",
-                  file=sys.stderr)
+            log.error(f"{len(errors) + len(arg_errors)} of {len(sources) + len(arg_errors)} images failed")
             return 1
         return 0
 
@@ -269,7 +282,7 @@ class Caption:
             plot_attention(open_rgb(source), r.words, r.alphas, r.grid, out,
                            betas=r.betas if self.show_beta else None, mark_location=cap.config.attention == "hard",
                            colorbar=self.colorbar)
-            print(f"  attention overlay: {out}", file=sys.stderr)
+            log.info(f"  attention overlay: {out}")
 
 
 @dataclass
@@ -307,9 +320,14 @@ class Evaluate:
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
+        from .runs import check_output_file
+
         self.decoding.validate()
         if self.limit < 0:
             raise ValueError(f"--limit must not be negative, got {self.limit}")
+        for option, value in (("--html", self.html), ("--output", self.output), ("--captions-out", self.captions_out)):
+            if value:
+                check_output_file(value, option)
 
     def run(self) -> int:
         from .captioning.evaluate import evaluate
@@ -396,6 +414,18 @@ class TranslationDecoding:
         """Raises ValueError: a bad decoding option (named)."""
         _check_decoding(self.beam_size, 2, self.length_penalty, self.device)
 
+    def translator_file(self) -> str:
+        """--checkpoint, with what to do when the default one is missing (no translator is bundled yet).
+
+        Raises:
+            FileNotFoundError: the default checkpoint is missing.
+        """
+        if self.checkpoint == DEFAULT_TRANSLATOR and not os.path.isfile(self.checkpoint):
+            raise FileNotFoundError(f"no translator here: no bundled translator ships yet, and the default "
+                                    f"--checkpoint {DEFAULT_TRANSLATOR} is missing; train one with `showattend "
+                                    f"translate train` (see the README) or pass --checkpoint FILE")
+        return self.checkpoint
+
 
 @dataclass
 class Translate:
@@ -431,7 +461,7 @@ class Translate:
         from .translation.translator import Translator
 
         d = self.decoding
-        bundle = Translator.from_checkpoint(d.checkpoint, d.device)
+        bundle = Translator.from_checkpoint(d.translator_file(), d.device)
         sentences, bad = (self.text, {}) if self.text else _stdin_lines()
         results = bundle.translate([x for i, x in enumerate(sentences) if i not in bad], beam_size=d.beam_size,
                                    max_len=self.max_len, length_penalty=d.length_penalty)
@@ -439,21 +469,21 @@ class Translate:
         for i in range(len(sentences)):  # one output line per input line; an unreadable one stays empty
             print("" if i in bad else next(outputs)["text"], flush=True)
         for i, msg in bad.items():
-            print(f"showattend translate: error: standard input line {i + 1}: {msg}; left empty", file=sys.stderr)
+            log.error(f"showattend translate: error: standard input line {i + 1}: {msg}; left empty")
         if self.html:
             from .report import write_alignment_report
 
             write_alignment_report(self.html, results, f"showattend translate: {len(results)} sentences")
-            print(f"report: {self.html}", file=sys.stderr)
+            log.info(f"report: {self.html}")
         if not results:
             return 1 if bad else 0
         if self.alignment:
             r = results[0]
             if not r["source_pieces"]:
-                print("error: no alignment for an empty sentence", file=sys.stderr)
+                log.error("error: no alignment for an empty sentence")
                 return 1
             plot_alignment(r["source_pieces"], r["target_pieces"], r["alpha"], self.alignment, title=r["text"])
-            print(f"alignment of sentence 1: {self.alignment}", file=sys.stderr)
+            log.info(f"alignment of sentence 1: {self.alignment}")
         return 1 if bad else 0
 
 
@@ -535,7 +565,7 @@ class TranslateEvaluate:
         from .translation.train import evaluate_translator
 
         d = self.decoding
-        report = evaluate_translator(d.checkpoint, self.data, self.src, self.tgt, self.split, d.beam_size,
+        report = evaluate_translator(d.translator_file(), self.data, self.src, self.tgt, self.split, d.beam_size,
                                      d.length_penalty, d.device, self.output or None)
         return _report(report, "")
 

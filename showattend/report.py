@@ -205,7 +205,8 @@ function refresh() {
   const all = [...cards.children];
   all.sort((a, b) => {
     if (!key) return a.dataset.idx - b.dataset.idx;
-    const x = DATA.items[a.dataset.idx].scores[key] ?? -Infinity, y = DATA.items[b.dataset.idx].scores[key] ?? -Infinity;
+    const x = DATA.items[a.dataset.idx].scores[key] ?? -Infinity;
+    const y = DATA.items[b.dataset.idx].scores[key] ?? -Infinity;
     return dir === 'high' ? y - x : x - y;
   });
   let shown = 0;

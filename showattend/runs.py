@@ -31,15 +31,48 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def check_output_file(path: str, option: str) -> None:
+    """Check, before any work, that a file can be written at ``path`` (an output option's value).
+
+    Raises:
+        ValueError: ``path`` is a folder, or a parent of it is a file (named as ``option``).
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """Check, before any work, that ``path`` is a folder or can be made one.
+
+    Raises:
+        ValueError: ``path`` or a parent of it is a file (named as ``option``).
+    """
+    probe = os.path.abspath(path)
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if probe and not os.path.isdir(probe):
+        raise ValueError(f"{option} {path}: {probe} is a file, not a folder")
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, fsync, rename); the folder is created."""
+    """Write a text file atomically (temporary file in the same folder, fsync, rename); the folder is created, and
+    the temporary file removed if the write fails."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def save_figure(fig, path: str, dpi: int = 100) -> str:
@@ -48,9 +81,13 @@ def save_figure(fig, path: str, dpi: int = 100) -> str:
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

@@ -373,6 +373,18 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
     ]]
     cases.append(Case("option", "export over its own source", ["export", tiny, tiny], 1,
                       "export would overwrite its own source"))
+    (d / "a_folder").mkdir()
+    cases += [Case("option", what, [*cap, *extra], code, message) for what, extra, code, message in [
+        ("caption --html given a folder", ["--html", str(d / "a_folder")], 2, "a_folder: a folder; give a file name"),
+        ("caption --attention-dir given a file", ["--attention-dir", good], 2, "photo.jpg is a file, not a folder"),
+        ("caption --alphas without --format jsonl", ["--alphas"], 2, "--alphas needs --format jsonl"),
+    ]]
+    cases.append(Case("option", "caption - with nothing on stdin", ["caption", "-", "--checkpoint", tiny], 1,
+                      "no images given (standard input was empty)"))
+    cases.append(Case("option", "translate with no --checkpoint (no translator is bundled yet)",
+                      ["translate", "ein hund"], 1, "no bundled translator ships yet"))
+    cases.append(Case("option", "evaluate with no --data outside the development checkout",
+                      ["evaluate", "--checkpoint", tiny, "--limit", "1"], 1, "no --data given, and the default"))
     return cases
 
 

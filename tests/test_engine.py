@@ -367,8 +367,8 @@ def test_resume_keeps_the_runs_settings_and_a_new_run_does_not_overwrite_one(toy
     assert main(["train", *data, "--epochs", "1"]) == 1
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", *data, "--resume", "--epochs", "2", "--max-steps", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "resuming with changed settings: epochs 1 -> 2" in out and "min count 1" in out
+    out, err = capsys.readouterr()
+    assert "resuming with changed settings: epochs 1 -> 2" in err and "min count 1" in err  # messages: stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert (saved["batch_size"], saved["min_count"], saved["save_every"], saved["epochs"]) == (4, 1, 3, 2)
     # a checkpoint inside an epoch: its batches must not change
@@ -377,7 +377,7 @@ def test_resume_keeps_the_runs_settings_and_a_new_run_does_not_overwrite_one(toy
     assert main(["train", *data, "--resume", "--epochs", "3", "--max-steps", "0", "--save-every", "2"]) == 0
     # nothing left: the run says so
     assert main(["train", *data, "--resume"]) == 0
-    assert "nothing to train: 3 epochs done" in capsys.readouterr().out
+    assert "nothing to train: 3 epochs done" in capsys.readouterr().err
     # best.pt without last.pt: nothing to resume from, and the best model is not replaced
     os.remove(tmp_path / "run" / "last.pt")
     assert main(["train", *data, "--resume"]) == 1
@@ -415,7 +415,7 @@ def test_overwrite_replaces_a_run_and_stale_temporary_files_are_removed(toy_imag
     for f in [*stale, live]:
         f.write_bytes(b"partial")
     assert main(args + ["--overwrite"]) == 0
-    assert "removed the previous run's last.pt, best.pt" in capsys.readouterr().out
+    assert "removed the previous run's last.pt, best.pt" in capsys.readouterr().err
     assert not any(f.exists() for f in stale) and live.exists()
     assert [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")] == [1]
 

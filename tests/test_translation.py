@@ -305,7 +305,7 @@ def test_cli_resume_respects_the_wall_time_budget(trained, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     assert code == 0
-    assert "stopping before epoch 4" in capsys.readouterr().out
+    assert "stopping before epoch 4" in capsys.readouterr().err
     assert [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")] == [1, 2, 3]
 
 
@@ -320,7 +320,7 @@ def test_resume_counts_the_time_of_an_interrupted_epoch(trained, tmp_path, capsy
                                                   "saved_step": engine["step"] - 5 * stale}))
     code = main(["translate", "train", "--data", str(trained), "--out-dir", str(run), "--resume", "--epochs", "4",
                  "--max-minutes", "10", "--no-progress", "--device", "cpu"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the run's messages
     assert code == 0
     epochs = [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")]
     if stops:

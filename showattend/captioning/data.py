@@ -21,6 +21,7 @@ since makes it be built again, and an ``index.json`` whose fields do not match i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -34,6 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..runs import atomic_write_text
 from ..vocab import Vocab
 from .images import TRANSFORM, ImageError, load_image
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CaptionRecord", "tokenize", "load_karpathy", "load_coco", "FeatureStore", "build_feature_cache", "find_cache",
@@ -357,8 +360,8 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
             return store
         barrier()  # every process has read the old cache before rank 0 removes it
         if rank == 0:
-            print(f"{out_folder}: {len(changed)} images changed since the cache was built (e.g. {changed[0]}); "
-                  f"encoding all again", flush=True)
+            log.warning(f"{out_folder}: {len(changed)} images changed since the cache was built (e.g. {changed[0]}); "
+                        f"encoding all again")
             os.remove(os.path.join(out_folder, "index.json"))
             os.remove(final)
         barrier()

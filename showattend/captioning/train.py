@@ -8,6 +8,7 @@ precision, DDP, resume, budgets and logs are :mod:`showattend.engine`'s.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass, fields
@@ -27,6 +28,8 @@ from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_ca
 from .decoder import DS_NORMALISATIONS, DSNormalisation, MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
 from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder, checkpoint_config
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "load_records", "prepare_cache", "train", "evaluate_split"]
 
@@ -112,6 +115,10 @@ def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
     if os.path.isdir(cfg.data):
         raise ValueError(f"{cfg.data}: a folder, not a Karpathy JSON or COCO captions file (--data)")
     if not os.path.isfile(cfg.data):
+        if cfg.data == TrainConfig.data:  # the default: a development checkout's path
+            raise FileNotFoundError(f"no --data given, and the default {cfg.data} is not here: pass --data with a "
+                                    f"Karpathy-format JSON (dataset_flickr8k.json, dataset_coco.json) or a COCO "
+                                    f"captions_*.json, and --images with its image folder")
         raise FileNotFoundError(f"caption file not found: {cfg.data} (--data)")
     with open(cfg.data, encoding="utf-8") as f:
         head = f.read(4096)
@@ -325,8 +332,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     if ckpt is not None:
         load_weights(task.model, ckpt["model"], last, "decoder")
     if dist_info.main:
-        print(f"train: {len(train_recs)} images, {len(task.dataset)} captions; val: {len(val_recs)} images; "
-              f"vocabulary {len(vocab)} words (min count {cfg.min_count}, train split); device {device}"
-              f"{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
-              f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}", flush=True)
+        log.info(f"train: {len(train_recs)} images, {len(task.dataset)} captions; val: {len(val_recs)} images; "
+                 f"vocabulary {len(vocab)} words (min count {cfg.min_count}, train split); device {device}"
+                 f"{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
+                 f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}")
     return Trainer(task, cfg, dist_info, device, ckpt).fit()

@@ -2,6 +2,7 @@
 resolve to; and the run folder's checks before a run starts."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence, get_args
@@ -10,6 +11,8 @@ import torch
 
 from ..runs import resolve_device
 from .distributed import main_process
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir"]
 
@@ -113,7 +116,7 @@ def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> bool:
             raise ValueError(f"{out_dir} holds best.pt but no last.pt: nothing to resume from; --overwrite starts "
                              f"a new run there")
         if main:
-            print(f"--resume: no last.pt in {out_dir} yet; starting a new run", flush=True)
+            log.info(f"--resume: no last.pt in {out_dir} yet; starting a new run")
         resume, overwrite = False, True
     if found and not resume:
         if not overwrite:
@@ -122,7 +125,7 @@ def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> bool:
         if main:
             for f in found:
                 os.remove(os.path.join(out_dir, f))
-            print(f"--overwrite: removed the previous run's {', '.join(found)} from {out_dir}", flush=True)
+            log.info(f"--overwrite: removed the previous run's {', '.join(found)} from {out_dir}")
     if main and os.path.isdir(out_dir):
         for f in os.listdir(out_dir):  # "<name>.tmp.<pid>[.png]" from checkpoint.py and runs.py
             pid = f.split(".tmp.")[-1].split(".")[0] if ".tmp." in f else ""

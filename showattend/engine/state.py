@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from ..runs import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 __all__ = ["rng_state", "set_rng_state", "Heartbeat"]
 
@@ -63,5 +66,5 @@ class Heartbeat:
             if int(beat["saved_step"]) == saved_step:
                 return max(0.0, float(beat["spent_s"]) - spent_s)
         except (ValueError, KeyError, TypeError) as e:
-            print(f"ignoring unreadable {path} ({e})", flush=True)
+            log.warning(f"ignoring unreadable {path} ({e})")
         return 0.0

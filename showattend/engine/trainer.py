@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -19,6 +20,8 @@ from ..runs import atomic_write_text, plot_curves, write_metrics
 from .config import EngineConfig, resolve_precision
 from .distributed import DistInfo, _LocalBatches, _Positioned, shard, to_device
 from .state import Heartbeat, rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
 
 __all__ = ["StepContext", "Task", "Trainer"]
 
@@ -192,21 +195,21 @@ class Trainer:
                              f"--batch-size, --seed and --max-steps (the epoch's batches depend on them); changed: "
                              f"{', '.join(sorted(k for k in changed if k in ('batch_size', 'seed', 'max_steps')))}")
         if changed and self.dist.main:
-            print("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in
-                                                                 sorted(changed.items())), flush=True)
+            log.info("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in
+                                                                    sorted(changed.items())))
         self.epoch, self.pos, self.step_count = e["epoch"], e["pos"], e["step"]
         self.epoch_sums, self.epoch_steps, self.epoch_s = dict(e["epoch_sums"]), e["epoch_steps"], e["epoch_s"]
         lost = Heartbeat.lost_seconds(self.cfg.out_dir, e["spent_s"], e["step"])
         self.spent_s = e["spent_s"] + lost
         if lost and self.dist.main:
-            print(f"{lost / 60:.1f} min after the last checkpoint were lost to an interruption; they count "
-                  f"toward the time spent", flush=True)
+            log.warning(f"{lost / 60:.1f} min after the last checkpoint were lost to an interruption; they count "
+                        f"toward the time spent")
         rngs = e["rng"]
         if len(rngs) == self.dist.world:
             set_rng_state(rngs[self.dist.rank])
         elif self.dist.main:
-            print(f"resuming {len(rngs)} processes' run with {self.dist.world}: the dropout streams differ "
-                  f"from an uninterrupted run", flush=True)
+            log.warning(f"resuming {len(rngs)} processes' run with {self.dist.world}: the dropout streams differ "
+                        f"from an uninterrupted run")
 
     # -- one step ---------------------------------------------------------------------------------------
     def step(self, batch, ctx: StepContext) -> None:
@@ -275,22 +278,22 @@ class Trainer:
         if self.dist.main and self.history and self.pos == 0:
             done = self.history[-1]["epoch"]
             if done >= cfg.epochs:
-                print(f"nothing to train: {done} epochs done, --epochs is {cfg.epochs}", flush=True)
+                log.info(f"nothing to train: {done} epochs done, --epochs is {cfg.epochs}")
             elif self.bad >= cfg.patience:
-                print(f"nothing to train: the run stopped early after epoch {done} ({self.bad} epochs without a "
-                      f"new best, --patience {cfg.patience})", flush=True)
+                log.info(f"nothing to train: the run stopped early after epoch {done} ({self.bad} epochs without a "
+                         f"new best, --patience {cfg.patience})")
         ran = False  # an epoch ended in this call
         while self.epoch <= cfg.epochs:
             if self.pos == 0 and self.bad >= cfg.patience:
                 if self.dist.main and ran:
-                    print(f"early stopping: no new best {task.score_key} for {self.bad} epochs", flush=True)
+                    log.info(f"early stopping: no new best {task.score_key} for {self.bad} epochs")
                 break
             if self.pos == 0 and cfg.max_minutes > 0 and self.history:
                 last = self.history[-1]["train_s"] + self.history[-1]["val_s"]
                 if self.spent_s + last > 60 * cfg.max_minutes:
                     if self.dist.main:
-                        print(f"stopping before epoch {self.epoch}: {self.spent_s / 60:.1f} min spent, another "
-                              f"epoch would pass the {cfg.max_minutes:g}-minute budget", flush=True)
+                        log.info(f"stopping before epoch {self.epoch}: {self.spent_s / 60:.1f} min spent, another "
+                                 f"epoch would pass the {cfg.max_minutes:g}-minute budget")
                     break
             global_batches = task.epoch_batches(self.epoch)
             if self.dist.world > 1:  # every process needs at least one item

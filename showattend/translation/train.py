@@ -6,9 +6,9 @@ with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -24,6 +24,8 @@ from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_para
 from .model import Seq2Seq, TranslatorConfig
 from .translator import CHECKPOINT_KIND, REQUIRED, Translator, checkpoint_parts
 from .tokenizer import PAD_ID, SubwordTokenizer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TranslationTrainConfig", "TranslationBatch", "TranslationTask", "train_translator",
            "evaluate_translator", "CHECKPOINT_KIND"]
@@ -179,8 +181,8 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
         tgt_tok = SubwordTokenizer.train(tr_tgt, cfg.vocab_size)
         model_cfg.src_vocab_size, model_cfg.tgt_vocab_size = len(src_tok), len(tgt_tok)
         if dist_info.main and min(len(src_tok), len(tgt_tok)) < cfg.vocab_size:
-            print(f"--vocab-size {cfg.vocab_size}: the training text fills only {len(src_tok)} {cfg.src} and "
-                  f"{len(tgt_tok)} {cfg.tgt} subwords; training with those", file=sys.stderr, flush=True)
+            log.warning(f"--vocab-size {cfg.vocab_size}: the training text fills only {len(src_tok)} {cfg.src} and "
+                        f"{len(tgt_tok)} {cfg.tgt} subwords; training with those")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = Seq2Seq(model_cfg)
@@ -189,13 +191,13 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     bundle = Translator(model, src_tok, tgt_tok, device)
     pairs = encode_pairs(tr_src, tr_tgt, src_tok, tgt_tok, cfg.max_len)
     if dist_info.main and len(pairs) < len(tr_src):
-        print(f"dropped {len(tr_src) - len(pairs)} training pairs with an empty side (of {len(tr_src)} in "
-              f"{cfg.train_split}.{cfg.src}/{cfg.tgt})", file=sys.stderr, flush=True)
+        log.warning(f"dropped {len(tr_src) - len(pairs)} training pairs with an empty side (of {len(tr_src)} in "
+                    f"{cfg.train_split}.{cfg.src}/{cfg.tgt})")
     if dist_info.main:
-        print(f"{cfg.src}->{cfg.tgt} {model_cfg.decoder}: {len(pairs)} training pairs, subword vocabularies "
-              f"{len(src_tok)}/{len(tgt_tok)}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-              f"device {device}{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
-              f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}", flush=True)
+        log.info(f"{cfg.src}->{cfg.tgt} {model_cfg.decoder}: {len(pairs)} training pairs, subword vocabularies "
+                 f"{len(src_tok)}/{len(tgt_tok)}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+                 f"device {device}{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
+                 f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}")
     task = TranslationTask(bundle, cfg, pairs, va_src, va_tgt)
     return Trainer(task, cfg, dist_info, device, ckpt).fit()
 

@@ -2,7 +2,7 @@
 source and target subword models; translate raw sentences, load and save checkpoints, load a bundled model."""
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence
 
@@ -14,6 +14,8 @@ from ..search import Hypothesis
 from .data import pad_batch
 from .model import Seq2Seq, TranslatorConfig
 from .tokenizer import SubwordTokenizer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Translator", "checkpoint_parts", "CHECKPOINT_KIND", "REQUIRED"]
 
@@ -103,8 +105,7 @@ class Translator:
         for i, s in enumerate(sentences):
             ids = self.src_tok.encode(s) if s.strip() else []
             if len(ids) > self.max_src_len:
-                print(f"warning: sentence {i + 1} has {len(ids)} subwords; cut to {self.max_src_len}",
-                      file=sys.stderr)
+                log.warning(f"sentence {i + 1} has {len(ids)} subwords; cut to {self.max_src_len}")
                 ids = ids[: self.max_src_len]
             if not ids:
                 results[i] = {"text": "", "source_pieces": [], "target_pieces": [], "alpha": torch.zeros(0, 0),
