@@ -148,6 +148,20 @@ def test_cli_captions_and_writes_overlay(tmp_path, tiny_checkpoint, capsys):
     assert png.exists() and Image.open(png).size[0] > 300
 
 
+def test_quiet_and_verbose_change_the_messages_not_the_results(tmp_path, tiny_checkpoint, capsys):
+    args = ["caption", PHOTO, "--checkpoint", tiny_checkpoint, "--device", "cpu", "--attention-dir", str(tmp_path)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "attention overlay:" in err and out.strip()
+    assert main(["--quiet", *args]) == 0
+    quiet_out, quiet_err = capsys.readouterr()
+    assert quiet_out == out and "attention overlay" not in quiet_err  # the same result, no notes
+    assert main(["--quiet", "caption", str(tmp_path / "missing.jpg"), "--checkpoint", tiny_checkpoint]) == 1
+    assert "missing.jpg: no such file" in capsys.readouterr().err  # errors still shown
+    assert main(["--quiet", "--verbose", *args]) == 2
+    assert "--quiet and --verbose exclude each other" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_files_and_still_captions_the_others(tmp_path, tiny_checkpoint, capsys):
     (tmp_path / "empty.jpg").write_bytes(b"")
     code = main(["caption", PHOTO, str(tmp_path / "empty.jpg"), str(tmp_path / "missing.png"),
