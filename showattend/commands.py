@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, List, Literal, Sequence, Tuple
+from typing import Annotated, ClassVar, List, Literal, Sequence, Tuple
 
 import tyro
 
@@ -35,7 +35,49 @@ _Optional = Annotated[str, tyro.conf.arg(help_behavior_hint="(optional)")]  # ""
 
 
 @dataclass
-class Train:
+class _TrainingCommand:
+    """What both training commands share: the options about the run, the settings they start from, the checks
+    and the call. A subclass names its settings classes and its training function.
+
+    Attributes:
+        resume: continue from OUT_DIR/last.pt exactly where it was saved, with the run's own settings (options
+            given again override them).
+        overwrite: a new run replaces the run files in OUT_DIR.
+        config: YAML or JSON file of settings (names as fields or options: batch_size: 32), or a run's
+            config.json; the options given on the command line win.
+    """
+
+    resume: Annotated[bool, _flag] = False
+    overwrite: Annotated[bool, _flag] = False
+    config: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+
+    #: the model and training settings classes, and the model settings never taken from a file or last.pt
+    _SETTINGS: ClassVar[tuple] = ()
+    _DERIVED: ClassVar[tuple] = ()
+
+    @classmethod
+    def starting_settings(cls, argv: Sequence[str]):
+        """The defaults the command line overrides: the run's settings with --resume, then --config's."""
+        model_cls, train_cls = cls._SETTINGS
+        values = layered_settings(argv, cls._SETTINGS, train_cls.out_dir, ignore=cls._DERIVED)
+        return cls(model=settings_instance(model_cls, values), train=settings_instance(train_cls, values))
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad training setting (the model's are checked when it is built)."""
+        self.train.validate()
+
+    def run(self) -> int:
+        from .engine import main_process
+
+        t0 = time.time()
+        best = self._train(self.model, self.train, resume=self.resume, overwrite=self.overwrite)
+        if main_process():  # torchrun: one line, from rank 0
+            print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
+        return 0
+
+
+@dataclass
+class Train(_TrainingCommand):
     """Train a captioner.
 
     The encoder's feature cache is built first (if needed), then the decoder is trained with teacher forcing
@@ -45,38 +87,17 @@ class Train:
     Attributes:
         model: the model's settings (stored in the checkpoint).
         train: the training settings.
-        resume: continue from OUT_DIR/last.pt exactly where it was saved, with the run's own settings (options
-            given again override them).
-        overwrite: a new run replaces the run files in OUT_DIR.
-        config: YAML or JSON file of settings (names as fields or options: batch_size: 32), or a run's
-            config.json; the options given on the command line win.
     """
 
     model: Annotated[ModelConfig, _flat] = field(default_factory=ModelConfig)
     train: Annotated[TrainConfig, _flat] = field(default_factory=TrainConfig)
-    resume: Annotated[bool, _flag] = False
-    overwrite: Annotated[bool, _flag] = False
-    config: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+    _SETTINGS: ClassVar[tuple] = (ModelConfig, TrainConfig)
 
-    @classmethod
-    def starting_settings(cls, argv: Sequence[str]) -> "Train":
-        """The defaults the command line overrides: the run's settings with --resume, then --config's."""
-        values = layered_settings(argv, (ModelConfig, TrainConfig), TrainConfig.out_dir)
-        return cls(settings_instance(ModelConfig, values), settings_instance(TrainConfig, values))
-
-    def validate(self) -> None:
-        """Raises ValueError: a bad training setting (the model's are checked when it is built)."""
-        self.train.validate()
-
-    def run(self) -> int:
+    @staticmethod
+    def _train(*args, **kwargs):
         from .captioning.train import train
-        from .engine import main_process
 
-        t0 = time.time()
-        best = train(self.model, self.train, resume=self.resume, overwrite=self.overwrite)
-        if main_process():  # torchrun: one line, from rank 0
-            print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
-        return 0
+        return train(*args, **kwargs)
 
 
 @dataclass
@@ -488,7 +509,7 @@ class Translate:
 
 
 @dataclass
-class TranslateTrain:
+class TranslateTrain(_TrainingCommand):
     """Train a translator (Bahdanau or Luong attention).
 
     Subword models are trained on the training split, then the translator, with early stopping on validation
@@ -497,42 +518,18 @@ class TranslateTrain:
     Attributes:
         model: the model's settings (stored in the checkpoint).
         train: the training settings.
-        resume: continue from OUT_DIR/last.pt exactly where it was saved, with the run's own settings (options
-            given again override them).
-        overwrite: a new run replaces the run files in OUT_DIR.
-        config: YAML or JSON file of settings (names as fields or options: batch_size: 32), or a run's
-            config.json; the options given on the command line win.
     """
 
     model: Annotated[TranslatorConfig, _flat] = field(default_factory=TranslatorConfig)
     train: Annotated[TranslationTrainConfig, _flat] = field(default_factory=TranslationTrainConfig)
-    resume: Annotated[bool, _flag] = False
-    overwrite: Annotated[bool, _flag] = False
-    config: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+    _SETTINGS: ClassVar[tuple] = (TranslatorConfig, TranslationTrainConfig)
+    _DERIVED: ClassVar[tuple] = ("src_vocab_size", "tgt_vocab_size")  # set from the trained subword models
 
-    #: set from the trained subword models, never from a file or the command line
-    _DERIVED = ("src_vocab_size", "tgt_vocab_size")
-
-    @classmethod
-    def starting_settings(cls, argv: Sequence[str]) -> "TranslateTrain":
-        """The defaults the command line overrides: the run's settings with --resume, then --config's."""
-        values = layered_settings(argv, (TranslatorConfig, TranslationTrainConfig), TranslationTrainConfig.out_dir,
-                                  ignore=cls._DERIVED)
-        return cls(settings_instance(TranslatorConfig, values), settings_instance(TranslationTrainConfig, values))
-
-    def validate(self) -> None:
-        """Raises ValueError: a bad training setting (the model's are checked when it is built)."""
-        self.train.validate()
-
-    def run(self) -> int:
-        from .engine import main_process
+    @staticmethod
+    def _train(*args, **kwargs):
         from .translation.train import train_translator
 
-        t0 = time.time()
-        best = train_translator(self.model, self.train, resume=self.resume, overwrite=self.overwrite)
-        if main_process():
-            print(f"best checkpoint: {best} ({(time.time() - t0) / 60:.1f} min)")
-        return 0
+        return train_translator(*args, **kwargs)
 
 
 @dataclass

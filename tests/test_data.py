@@ -83,7 +83,8 @@ def _images(folder, n=6):
     return keys
 
 
-def test_feature_cache_resumes_after_a_bad_image_and_matches_a_fresh_build(tmp_path):
+def _build_stopped_by_a_bad_image(tmp_path, cache, **kw):
+    """6 images, the 5th unreadable: the build stops there (rows 0-3 written); the image is then repaired."""
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     keys = _images(imgs)
@@ -91,11 +92,16 @@ def test_feature_cache_resumes_after_a_bad_image_and_matches_a_fresh_build(tmp_p
     (imgs / "im4.jpg").write_bytes(b"broken")
     enc = Encoder("efficientnet_lite0")
     with pytest.raises(ImageError, match="im4.jpg"):
-        build_feature_cache(enc, str(imgs), keys, str(tmp_path / "cache"), batch_size=2, num_workers=0,
-                            progress=False)
+        build_feature_cache(enc, str(imgs), keys, str(tmp_path / cache), batch_size=2, num_workers=0,
+                            progress=False, **kw)
+    (imgs / "im4.jpg").write_bytes(good)
+    return imgs, keys, enc
+
+
+def test_feature_cache_resumes_after_a_bad_image_and_matches_a_fresh_build(tmp_path):
+    imgs, keys, enc = _build_stopped_by_a_bad_image(tmp_path, "cache")
     progress = json.loads((tmp_path / "cache" / "progress.json").read_text())
     assert progress["done"] == 4 and not (tmp_path / "cache" / "features.npy").exists()
-    (imgs / "im4.jpg").write_bytes(good)
     store = build_feature_cache(enc, str(imgs), keys, str(tmp_path / "cache"), batch_size=2, num_workers=0,
                                 progress=False)
     fresh = build_feature_cache(enc, str(imgs), keys, str(tmp_path / "fresh"), batch_size=3, num_workers=0,
@@ -179,16 +185,7 @@ def test_progress_is_checked_against_the_rows_written(tmp_path):
     leave all-zero feature rows: the zero rows are encoded again."""
     from showattend.captioning.data import _stats_hash, image_stats
 
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    keys = _images(imgs)
-    good = (imgs / "im4.jpg").read_bytes()
-    (imgs / "im4.jpg").write_bytes(b"broken")
-    enc = Encoder("efficientnet_lite0")
-    with pytest.raises(ImageError, match="im4.jpg"):
-        build_feature_cache(enc, str(imgs), keys, str(tmp_path / "c"), batch_size=2, num_workers=0,
-                            progress=False, image_size=64)
-    (imgs / "im4.jpg").write_bytes(good)
+    imgs, keys, enc = _build_stopped_by_a_bad_image(tmp_path, "c", image_size=64)
     progress = json.loads((tmp_path / "c" / "progress.json").read_text())
     assert progress["done"] == 4
     stats = image_stats(str(imgs), keys)
