@@ -111,9 +111,9 @@ class Cache:
         encoder: backbone, a key of ENCODERS.
         encoder_weights: optional local .pth for the backbone.
         image_size: input side in pixels (the model's --image-size).
-        data: Karpathy JSON or an official COCO captions_*.json.
-        images: image folder the JSON's file names are relative to.
-        karpathy_split: for a COCO annotation file, the dataset_coco.json that assigns splits.
+        data: a Karpathy JSON, or one or more official COCO captions_*.json files.
+        images: image folder the file names are relative to (for COCO files: holding train2014/, val2014/ ...).
+        karpathy_split: for COCO annotation files, the dataset_coco.json that assigns splits.
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
         device: "auto" (cuda when available), "cpu" or "cuda".
         batch_size: images per encoder forward pass.
@@ -122,7 +122,7 @@ class Cache:
     encoder: str = ModelConfig.encoder
     encoder_weights: _Optional = ""
     image_size: int = ModelConfig.image_size
-    data: str = TrainConfig.data
+    data: Tuple[str, ...] = TrainConfig.data
     images: str = TrainConfig.images
     karpathy_split: _Optional = ""
     cache_dir: str = TrainConfig.cache_dir
@@ -315,8 +315,9 @@ class Evaluate:
 
     Attributes:
         decoding: how the output is decoded.
-        data: Karpathy JSON or COCO captions file.
+        data: a Karpathy JSON, or one or more COCO captions files.
         images: image folder.
+        karpathy_split: for COCO annotation files, the dataset_coco.json that assigns splits.
         split: the split to caption and score.
         cache_dir: feature cache folder (frozen encoders).
         limit: only the first N images of the split (0: all).
@@ -329,8 +330,9 @@ class Evaluate:
     """
 
     decoding: Annotated[CaptionDecoding, _flat] = field(default_factory=CaptionDecoding)
-    data: str = TrainConfig.data
+    data: Tuple[str, ...] = TrainConfig.data
     images: str = TrainConfig.images
+    karpathy_split: _Optional = ""
     split: Literal["train", "val", "test"] = "test"
     cache_dir: str = TrainConfig.cache_dir
     limit: int = 0
@@ -354,8 +356,9 @@ class Evaluate:
         from .captioning.evaluate import evaluate
 
         d = self.decoding
-        report = evaluate(d.checkpoint_file(), data=self.data, images=self.images, split=self.split,
-                          beam_size=d.beam_size, max_len=d.max_len, length_penalty=d.length_penalty,
+        report = evaluate(d.checkpoint_file(), data=self.data, images=self.images,
+                          karpathy_split=self.karpathy_split, split=self.split, beam_size=d.beam_size,
+                          max_len=d.max_len, length_penalty=d.length_penalty,
                           cache_dir=self.cache_dir, device=d.device, limit=self.limit,
                           captions_out=self.captions_out or None, attention=d.attention, samples=d.samples,
                           metrics=self.metrics, html=self.html or None)

@@ -207,3 +207,68 @@ def test_missing_images_are_named_before_anything_is_encoded(tmp_path):
     with pytest.raises(ImageError, match=r"2 of 4 images are missing under .*imgs: gone1.jpg, sub/gone2.jpg"):
         _prepare(tmp_path, imgs, keys)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def _coco_miniature(root):
+    """The official format in miniature: captions_train2014.json (4 images) and captions_val2014.json (6), their
+    images under images/train2014 and images/val2014, and a Karpathy split file drawing train from both files
+    (restval), val and test from val2014, and leaving one val2014 image out."""
+    splits = {1: "train", 2: "train", 3: "train", 4: "train", 11: "restval", 12: "restval", 13: "val", 14: "val",
+              15: "test", 16: "test"}
+    words = ["a red square", "a green box", "a blue square on white", "a big red box"]
+    (root / "annotations").mkdir(parents=True)
+    for split, ids in (("train2014", [1, 2, 3, 4]), ("val2014", [11, 12, 13, 14, 15, 16, 17])):
+        (root / "images" / split).mkdir(parents=True)
+        images, anns = [], []
+        for i in ids:
+            name = f"COCO_{split}_{i:012d}.jpg"
+            Image.fromarray(np.full((40, 50, 3), 20 * (i % 12), np.uint8)).save(root / "images" / split / name)
+            images.append({"id": i, "file_name": name, "width": 50, "height": 40})
+            anns += [{"id": 100 * i + k, "image_id": i, "caption": words[(i + k) % 4]} for k in range(2)]
+        (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": anns, "info": {}, "licenses": []}))
+    (root / "dataset_coco.json").write_text(json.dumps({"images": [
+        {"cocoid": i, "split": s, "filepath": "train2014" if i < 10 else "val2014", "filename": "x",
+         "sentences": []} for i, s in splits.items()]}))
+    return root
+
+
+def test_coco_from_the_official_annotation_files_with_the_karpathy_split(tmp_path):
+    """Two annotation files, each with its image folder under --images, and a split file that takes train images
+    from both (restval) and val/test from val2014: every assigned image is kept, the unassigned one dropped."""
+    from showattend.captioning.train import TrainConfig, load_records
+
+    root = _coco_miniature(tmp_path)
+    cfg = TrainConfig(data=[str(root / "annotations" / "captions_train2014.json"),
+                            str(root / "annotations" / "captions_val2014.json")],
+                      images=str(root / "images"), karpathy_split=str(root / "dataset_coco.json"))
+    records = load_records(cfg)
+    by_split = {s: sorted(r.image_id for r in records if r.split == s) for s in ("train", "val", "test")}
+    assert by_split == {"train": ["1", "11", "12", "2", "3", "4"], "val": ["13", "14"], "test": ["15", "16"]}
+    assert all(os.path.isfile(root / "images" / r.key) for r in records)
+    assert {r.key.split("/")[0] for r in records} == {"train2014", "val2014"}
+    assert all(len(r.raw) == 2 for r in records)
+
+
+@pytest.mark.slow
+def test_training_and_evaluating_on_the_official_coco_files(tmp_path, capsys):
+    """`showattend train --data captions_train2014.json captions_val2014.json --karpathy-split dataset_coco.json`
+    trains (the route that used to stop with "needs train and val images, found N and 0"), and evaluate scores
+    the test split of the same files."""
+    from showattend.cli import main
+
+    root = _coco_miniature(tmp_path)
+    data = ["--data", str(root / "annotations" / "captions_train2014.json"),
+            str(root / "annotations" / "captions_val2014.json"), "--karpathy-split", str(root / "dataset_coco.json"),
+            "--images", str(root / "images"), "--cache-dir", str(root / "cache"), "--device", "cpu"]
+    assert main(["train", *data, "--out-dir", str(root / "run"), "--min-count", "1", "--batch-size", "4",
+                 "--epochs", "1", "--embed-dim", "16", "--hidden-dim", "16", "--attention-dim", "8",
+                 "--val-beam-size", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "train: 6 images, 12 captions; val: 2 images" in err
+    assert main(["evaluate", *data, "--checkpoint", str(root / "run" / "best.pt"), "--split", "test",
+                 "--beam-size", "1", "--metrics", "bleu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 2 and report["references_per_image"] == 2 and len(report["data"]) == 2
+    cache, = (root / "cache").iterdir()  # one cache, keyed by the image list, reused by evaluate
+    assert cache.name.startswith("captions_train2014+captions_val2014-efficientnet_lite0-224-")

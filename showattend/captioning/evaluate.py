@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 from ..metrics import METRICS, SPICE_NOTE, caption_metrics, check_java, java_available
 from ..runs import atomic_write_text
@@ -15,8 +15,9 @@ from .train import TrainConfig, evaluate_split, load_records, prepare_cache
 __all__ = ["evaluate"]
 
 
-def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainConfig.images, split: str = "test",
-             beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0, cache_dir: str = "runs/cache",
+def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data, images: str = TrainConfig.images,
+             split: str = "test", karpathy_split: str = "", beam_size: int = 3, max_len: int = 20,
+             length_penalty: float = 0.0, cache_dir: str = "runs/cache",
              device: str = "auto", limit: int = 0, captions_out: Optional[str] = None, attention: str = "soft",
              samples: int = 5, metrics: Sequence[str] = METRICS, html: Optional[str] = None) -> Dict:
     """Caption every image of a split and score the captions against its references.
@@ -26,7 +27,7 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
 
     Args:
         checkpoint: captioner checkpoint.
-        data, images: caption file and image folder (as for training).
+        data, images, karpathy_split: caption file(s), image folder and split file (as for training).
         split: "train", "val" or "test".
         beam_size, max_len, length_penalty: decoding settings (stated in the report).
         cache_dir: feature cache folder.
@@ -47,7 +48,7 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
     t0 = time.time()
     check_java(metrics)  # before the decoding, not after it
     captioner = Captioner.from_checkpoint(checkpoint, device=device)
-    cfg = TrainConfig(data=data, images=images, cache_dir=cache_dir)
+    cfg = TrainConfig(data=data, images=images, karpathy_split=karpathy_split, cache_dir=cache_dir)
     records = [r for r in load_records(cfg) if r.split == split]
     if limit:
         records = records[:limit]
@@ -65,7 +66,7 @@ def evaluate(checkpoint: str, data: str = TrainConfig.data, images: str = TrainC
     scores = caption_metrics(refs, hyps, metrics, per_image=per_image)
     lengths = [len(results[r.key].words) for r in records]
     report = {
-        "checkpoint": checkpoint, "data": data, "split": split, "images": len(records),
+        "checkpoint": checkpoint, "data": list(cfg.data), "split": split, "images": len(records),
         "references_per_image": round(sum(len(r.raw) for r in records) / len(records), 2),
         "model_attention": captioner.config.attention,
         "inference_attention": attention if attention == "soft" else f"hard ({samples} sampled searches)",

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass, fields
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,9 +41,12 @@ class TrainConfig(EngineConfig):
     EngineConfig's.
 
     Attributes:
-        data: Karpathy JSON (`dataset_flickr8k.json` ...) or an official COCO `captions_*.json`.
-        images: image folder the JSON's file names are relative to.
-        karpathy_split: for a COCO annotation file, the `dataset_coco.json` that assigns splits.
+        data: the caption files: a Karpathy JSON (`dataset_flickr8k.json` ...), or one or more official COCO
+            `captions_*.json` (e.g. `captions_train2014.json captions_val2014.json`).
+        images: image folder the file names are relative to; for a COCO file, the folder named like the file's
+            split under it (`images/train2014` for `captions_train2014.json`) when there is one.
+        karpathy_split: for COCO annotation files, the `dataset_coco.json` that assigns splits (every image it
+            assigns is kept, from whichever file holds it).
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
         ds_lambda: λ of the doubly stochastic regularization (eq. 14).
         ds_normalisation: how that penalty P is scaled against the per-word cross-entropy, with the deficit
@@ -66,7 +69,7 @@ class TrainConfig(EngineConfig):
         baseline_decay: decay of the moving-average baseline of eq. 11 (0.9).
     """
 
-    data: str = "../shared/data/flickr8k/dataset_flickr8k.json"
+    data: Tuple[str, ...] = ("../shared/data/flickr8k/dataset_flickr8k.json",)
     images: str = "../shared/data/flickr8k/images"
     karpathy_split: str = ""
     cache_dir: str = "runs/cache"
@@ -90,6 +93,9 @@ class TrainConfig(EngineConfig):
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def __post_init__(self):
+        self.data = (self.data,) if isinstance(self.data, str) else tuple(self.data)  # one file, or a list
+
     def validate(self) -> None:
         """Check every setting before any long work (a feature cache can take half an hour), the engine's too.
 
@@ -107,25 +113,40 @@ class TrainConfig(EngineConfig):
 
 
 def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
-    """The caption records of ``cfg.data`` (Karpathy JSON, or COCO annotations via pycocotools).
+    """The caption records of every file of ``cfg.data``: Karpathy JSONs, or official COCO annotation files read
+    with pycocotools (each file's images under the folder named like its split, ``images/train2014``, when that
+    folder exists; with ``cfg.karpathy_split``, every image the split file assigns is kept, from whichever file
+    holds it). An image listed twice keeps its first record.
 
     Raises:
         FileNotFoundError: no such file. ValueError: a folder, or not a caption file (named).
     """
-    if os.path.isdir(cfg.data):
-        raise ValueError(f"{cfg.data}: a folder, not a Karpathy JSON or COCO captions file (--data)")
-    if not os.path.isfile(cfg.data):
-        if cfg.data == TrainConfig.data:  # the default: a development checkout's path
-            raise FileNotFoundError(f"no --data given, and the default {cfg.data} is not here: pass --data with a "
-                                    f"Karpathy-format JSON (dataset_flickr8k.json, dataset_coco.json) or a COCO "
-                                    f"captions_*.json, and --images with its image folder")
-        raise FileNotFoundError(f"caption file not found: {cfg.data} (--data)")
-    with open(cfg.data, encoding="utf-8") as f:
+    records, seen = [], set()
+    for path in cfg.data:
+        for r in _load_caption_file(path, cfg):
+            if r.key not in seen:
+                seen.add(r.key)
+                records.append(r)
+    return records
+
+
+def _load_caption_file(path: str, cfg: TrainConfig) -> List[CaptionRecord]:
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: a folder, not a Karpathy JSON or COCO captions file (--data)")
+    if not os.path.isfile(path):
+        if path in TrainConfig.data:  # the default: a development checkout's path
+            raise FileNotFoundError(f"no --data given, and the default {path} is not here: pass --data with a "
+                                    f"Karpathy-format JSON (dataset_flickr8k.json, dataset_coco.json) or COCO "
+                                    f"captions_*.json files, and --images with their image folder")
+        raise FileNotFoundError(f"caption file not found: {path} (--data)")
+    with open(path, encoding="utf-8") as f:
         head = f.read(4096)
-    if '"annotations"' in head or "annotations" in os.path.basename(cfg.data) or \
-            os.path.basename(cfg.data).startswith("captions_"):
-        return load_coco(cfg.data, "", cfg.karpathy_split or None)
-    return load_karpathy(cfg.data)
+    name = os.path.basename(path)
+    if '"annotations"' in head or "annotations" in name or name.startswith("captions_"):
+        split_folder = os.path.splitext(name)[0].replace("captions_", "")  # captions_train2014.json: train2014
+        prefix = split_folder if os.path.isdir(os.path.join(cfg.images, split_folder)) else ""
+        return load_coco(path, prefix, cfg.karpathy_split or None)
+    return load_karpathy(path)
 
 
 def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[CaptionRecord],
@@ -146,7 +167,7 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     keys = sorted({r.key for r in records})
     stats = image_stats(cfg.images, keys)
     fingerprint = encoder.fingerprint()
-    name = os.path.splitext(os.path.basename(cfg.data))[0].replace("dataset_", "")
+    name = "+".join(os.path.splitext(os.path.basename(p))[0].replace("dataset_", "") for p in cfg.data)
     cid = cache_id(fingerprint, model_cfg.image_size, keys, os.path.realpath(cfg.images))
     folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}-{model_cfg.image_size}-{cid[:12]}")
     store = find_cache(cfg.cache_dir, fingerprint, model_cfg.image_size, keys, stats, prefer=folder)
@@ -323,7 +344,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     if cfg.val_images:
         val_recs = val_recs[: cfg.val_images]
     if not train_recs or not val_recs:
-        raise ValueError(f"{cfg.data}: needs train and val images, found {len(train_recs)} and {len(val_recs)}")
+        raise ValueError(f"{' '.join(cfg.data)}: needs train and val images, found {len(train_recs)} and "
+                         f"{len(val_recs)}")
     store = prepare_cache(cfg, model_cfg, records, device, dist_info)
     vocab = checkpoint_config(ckpt, last)[1] if ckpt is not None else \
         Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only

@@ -188,8 +188,9 @@ class Trainer:
         if e is None:  # a checkpoint from before the engine: resume at the next epoch
             self.epoch = ckpt["epoch"] + 1
             return
-        before = ckpt.get("train_config", {})
-        changed = {k: (before[k], v) for k, v in asdict(self.cfg).items() if k in before and before[k] != v}
+        before = json.loads(json.dumps(ckpt.get("train_config", {})))  # tuples and lists compare equal as JSON
+        now = json.loads(json.dumps(asdict(self.cfg)))
+        changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
         if e["pos"] and any(k in changed for k in ("batch_size", "seed", "max_steps")):
             raise ValueError(f"last.pt was saved inside epoch {e['epoch']}: resuming there needs the same "
                              f"--batch-size, --seed and --max-steps (the epoch's batches depend on them); changed: "
