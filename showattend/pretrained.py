@@ -29,7 +29,8 @@ class PretrainedModel:
     Attributes:
         name: registry key, e.g. "flickr8k-lite0-soft".
         task: "captioning" or "translation".
-        file: the weights' file name in ``showattend/weights/``.
+        file: the weights' file name in ``showattend/weights/`` (in the repository a link to the file in
+            ``assets/``, where the project's binary files live; the wheel carries the file itself).
         sha256: SHA-256 (hex) of that file.
         size_mib: its size in MiB.
         data: the training data.
