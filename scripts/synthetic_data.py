@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from showattend.captioning.data import cache_meta
+from showattend.captioning.cache import cache_meta
 from showattend.captioning.encoders import Encoder
 
 

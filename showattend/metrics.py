@@ -33,7 +33,7 @@ def _ptb_tokenize(captions: Dict[str, List[str]]) -> Dict[str, List[str]]:
 
 
 def _simple_tokenize(captions: Dict[str, List[str]]) -> Dict[str, List[str]]:
-    from .captioning.data import tokenize
+    from .vocab import tokenize
 
     return {k: [" ".join(tokenize(c)) for c in v] for k, v in captions.items()}
 

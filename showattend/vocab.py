@@ -1,10 +1,18 @@
 """Vocabulary with special tokens, built from the training split only and saved as plain data."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Iterable, List, Sequence
 
-__all__ = ["PAD", "START", "END", "UNK", "Vocab"]
+__all__ = ["PAD", "START", "END", "UNK", "Vocab", "tokenize"]
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def tokenize(text: str) -> List[str]:
+    """The Karpathy-JSON tokenisation: lower-case alphanumeric runs (``re.findall('[a-z0-9]+', ...)``)."""
+    return _TOKEN.findall(text.lower())
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 

@@ -9,8 +9,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import shared_path
-from showattend.captioning.data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache,
-                                        collate_captions, load_coco, load_karpathy, tokenize)
+from showattend.captioning.cache import FeatureStore, build_feature_cache
+from showattend.captioning.data import (CaptionDataset, CaptionRecord, collate_captions, load_coco, load_karpathy,
+                                        tokenize)
 from showattend.captioning.encoders import Encoder
 from showattend.captioning.images import ImageError
 from showattend.vocab import Vocab
@@ -183,7 +184,7 @@ def test_a_cache_is_reused_only_for_the_same_images_encoder_weights_and_size(tmp
 def test_progress_is_checked_against_the_rows_written(tmp_path):
     """A progress file that counts rows never written (hand-edited, or from a crash between writes) does not
     leave all-zero feature rows: the zero rows are encoded again."""
-    from showattend.captioning.data import _stats_hash, image_stats
+    from showattend.captioning.cache import _stats_hash, image_stats
 
     imgs, keys, enc = _build_stopped_by_a_bad_image(tmp_path, "c", image_size=64)
     progress = json.loads((tmp_path / "c" / "progress.json").read_text())

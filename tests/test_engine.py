@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import showattend
-from showattend.captioning.data import CaptionRecord, FeatureStore
+from showattend.captioning.cache import FeatureStore
+from showattend.captioning.data import CaptionRecord
 from showattend.captioning.model import ModelConfig
 from showattend.captioning.train import CaptionTask, TrainConfig
 from showattend.engine import DistInfo, StepContext, Trainer

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import write_toy_images
-from showattend.captioning.data import FeatureStore
+from showattend.captioning.cache import FeatureStore
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 

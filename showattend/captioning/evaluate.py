@@ -8,7 +8,7 @@ from typing import Dict, Optional, Sequence, Union
 
 from ..metrics import METRICS, SPICE_NOTE, caption_metrics, check_java, java_available
 from ..runs import atomic_write_text
-from .data import FeatureStore
+from .cache import FeatureStore
 from .model import Captioner
 from .train import TrainConfig, evaluate_split, load_records, prepare_cache
 

@@ -23,8 +23,8 @@ from ..metrics import bleu4
 from ..engine import (DistInfo, EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
                         setup_distributed)
 from ..vocab import Vocab
-from .data import (CaptionDataset, CaptionRecord, FeatureStore, build_feature_cache, cache_id, collate_captions,
-                   find_cache, image_stats, load_coco, load_karpathy)
+from .cache import FeatureStore, build_feature_cache, cache_id, find_cache, image_stats
+from .data import CaptionDataset, CaptionRecord, collate_captions, load_coco, load_karpathy
 from .decoder import DS_NORMALISATIONS, DSNormalisation, MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
 from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder, checkpoint_config
@@ -153,12 +153,12 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
                   device: Optional[torch.device] = None, dist_info: DistInfo = DistInfo(),
                   batch_size: int = 32) -> FeatureStore:
     """Reuse, resume or build the feature cache of every image in ``records``; under torchrun every process
-    calls this and encodes its share (see :func:`~showattend.captioning.data.build_feature_cache`).
+    calls this and encodes its share (see :func:`~showattend.captioning.cache.build_feature_cache`).
 
     A finished cache under ``cfg.cache_dir`` is reused when it holds all these images, made from the same files
     (sizes and modification times) by the same encoder weights, transform and size; otherwise the cache is
     built in ``{dataset}-{encoder}-{size}-{id}``, ``id`` the start of
-    :func:`~showattend.captioning.data.cache_id`. ``batch_size`` images go through the encoder at once.
+    :func:`~showattend.captioning.cache.cache_id`. ``batch_size`` images go through the encoder at once.
 
     Raises:
         ImageError: images are missing under ``cfg.images`` (checked before anything is encoded), or unreadable.

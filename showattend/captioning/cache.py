@@ -1,0 +1,313 @@
+"""The feature cache: the frozen encoder's annotation vectors of every image, computed once.
+
+The feature cache stores the frozen encoder's annotation vectors for every image once: a float16 ``.npy``
+array (N, L, D) opened memory-mapped (each DataLoader worker opens its own map, so any number of workers can
+read it), and an ``index.json`` naming the image of each row. It is written to ``*.partial`` files, can be
+resumed after an interruption, and is renamed into place only when complete.
+
+A cache is keyed by everything that determines its content: the encoder's fingerprint (its weights), the image
+transform and size, and the list of images, each with its file size and modification time (not a content hash,
+which would be too slow at COCO size). A cache is reused only when all of these match; an image that changed
+since makes it be built again, and an ``index.json`` whose fields do not match its fingerprint is refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..runs import atomic_write_text
+from .images import TRANSFORM, ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FeatureStore", "build_feature_cache", "find_cache", "cache_meta", "image_stats", "cache_id"]
+
+
+class FeatureStore:
+    """Read-only view of a finished feature cache.
+
+    The memory map is opened lazily in each process, so the object can be handed to DataLoader workers.
+
+    Args:
+        folder: a cache folder written by :func:`build_feature_cache`.
+
+    Raises:
+        FileNotFoundError: the cache is missing or incomplete.
+        ValueError: the cache is inconsistent: ``index.json`` unreadable or not matching its own fingerprint
+            (edited), or ``features.npy`` not of the shape it records.
+    """
+
+    def __init__(self, folder: str):
+        index_path = os.path.join(folder, "index.json")
+        if not os.path.isfile(index_path) or not os.path.isfile(os.path.join(folder, "features.npy")):
+            raise FileNotFoundError(f"no complete feature cache in {folder} (build it with `showattend cache`)")
+        fix = f"remove {folder} and it is built again"
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                self.meta = json.load(f)
+            keys = self.meta["keys"]
+            shape = np.load(os.path.join(folder, "features.npy"), mmap_mode="r").shape
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            raise ValueError(f"{folder}: corrupt feature cache ({type(err).__name__}: {err}); {fix}") from None
+        if "id" in self.meta and self.meta["id"] != cache_id(self.meta.get("encoder_fingerprint", ""),
+                                                             self.meta.get("image_size"), keys,
+                                                             self.meta.get("image_folder", "")):
+            raise ValueError(f"{index_path} does not match its own fingerprint (edited or corrupt); {fix}")
+        if len(shape) != 3 or shape[0] != len(keys) or any(self.meta.get(k, n) != n for k, n in
+                                                             zip("LD", shape[1:])):
+            raise ValueError(f"{folder}: features.npy has shape {tuple(shape)}, but index.json lists {len(keys)} "
+                             f"images of L={self.meta.get('L')}, D={self.meta.get('D')}: corrupt; {fix}")
+        self.folder = folder
+        self.row = {k: i for i, k in enumerate(keys)}
+        self._array = None
+
+    @property
+    def array(self) -> np.ndarray:
+        """(N, L, D) float16 memory map."""
+        if self._array is None:
+            self._array = np.load(os.path.join(self.folder, "features.npy"), mmap_mode="r")
+        return self._array
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_array"] = None  # never pickle the map into workers
+        return state
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.row
+
+    def get(self, key: str) -> torch.Tensor:
+        """(L, D) float32 annotation vectors of one image."""
+        return torch.from_numpy(np.asarray(self.array[self.row[key]], dtype=np.float32))
+
+    def get_half(self, key: str) -> torch.Tensor:
+        """(L, D) float16 annotation vectors of one image, as stored (a copy of the mapped row)."""
+        return torch.from_numpy(np.array(self.array[self.row[key]], dtype=np.float16))
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, folder: str, keys: Sequence[str], size: int):
+        self.folder, self.keys, self.size = folder, list(keys), size
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        return load_image(os.path.join(self.folder, self.keys[i]), self.size)
+
+
+def image_stats(folder: str, keys: Sequence[str]) -> List[List[int]]:
+    """[size in bytes, modification time in ns] of each image file: what a cache row was made from.
+
+    Raises:
+        ImageError: images are missing (how many, and the first few by name).
+    """
+    stats, missing = [], []
+    for k in keys:
+        try:
+            st = os.stat(os.path.join(folder, k))
+            stats.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            missing.append(k)
+    if missing:
+        raise ImageError(f"{len(missing)} of {len(keys)} images are missing under {folder}: "
+                         f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+    return stats
+
+
+def cache_id(encoder_fingerprint: str, image_size: Optional[int], keys: Sequence[str], image_folder: str = "") -> str:
+    """SHA-256 (hex) of what a cache folder is built for: the encoder's fingerprint, the transform, the image
+    size, the image folder and the image list. (The files' sizes and times are checked separately: a changed
+    image re-encodes its cache, and a cache serves any folder holding the same files, e.g. one moved with them.)"""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([encoder_fingerprint, TRANSFORM, image_size, image_folder]).encode())
+    h.update("\n".join(keys).encode())
+    return h.hexdigest()
+
+
+def cache_meta(encoder, image_folder: str, keys: Sequence[str], image_size: Optional[int] = None) -> dict:
+    """The ``index.json`` of a cache of ``keys`` (without L and D): what identifies it and what it was made from.
+
+    Raises:
+        ImageError: images are missing.
+    """
+    size = image_size or encoder.spec.image_size
+    fingerprint, folder = encoder.fingerprint(), os.path.realpath(image_folder)
+    return {"encoder": encoder.spec.name, "encoder_fingerprint": fingerprint, "transform": TRANSFORM,
+            "image_size": size, "image_folder": folder, "id": cache_id(fingerprint, size, keys, folder),
+            "keys": list(keys), "stats": image_stats(image_folder, keys)}
+
+
+def _stats_hash(stats: Sequence) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(list(stats)).encode()).hexdigest()
+
+
+def find_cache(cache_dir: str, encoder_fingerprint: str, image_size: int, keys: Sequence[str],
+               stats: Sequence, prefer: str = "") -> Optional[FeatureStore]:
+    """A finished cache under ``cache_dir`` that holds every image of ``keys``, made by the same encoder weights,
+    transform and size from the same files (equal sizes and modification times); None if there is none.
+
+    A cache of more images serves too (``evaluate`` on one split reuses the training cache). Caches that are
+    inconsistent, or made by an older showattend without a fingerprint, are never used.
+
+    Args:
+        prefer: the folder to look at first (the one this request would build).
+    """
+    if not os.path.isdir(cache_dir):
+        return None
+    folders = [os.path.join(cache_dir, f) for f in sorted(os.listdir(cache_dir))]
+    for folder in sorted(folders, key=lambda f: f != prefer):
+        try:
+            with open(os.path.join(folder, "index.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+            if (meta.get("encoder_fingerprint"), meta.get("image_size"), meta.get("transform")) != \
+                    (encoder_fingerprint, image_size, TRANSFORM):
+                continue
+            made_from = dict(zip(meta["keys"], map(tuple, meta["stats"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if all(made_from.get(k) == tuple(st) for k, st in zip(keys, stats)):
+            try:
+                return FeatureStore(folder)
+            except (FileNotFoundError, ValueError):
+                continue
+    return None
+
+
+@torch.no_grad()
+def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_folder: str, batch_size: int = 32,
+                        num_workers: int = 1, device: str = "cpu", progress: bool = True, rank: int = 0,
+                        world: int = 1, image_size: Optional[int] = None) -> FeatureStore:
+    """Encode every image once and store the annotation vectors as float16.
+
+    Resumable: rows already written to ``features.npy.partial`` (counted in a progress file) are skipped when
+    the same call is repeated after an interruption. The count is checked before it is trusted: if an image
+    encoded before the interruption has changed since, the share starts again, and rows that were counted but
+    hold only zeros (never written) are encoded again. The finished array is renamed to ``features.npy`` and
+    ``index.json`` is written last, so a reader never sees a half-written cache. A finished cache in
+    ``out_folder`` is returned as it is if its images are unchanged (sizes and modification times), and built
+    again otherwise.
+
+    Distributed (``world`` > 1, inside a torch.distributed process group): every process calls this; process r
+    encodes the contiguous rows [r·N/world, (r+1)·N/world) into the shared memory-mapped file (each has its own
+    progress file), and rank 0 finishes the cache once all have written their share. The result equals a
+    one-process build up to the encoder's batch-composition rounding.
+
+    Args:
+        encoder: an :class:`~showattend.captioning.encoders.Encoder` (its name and fingerprint are recorded).
+        image_folder: folder the keys are relative to.
+        keys: relative image paths, one row each, in this order.
+        out_folder: the cache folder (created).
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers decoding JPEGs.
+        device: where the encoder runs.
+        progress: show a tqdm bar (rank 0's).
+        rank, world: this process and the number of processes sharing the work.
+        image_size: input side in pixels (default: the encoder's); recorded in ``index.json``.
+
+    Returns:
+        a :class:`FeatureStore` over the cache.
+
+    Raises:
+        ImageError: an image is missing or cannot be read (the message names it); rows written so far are kept.
+        ValueError: ``out_folder`` holds another cache (other images, encoder or size), or an inconsistent one.
+    """
+    from tqdm import tqdm
+
+    barrier = torch.distributed.barrier if world > 1 else (lambda: None)
+    os.makedirs(out_folder, exist_ok=True)
+    final = os.path.join(out_folder, "features.npy")
+    meta = cache_meta(encoder, image_folder, keys, image_size)
+    size, stats = meta["image_size"], meta["stats"]
+    if os.path.isfile(final) and os.path.isfile(os.path.join(out_folder, "index.json")):
+        store = FeatureStore(out_folder)
+        if store.meta.get("id") != meta["id"]:
+            raise ValueError(f"{out_folder} holds a different feature cache (other images, encoder weights or "
+                             f"size); choose another folder")
+        changed = [k for k, a, b in zip(keys, store.meta["stats"], stats) if list(a) != b]
+        if not changed:
+            return store
+        barrier()  # every process has read the old cache before rank 0 removes it
+        if rank == 0:
+            log.warning(f"{out_folder}: {len(changed)} images changed since the cache was built (e.g. {changed[0]}); "
+                        f"encoding all again")
+            os.remove(os.path.join(out_folder, "index.json"))
+            os.remove(final)
+        barrier()
+    encoder = encoder.to(device).eval()
+    probe = encoder(torch.zeros(1, 3, size, size, device=device))
+    L, D = probe.shape[1:]
+    shape = [len(keys), int(L), int(D)]
+    partial = final + ".partial"
+    lo, hi = rank * len(keys) // world, (rank + 1) * len(keys) // world
+    progress_file = os.path.join(out_folder, "progress.json" if world == 1 else f"progress.{rank}-of-{world}.json")
+    if rank == 0:  # reuse a partial array of the right shape, or start one
+        try:
+            reuse = list(np.load(partial, mmap_mode="r").shape) == shape
+        except (OSError, ValueError):
+            reuse = False
+        if not reuse:
+            for f in os.listdir(out_folder):
+                if f.startswith("progress"):
+                    os.remove(os.path.join(out_folder, f))
+            np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=tuple(shape)).flush()
+    barrier()
+    arr = np.lib.format.open_memmap(partial, mode="r+")
+    done = _rows_done(progress_file, arr, meta["id"], shape, lo, hi, stats)
+    files = _ImageFiles(image_folder, keys[done:hi], size)
+    loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
+    bar = tqdm(total=hi - lo, initial=done - lo, desc="encoding images", unit="img",
+               disable=not progress or rank != 0)
+    row = done
+    kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_CACHE_ROW", "0"))  # fault injection for the fault tests
+    for images in loader:
+        feats = encoder(images.to(device))  # (b, L, D)
+        arr[row:row + len(feats)] = feats.cpu().numpy().astype(np.float16)
+        row += len(feats)
+        arr.flush()
+        if kill_at and row >= kill_at:  # the rows are written, the progress file does not count them yet
+            os.kill(os.getpid(), signal.SIGKILL)
+        atomic_write_text(progress_file, json.dumps({"done": row, "rows": [lo, hi], "id": meta["id"],
+                                                     "shape": shape, "stats": _stats_hash(stats[lo:row])}))
+        bar.update(len(feats))
+    bar.close()
+    del arr
+    barrier()  # every share is written
+    if rank == 0:
+        os.replace(partial, final)
+        meta.update(L=int(L), D=int(D))
+        atomic_write_text(os.path.join(out_folder, "index.json"), json.dumps(meta))
+        for f in os.listdir(out_folder):
+            if f.startswith("progress"):
+                os.remove(os.path.join(out_folder, f))
+    barrier()
+    return FeatureStore(out_folder)
+
+
+def _rows_done(progress_file: str, arr: np.ndarray, cid: str, shape: list, lo: int, hi: int, stats) -> int:
+    """Where this process's share resumes: the progress file's count, if it belongs to this build and its
+    images have not changed since, and no counted row is all zeros (never written); else ``lo``."""
+    try:
+        with open(progress_file, encoding="utf-8") as f:
+            prog = json.load(f)
+        done = int(prog["done"])
+        if (prog.get("id"), prog.get("shape"), prog.get("rows")) != (cid, shape, [lo, hi]) or not lo <= done <= hi \
+                or prog.get("stats") != _stats_hash(stats[lo:done]):
+            return lo
+    except (OSError, ValueError, KeyError, TypeError):
+        return lo
+    for a in range(lo, done, 256):  # the first all-zero row, if any, was never written
+        empty = np.flatnonzero(~np.asarray(arr[a:min(a + 256, done)]).reshape(min(256, done - a), -1).any(axis=1))
+        if len(empty):
+            return a + int(empty[0])
+    return done
