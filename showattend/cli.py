@@ -1,5 +1,8 @@
-"""The ``showattend`` command line: one tree of commands, each a dataclass of :mod:`showattend.commands` parsed
-by tyro (options from its fields, help from their docstring entries, choices from ``Literal`` types).
+"""The ``showattend`` command line: one tree of commands, each a dataclass parsed by tyro (options from its fields,
+help from their docstring entries, choices from ``Literal`` types). The commands live with what they command:
+:mod:`showattend.commands` (export, models, and what all commands share), :mod:`showattend.captioning.commands`
+and :mod:`showattend.translation.commands`; this module, the program's entry point, is the one place that puts
+the applications together.
 
     showattend [--threads N] [--quiet | --verbose] train | cache | caption | evaluate | export | models
                | translate [train | evaluate] ...
@@ -30,11 +33,13 @@ _DESCRIPTION = ("Show, Attend and Tell (Xu et al. 2015): train captioners with v
 
 def _tree() -> dict:
     """The command tree: {name: command dataclass, or {subcommand: dataclass} with "" the command itself}."""
-    from . import commands as c
+    from . import commands as core
+    from .captioning import commands as cap
+    from .translation import commands as tr
 
-    return {"train": c.Train, "cache": c.Cache, "caption": c.Caption, "evaluate": c.Evaluate, "export": c.Export,
-            "models": c.Models,
-            "translate": {"": c.Translate, "train": c.TranslateTrain, "evaluate": c.TranslateEvaluate}}
+    return {"train": cap.Train, "cache": cap.Cache, "caption": cap.Caption, "evaluate": cap.Evaluate,
+            "export": core.Export, "models": core.Models,
+            "translate": {"": tr.Translate, "train": tr.TranslateTrain, "evaluate": tr.TranslateEvaluate}}
 
 
 def _summary(cls) -> str:

@@ -2,8 +2,7 @@
 training data and its licence, encoder, decoding defaults, test metrics with their split and beam, file size), and
 the weights found with :mod:`importlib.resources`, never relative to the current directory.
 
-    >>> from showattend import Captioner
-    >>> captioner = Captioner.from_pretrained("flickr8k-lite0-soft")
+``showattend.captioning.Captioner.from_pretrained("flickr8k-lite0-soft")`` loads one.
 
 Each file's SHA-256 is recorded here and checked when it is first loaded, so a damaged installation is reported
 as such instead of failing inside decoding.

@@ -13,31 +13,18 @@ import base64
 import html
 import io
 import json
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-__all__ = ["image_data_uri", "caption_item", "write_caption_report", "write_alignment_report"]
+__all__ = ["image_data_uri", "write_caption_report", "write_alignment_report"]
 
 
-def image_data_uri(source, max_side: int = 360) -> str:
-    """A JPEG ``data:`` URI of an image (any source :func:`~showattend.captioning.images.open_rgb` takes),
-    downscaled to ``max_side`` pixels (EXIF orientation applied, as the captioner saw it)."""
-    from .captioning.images import open_rgb
-
-    img = open_rgb(source)
+def image_data_uri(image, max_side: int = 360) -> str:
+    """A JPEG ``data:`` URI of a PIL image, downscaled to ``max_side`` pixels on its longer side."""
+    img = image.convert("RGB")
     img.thumbnail((max_side, max_side))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=82)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def caption_item(name: str, source, result, references: Sequence[str] = (), scores: Optional[Dict] = None) -> Dict:
-    """One image of a captioning report: its name, thumbnail, caption, words, α per word (and for ``<end>``),
-    β, grid, log-probability; references and scores when evaluating."""
-    return {"name": name, "image": image_data_uri(source), "caption": result.text,
-            "words": list(result.words) + ["<end>"],
-            "alphas": [[round(a, 4) for a in row] for row in result.alphas.tolist()],
-            "betas": [round(b, 3) for b in result.betas.tolist()], "grid": list(result.grid),
-            "log_prob": round(float(result.log_prob), 3), "references": list(references), "scores": scores or {}}
 
 
 def write_caption_report(path: str, items: List[Dict], title: str, summary: Optional[Dict] = None) -> None:
@@ -45,7 +32,9 @@ def write_caption_report(path: str, items: List[Dict], title: str, summary: Opti
 
     Args:
         path: the HTML file.
-        items: :func:`caption_item` dicts.
+        items: one dict per image (:func:`showattend.captioning.overlay.report_item` makes them): ``name``,
+            ``image`` (a data URI), ``caption``, ``words`` (with ``<end>``), ``alphas`` (one row of L weights per
+            word), ``betas``, ``grid`` (h, w), ``log_prob``, ``references``, ``scores`` ({metric: value}).
         title: the page's title.
         summary: corpus-level numbers shown at the top (e.g. the metrics), or None.
     """
@@ -55,19 +44,15 @@ def write_caption_report(path: str, items: List[Dict], title: str, summary: Opti
     atomic_write_text(path, _page(title, _CAPTION_BODY, _CAPTION_JS, data))
 
 
-def write_alignment_report(path: str, results: List[Dict], title: str) -> None:
+def write_alignment_report(path: str, items: List[Dict], title: str) -> None:
     """Write a translation report: each sentence's translation and its alignment matrix (atomically).
 
     Args:
-        results: :meth:`~showattend.translation.translator.Translator.translate` dicts.
+        items: one dict per sentence (:func:`showattend.translation.plot.report_items` makes them): ``source``,
+            ``text``, ``src`` and ``tgt`` (the subwords as shown), ``alpha`` (len(tgt) rows of len(src) weights).
     """
     from .runs import atomic_write_text
 
-    from .translation.plot import readable_pieces
-
-    items = [{"source": "".join(r["source_pieces"]).replace("▁", " ").strip(), "text": r["text"],
-              "src": readable_pieces(r["source_pieces"]), "tgt": readable_pieces(r["target_pieces"]),
-              "alpha": [[round(a, 4) for a in row] for row in r["alpha"].tolist()]} for r in results]
     atomic_write_text(path, _page(title, _ALIGN_BODY, _ALIGN_JS, {"title": title, "items": items}))
 
 

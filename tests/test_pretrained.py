@@ -12,6 +12,8 @@ import zipfile
 import pytest
 
 import showattend
+import showattend.captioning
+import showattend.translation
 from conftest import ASSETS, ROOT
 from showattend import pretrained
 from showattend.checkpoint import CheckpointError
@@ -32,7 +34,7 @@ def test_registry_metadata_and_lookup():
                                          r"'flickr8k-lite0-soft'"):
         pretrained.get_model("flickr8k-lite0", "captioning")
     with pytest.raises(ValueError, match="no bundled translation model"):
-        showattend.Translator.from_pretrained("multi30k-de-en")
+        showattend.translation.Translator.from_pretrained("multi30k-de-en")
 
 
 def test_a_damaged_bundled_file_is_reported(monkeypatch):
@@ -46,8 +48,8 @@ def test_a_damaged_bundled_file_is_reported(monkeypatch):
 
 
 def test_from_pretrained_is_the_bundled_checkpoint():
-    a = showattend.Captioner.from_pretrained("flickr8k-lite0-soft", device="cpu")
-    b = showattend.Captioner.from_checkpoint(str(pretrained.weights_file("flickr8k-lite0-soft")), device="cpu")
+    a = showattend.captioning.Captioner.from_pretrained("flickr8k-lite0-soft", device="cpu")
+    b = showattend.captioning.Captioner.from_checkpoint(str(pretrained.weights_file("flickr8k-lite0-soft")), device="cpu")
     assert a.caption([PHOTO], beam_size=2)[0].text == b.caption([PHOTO], beam_size=2)[0].text
 
 
@@ -60,16 +62,25 @@ def test_models_command_lists_the_registry(capsys):
 
 
 def test_public_api_names_resolve():
-    for name in showattend.__all__:
-        assert getattr(showattend, name) is not None, name
+    """The core offers its own names; each application its own, and the core never imports an application."""
+    import showattend.captioning
+    import showattend.translation
     from showattend.captioning.model import Captioner
     from showattend.translation.translator import Translator
 
-    assert showattend.Captioner is Captioner and showattend.Translator is Translator
-    assert set(showattend.__all__) <= set(dir(showattend))
+    for module in (showattend, showattend.captioning, showattend.translation):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (module.__name__, name)
+        assert set(module.__all__) <= set(dir(module))
+    assert showattend.captioning.Captioner is Captioner and showattend.translation.Translator is Translator
     with pytest.raises(AttributeError):
-        showattend.TranslatorBundle  # the old name is gone
+        showattend.translation.TranslatorBundle  # the old name is gone
     assert os.path.isfile(os.path.join(os.path.dirname(showattend.__file__), "py.typed"))
+    core = subprocess.run([sys.executable, "-c", "import sys, showattend, showattend.commands, showattend.report, "
+                           "showattend.metrics, showattend.engine, showattend.pretrained; "
+                           "print(sorted(m for m in sys.modules if m.startswith(('showattend.captioning', "
+                           "'showattend.translation'))))"], capture_output=True, text=True, check=True)
+    assert core.stdout.strip() == "[]"  # importing the core loads no application
 
 
 @pytest.mark.slow
@@ -102,7 +113,7 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
     out = subprocess.run([str(venv / "bin" / "showattend"), "caption", PHOTO, "--device", "cpu"], cwd=elsewhere,
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0 and len(out.stdout.split()) >= 3, out.stderr
-    code = ("from showattend import Captioner, open_rgb, plot_attention\n"
+    code = ("from showattend.captioning import Captioner, open_rgb, plot_attention\n"
             "cap = Captioner.from_pretrained('flickr8k-lite0-soft')\n"
             f"r = cap.caption([{PHOTO!r}], beam_size=3)[0]\n"
             f"plot_attention(open_rgb({PHOTO!r}), r.words, r.alphas, r.grid, 'coffee.png')\n"

@@ -12,6 +12,7 @@ from conftest import write_toy_images
 from showattend.captioning.model import Captioner, ModelConfig, build_decoder
 from showattend.cli import main
 from showattend.report import write_alignment_report
+from showattend.translation.plot import report_items
 from showattend.vocab import Vocab
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -92,7 +93,7 @@ def test_alignment_report_highlights_a_cells_subwords(browser, tmp_path):
     alpha = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
     results = [{"text": "a dog runs", "source_pieces": ["▁ein", "▁hund", "▁läuft"],
                 "target_pieces": ["▁a", "▁dog", "</s>"], "alpha": alpha}]
-    write_alignment_report(str(tmp_path / "align.html"), results, "toy")
+    write_alignment_report(str(tmp_path / "align.html"), report_items(results), "toy")
     page = browser.new_page()
     page.goto((tmp_path / "align.html").as_uri())
     page.locator("table.align td").nth(4).hover()  # row 1 ("dog"), column 1 ("hund")

@@ -81,9 +81,10 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         "wall_s": round(time.time() - t0, 1),
     }
     if html:
-        from ..report import caption_item, write_caption_report
+        from ..report import write_caption_report
+        from .overlay import report_item
 
-        items = [caption_item(r.key, os.path.join(images, r.key), results[r.key], r.raw, per_image[r.image_id])
+        items = [report_item(r.key, os.path.join(images, r.key), results[r.key], r.raw, per_image[r.image_id])
                  for r in records]
         write_caption_report(html, items, f"showattend evaluate: {checkpoint}, {split} split, beam {beam_size}",
                              summary=report["metrics"])

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from showattend import Captioner
+    from showattend.captioning import Captioner
     cap = Captioner.from_pretrained("flickr8k-lite0-soft")
     for r in cap.caption(["assets/photos/coffee.jpg"], beam_size=3):
         print(r.text)          # "a brown dog is running through the water": it knows Flickr8k's world

@@ -12,7 +12,28 @@ from PIL import Image, ImageFilter
 
 from ..runs import save_figure
 
-__all__ = ["upsample_alpha", "plot_attention", "plot_attention_rows", "attention_figure", "AttentionRow"]
+__all__ = ["upsample_alpha", "plot_attention", "plot_attention_rows", "attention_figure", "AttentionRow",
+           "report_item"]
+
+
+def report_item(name: str, source, result, references: Sequence[str] = (), scores: Optional[dict] = None) -> dict:
+    """One image of an HTML report (:func:`showattend.report.write_caption_report`): its name, thumbnail,
+    caption, words, α per word (and for ``<end>``), β, grid, log-probability; references and scores when
+    evaluating.
+
+    Args:
+        name: how the page names the image.
+        source: the image (any :data:`~showattend.captioning.images.ImageSource`; EXIF orientation applied).
+        result: its :class:`~showattend.captioning.model.CaptionResult`.
+    """
+    from ..report import image_data_uri
+    from .images import open_rgb
+
+    return {"name": name, "image": image_data_uri(open_rgb(source)), "caption": result.text,
+            "words": list(result.words) + ["<end>"],
+            "alphas": [[round(a, 4) for a in row] for row in result.alphas.tolist()],
+            "betas": [round(b, 3) for b in result.betas.tolist()], "grid": list(result.grid),
+            "log_prob": round(float(result.log_prob), 3), "references": list(references), "scores": scores or {}}
 
 
 def upsample_alpha(alpha: Union[torch.Tensor, np.ndarray], grid: Sequence[int], size: Sequence[int],

@@ -1,0 +1,310 @@
+"""The captioning commands: ``train``, ``cache``, ``caption``, ``evaluate`` (see :mod:`showattend.commands`)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, List, Literal, Tuple
+
+import tyro
+
+from ..commands import Optional_, TrainingCommand, check_decoding, flag, flat, report_json
+from ..pretrained import DEFAULT_CAPTIONER, get_model, weights_file
+from .model import ModelConfig
+from .train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Train", "Cache", "CaptionDecoding", "Caption", "Evaluate"]
+
+
+@dataclass
+class Train(TrainingCommand):
+    """Train a captioner.
+
+    The encoder's feature cache is built first (if needed), then the decoder is trained with teacher forcing
+    and early stopping on validation BLEU-4. Every option overrides the default; with --resume, the run's own
+    settings.
+
+    Attributes:
+        model: the model's settings (stored in the checkpoint).
+        train: the training settings.
+    """
+
+    model: Annotated[ModelConfig, flat] = field(default_factory=ModelConfig)
+    train: Annotated[TrainConfig, flat] = field(default_factory=TrainConfig)
+    _SETTINGS: ClassVar[tuple] = (ModelConfig, TrainConfig)
+
+    @staticmethod
+    def _train(*args, **kwargs):
+        from .train import train
+
+        return train(*args, **kwargs)
+
+
+@dataclass
+class Cache:
+    """Cache a dataset's annotation vectors.
+
+    Every image is encoded once with the frozen CNN and its annotation vectors stored (fp16, memory-mapped).
+    Resumable; `train` does this itself when needed; under torchrun each process encodes its share.
+
+    Attributes:
+        encoder: backbone, a key of ENCODERS.
+        encoder_weights: optional local .pth for the backbone.
+        image_size: input side in pixels (the model's --image-size).
+        data: a Karpathy JSON, or one or more official COCO captions_*.json files.
+        images: image folder the file names are relative to (for COCO files: holding train2014/, val2014/ ...).
+        karpathy_split: for COCO annotation files, the dataset_coco.json that assigns splits.
+        cache_dir: where feature caches live (one sub-folder per dataset and encoder).
+        device: "auto" (cuda when available), "cpu" or "cuda".
+        batch_size: images per encoder forward pass.
+    """
+
+    encoder: str = ModelConfig.encoder
+    encoder_weights: Optional_ = ""
+    image_size: int = ModelConfig.image_size
+    data: Tuple[str, ...] = TrainConfig.data
+    images: str = TrainConfig.images
+    karpathy_split: Optional_ = ""
+    cache_dir: str = TrainConfig.cache_dir
+    device: str = "auto"
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    def run(self) -> int:
+        from .train import load_records, prepare_cache
+        from ..engine import setup_distributed
+
+        model_cfg = ModelConfig(encoder=self.encoder, encoder_weights=self.encoder_weights or None,
+                                image_size=self.image_size)
+        cfg = TrainConfig(data=self.data, images=self.images, karpathy_split=self.karpathy_split,
+                          cache_dir=self.cache_dir, device=self.device)
+        t0 = time.time()
+        dist_info, device = setup_distributed(cfg.device)
+        store = prepare_cache(cfg, model_cfg, load_records(cfg), device, dist_info, batch_size=self.batch_size)
+        print(f"feature cache: {store.folder} ({len(store.row)} images, {time.time() - t0:.0f} s)")
+        return 0
+
+
+@dataclass
+class CaptionDecoding:
+    """How `caption` and `evaluate` decode.
+
+    Attributes:
+        model: a bundled captioner, by name (`showattend models` lists them).
+        checkpoint: a captioner checkpoint file (from `showattend train` or `export`), used instead of --model.
+        beam_size: beam size; 1 = greedy.
+        max_len: maximum caption length in tokens, <end> included: the last one is always <end>.
+        length_penalty: rank hypotheses by log-prob / length^p (0: plain log-prob).
+        device: "auto" (cuda when available), "cpu" or "cuda".
+        attention: soft: the expected context Σ α_i a_i at every step (deterministic; the default, also for
+            hard-attention models); hard: sample the attended location at every step, run the search --samples
+            times and keep the best-scoring caption (log-prob / length^p).
+        samples: sampled searches with --attention hard.
+    """
+
+    model: str = DEFAULT_CAPTIONER
+    checkpoint: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+    beam_size: int = 3
+    max_len: int = 20
+    length_penalty: float = 0.0
+    device: str = "auto"
+    attention: Literal["soft", "hard"] = "soft"
+    samples: int = 5
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad decoding option (named)."""
+        check_decoding(self.beam_size, self.max_len, self.length_penalty, self.device)
+        if self.samples < 1:
+            raise ValueError(f"--samples must be at least 1, got {self.samples}")
+        if not self.checkpoint:
+            get_model(self.model, "captioning")
+
+    def checkpoint_file(self) -> str:
+        """--checkpoint, or the bundled --model's file."""
+        return self.checkpoint or str(weights_file(self.model, "captioning"))
+
+
+@dataclass
+class Caption:
+    """Caption images, optionally with attention overlays.
+
+    Images are files, folders (searched recursively), http(s) URLs, glob patterns, or - for a list of them on
+    standard input; they are read in batches as they are captioned. Output: one caption per image (text: the
+    caption alone for one image, path<TAB>caption for several; tsv: always path<TAB>caption; jsonl: one JSON
+    object per image with the log-probability, the words and, with --alphas, the attention weights). With
+    --attention-dir, also IMAGE_attention.png: the image and, per word, its attention map. Unreadable images are
+    reported and the others still captioned; the exit code is 1 if any image failed.
+
+    Attributes:
+        images: image files (JPEG, PNG, ...), folders, http(s) URLs, glob patterns, or - (a list on stdin).
+        decoding: how the output is decoded.
+        format: the output format.
+        alphas: with --format jsonl, include each word's attention weights α (and β) and the grid.
+        attention_dir: write one attention overlay PNG per image into this folder.
+        show_beta: show the gating scalar β in the overlay titles.
+        colorbar: add a colour bar to the overlays.
+        batch_size: images read and captioned at a time.
+        html: write a self-contained HTML page of the results: each image with its caption; hover or click a
+            word to see its attention map over the image.
+    """
+
+    images: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE", help_behavior_hint="")]
+    decoding: Annotated[CaptionDecoding, flat] = field(default_factory=CaptionDecoding)
+    format: Literal["text", "tsv", "jsonl"] = "text"
+    alphas: Annotated[bool, flag] = False
+    attention_dir: Optional_ = ""
+    show_beta: Annotated[bool, flag] = False
+    colorbar: Annotated[bool, flag] = False
+    batch_size: int = 16
+    html: Optional_ = ""
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        from ..runs import check_output_file, check_output_folder
+
+        self.decoding.validate()
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.alphas and self.format != "jsonl":
+            raise ValueError("--alphas needs --format jsonl")
+        if self.html:
+            check_output_file(self.html, "--html")
+        if self.attention_dir:
+            check_output_folder(self.attention_dir, "--attention-dir")
+
+    def run(self) -> int:
+        from tqdm import tqdm
+
+        from .images import expand_inputs
+        from .model import Captioner
+
+        if not self.images:
+            print("showattend caption: error: no IMAGE given (see showattend caption --help)", file=sys.stderr)
+            return 2
+        d = self.decoding
+        cap = Captioner.from_checkpoint(d.checkpoint_file(), device=d.device)
+        sources, arg_errors = expand_inputs(self.images)
+        if not sources and not arg_errors:
+            log.error("error: no images given (standard input was empty)")
+            return 1
+        errors, items = {}, []
+        several = len(sources) > 1 or sources != self.images
+        bar = tqdm(total=len(sources), desc="captioning", unit="img", disable=None, leave=False)
+        for i in range(0, len(sources), self.batch_size):  # read lazily, a batch at a time
+            chunk = sources[i:i + self.batch_size]
+            results, failed = cap.caption_files(chunk, beam_size=d.beam_size, max_len=d.max_len,
+                                                length_penalty=d.length_penalty, attention=d.attention,
+                                                samples=d.samples)
+            errors.update(failed)
+            for source in chunk:
+                if source in results:
+                    self._emit(source, results[source], several, cap)
+                    if self.html:
+                        from .overlay import report_item
+
+                        items.append(report_item(source, source, results[source]))
+                else:
+                    log.error(f"error: {failed[source]}")
+            bar.update(len(chunk))
+        bar.close()
+        for msg in arg_errors.values():  # folders and patterns holding no image
+            log.error(f"error: {msg}")
+        if self.html:
+            from ..report import write_caption_report
+
+            write_caption_report(self.html, items, f"showattend caption: {len(items)} images, "
+                                                   f"{d.checkpoint or d.model}, beam {d.beam_size}")
+            log.info(f"report: {self.html}")
+        if errors or arg_errors:
+            log.error(f"{len(errors) + len(arg_errors)} of {len(sources) + len(arg_errors)} images failed")
+            return 1
+        return 0
+
+    def _emit(self, source: str, r, several: bool, cap) -> None:
+        """Print one result in --format and write its overlay."""
+        from .images import is_url, open_rgb
+        from .overlay import plot_attention
+
+        if self.format == "jsonl":
+            row = {"image": source, "caption": r.text, "log_prob": round(r.log_prob, 4), "words": r.words}
+            if self.alphas:
+                row.update(grid=list(r.grid), alphas=[[round(a, 5) for a in row_] for row_ in r.alphas.tolist()],
+                           betas=[round(b, 5) for b in r.betas.tolist()])
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        else:
+            print(f"{source}\t{r.text}" if several or self.format == "tsv" else r.text, flush=True)
+        if self.attention_dir:
+            name = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1] if is_url(source) else os.path.basename(source)
+            out = os.path.join(self.attention_dir, f"{os.path.splitext(name)[0] or 'image'}_attention.png")
+            plot_attention(open_rgb(source), r.words, r.alphas, r.grid, out,
+                           betas=r.betas if self.show_beta else None, mark_location=cap.config.attention == "hard",
+                           colorbar=self.colorbar)
+            log.info(f"  attention overlay: {out}")
+
+
+@dataclass
+class Evaluate:
+    """Score a captioner on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr.
+
+    The split is captioned with beam search and scored with pycocoevalcap (PTB tokenizer, scores 0-100). SPICE
+    is not computed (it needs a download).
+
+    Attributes:
+        decoding: how the output is decoded.
+        data: a Karpathy JSON, or one or more COCO captions files.
+        images: image folder.
+        karpathy_split: for COCO annotation files, the dataset_coco.json that assigns splits.
+        split: the split to caption and score.
+        cache_dir: feature cache folder (frozen encoders).
+        limit: only the first N images of the split (0: all).
+        output: also write the JSON report to this file.
+        captions_out: write the generated captions as JSON to this file.
+        metrics: the metrics to compute; METEOR (and the PTB tokenizer) need Java, and without Java the others
+            are computed on showattend's own tokenisation.
+        html: write a self-contained HTML page: each image with its caption, references and scores (sortable,
+            filterable), and each word's attention map on hover or click.
+    """
+
+    decoding: Annotated[CaptionDecoding, flat] = field(default_factory=CaptionDecoding)
+    data: Tuple[str, ...] = TrainConfig.data
+    images: str = TrainConfig.images
+    karpathy_split: Optional_ = ""
+    split: Literal["train", "val", "test"] = "test"
+    cache_dir: str = TrainConfig.cache_dir
+    limit: int = 0
+    output: Optional_ = ""
+    captions_out: Optional_ = ""
+    metrics: Tuple[Literal["bleu", "meteor", "rouge", "cider"], ...] = ("bleu", "meteor", "rouge", "cider")
+    html: Optional_ = ""
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        from ..runs import check_output_file
+
+        self.decoding.validate()
+        if self.limit < 0:
+            raise ValueError(f"--limit must not be negative, got {self.limit}")
+        for option, value in (("--html", self.html), ("--output", self.output), ("--captions-out", self.captions_out)):
+            if value:
+                check_output_file(value, option)
+
+    def run(self) -> int:
+        from .evaluate import evaluate
+
+        d = self.decoding
+        report = evaluate(d.checkpoint_file(), data=self.data, images=self.images,
+                          karpathy_split=self.karpathy_split, split=self.split, beam_size=d.beam_size,
+                          max_len=d.max_len, length_penalty=d.length_penalty,
+                          cache_dir=self.cache_dir, device=d.device, limit=self.limit,
+                          captions_out=self.captions_out or None, attention=d.attention, samples=d.samples,
+                          metrics=self.metrics, html=self.html or None)
+        return report_json(report, self.output)

@@ -1,0 +1,190 @@
+"""The translation commands: ``translate``, ``translate train``, ``translate evaluate`` (see
+:mod:`showattend.commands`)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, List
+
+import tyro
+
+from ..commands import File, Optional_, TrainingCommand, check_decoding, flat, report_json
+from .model import TranslatorConfig
+from .train import TranslationTrainConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Translate", "TranslateTrain", "TranslateEvaluate", "TranslationDecoding", "DEFAULT_TRANSLATOR"]
+
+DEFAULT_TRANSLATOR = os.path.join("runs", "translator", "best.pt")
+
+
+@dataclass
+class TranslationDecoding:
+    """How `translate` and `translate evaluate` decode.
+
+    Attributes:
+        checkpoint: translator checkpoint.
+        beam_size: beam size; 1 = greedy.
+        length_penalty: rank hypotheses by log-prob / length^p.
+        device: "auto" (cuda when available), "cpu" or "cuda".
+    """
+
+    checkpoint: File = DEFAULT_TRANSLATOR
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad decoding option (named)."""
+        check_decoding(self.beam_size, 2, self.length_penalty, self.device)
+
+    def translator_file(self) -> str:
+        """--checkpoint, with what to do when the default one is missing (no translator is bundled yet).
+
+        Raises:
+            FileNotFoundError: the default checkpoint is missing.
+        """
+        if self.checkpoint == DEFAULT_TRANSLATOR and not os.path.isfile(self.checkpoint):
+            raise FileNotFoundError(f"no translator here: no bundled translator ships yet, and the default "
+                                    f"--checkpoint {DEFAULT_TRANSLATOR} is missing; train one with `showattend "
+                                    f"translate train` (see the README) or pass --checkpoint FILE")
+        return self.checkpoint
+
+
+@dataclass
+class Translate:
+    """Translate text with an attention seq2seq model.
+
+    The sentences given as arguments, or standard input one sentence per line, are translated to standard
+    output. `showattend translate train` trains a translator and `showattend translate evaluate` scores one
+    (see their --help); to translate the word "train" itself, put -- before it.
+
+    Attributes:
+        text: sentences (default: read standard input).
+        decoding: how the output is decoded.
+        max_len: maximum output tokens, </s> included: at most this minus 1 subwords.
+        alignment: write the first sentence's attention heatmap to this PNG.
+        html: write a self-contained HTML page with every sentence's alignment as an interactive matrix.
+    """
+
+    text: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="TEXT", help_behavior_hint="")] = \
+        field(default_factory=list)
+    decoding: Annotated[TranslationDecoding, flat] = field(default_factory=TranslationDecoding)
+    max_len: int = 100
+    alignment: Optional_ = ""
+    html: Optional_ = ""
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        self.decoding.validate()
+        if self.max_len < 2:
+            raise ValueError(f"--max-len must be at least 2 (a subword and </s>), got {self.max_len}")
+
+    def run(self) -> int:
+        from .plot import plot_alignment
+        from .translator import Translator
+
+        d = self.decoding
+        bundle = Translator.from_checkpoint(d.translator_file(), d.device)
+        sentences, bad = (self.text, {}) if self.text else _stdin_lines()
+        results = bundle.translate([x for i, x in enumerate(sentences) if i not in bad], beam_size=d.beam_size,
+                                   max_len=self.max_len, length_penalty=d.length_penalty)
+        outputs = iter(results)
+        for i in range(len(sentences)):  # one output line per input line; an unreadable one stays empty
+            print("" if i in bad else next(outputs)["text"], flush=True)
+        for i, msg in bad.items():
+            log.error(f"showattend translate: error: standard input line {i + 1}: {msg}; left empty")
+        if self.html:
+            from ..report import write_alignment_report
+            from .plot import report_items
+
+            write_alignment_report(self.html, report_items(results), f"showattend translate: {len(results)} sentences")
+            log.info(f"report: {self.html}")
+        if not results:
+            return 1 if bad else 0
+        if self.alignment:
+            r = results[0]
+            if not r["source_pieces"]:
+                log.error("error: no alignment for an empty sentence")
+                return 1
+            plot_alignment(r["source_pieces"], r["target_pieces"], r["alpha"], self.alignment, title=r["text"])
+            log.info(f"alignment of sentence 1: {self.alignment}")
+        return 1 if bad else 0
+
+
+@dataclass
+class TranslateTrain(TrainingCommand):
+    """Train a translator (Bahdanau or Luong attention).
+
+    Subword models are trained on the training split, then the translator, with early stopping on validation
+    sacreBLEU. Every option overrides the default; with --resume, the run's own settings.
+
+    Attributes:
+        model: the model's settings (stored in the checkpoint).
+        train: the training settings.
+    """
+
+    model: Annotated[TranslatorConfig, flat] = field(default_factory=TranslatorConfig)
+    train: Annotated[TranslationTrainConfig, flat] = field(default_factory=TranslationTrainConfig)
+    _SETTINGS: ClassVar[tuple] = (TranslatorConfig, TranslationTrainConfig)
+    _DERIVED: ClassVar[tuple] = ("src_vocab_size", "tgt_vocab_size")  # set from the trained subword models
+
+    @staticmethod
+    def _train(*args, **kwargs):
+        from .train import train_translator
+
+        return train_translator(*args, **kwargs)
+
+
+@dataclass
+class TranslateEvaluate:
+    """Score a translator on a split: sacreBLEU's BLEU and chrF.
+
+    The split is translated and scored on detokenized text (the signatures are printed).
+
+    Attributes:
+        decoding: how the output is decoded.
+        data: folder of {split}.{lang}[.gz] files.
+        src: source language code, the file suffix.
+        tgt: target language code: the references.
+        split: the split to translate.
+        output: write the translations to this file, one per line.
+    """
+
+    decoding: Annotated[TranslationDecoding, flat] = field(default_factory=TranslationDecoding)
+    data: str = TranslationTrainConfig.data
+    src: str = TranslationTrainConfig.src
+    tgt: str = TranslationTrainConfig.tgt
+    split: str = "test_2016_flickr"
+    output: Optional_ = ""
+
+    def validate(self) -> None:
+        """Raises ValueError: a bad option (named)."""
+        self.decoding.validate()
+
+    def run(self) -> int:
+        from .train import evaluate_translator
+
+        d = self.decoding
+        report = evaluate_translator(d.translator_file(), self.data, self.src, self.tgt, self.split, d.beam_size,
+                                     d.length_penalty, d.device, self.output or None)
+        return report_json(report, "")
+
+
+def _stdin_lines():
+    """Standard input's lines, each decoded on its own: ([text, ...], {index: what is wrong}) ("" for a line
+    that is not UTF-8)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (tests, notebooks)
+        return [line.rstrip("\n") for line in sys.stdin], {}
+    lines, bad = [], {}
+    for i, line in enumerate(raw):
+        try:
+            lines.append(line.decode("utf-8").rstrip("\n").rstrip("\r"))
+        except UnicodeDecodeError as err:
+            lines.append("")
+            bad[i] = f"not valid UTF-8 (byte {err.start + 1} is {line[err.start]:#04x})"
+    return lines, bad
