@@ -11,8 +11,9 @@ The core never imports an application. Names are imported on first use, so ``imp
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -28,13 +29,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .pretrained import PRETRAINED, list_models
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'showattend' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

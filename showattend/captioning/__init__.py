@@ -6,8 +6,9 @@ The public API of this application (names are imported on first use)::
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 _NAMES = {
     "Captioner": ".model", "CaptionResult": ".model", "ModelConfig": ".model", "TrainConfig": ".train",
@@ -25,13 +26,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .train import TrainConfig, train
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'showattend.captioning' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(__all__) | set(globals()))
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -187,7 +187,7 @@ def find_cache(cache_dir: str, encoder_fingerprint: str, image_size: int, keys: 
 @torch.no_grad()
 def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_folder: str, batch_size: int = 32,
                         num_workers: int = 1, device: str = "cpu", progress: bool = True, rank: int = 0,
-                        world: int = 1, image_size: Optional[int] = None) -> FeatureStore:
+                        world: int = 1, image_size: Optional[int] = None, meta: Optional[dict] = None) -> FeatureStore:
     """Encode every image once and store the annotation vectors as float16.
 
     Resumable: rows already written to ``features.npy.partial`` (counted in a progress file) are skipped when
@@ -214,6 +214,8 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
         progress: show a tqdm bar (rank 0's).
         rank, world: this process and the number of processes sharing the work.
         image_size: input side in pixels (default: the encoder's); recorded in ``index.json``.
+        meta: :func:`cache_meta` of this call, when the caller has it already (the files are then not read
+            again).
 
     Returns:
         a :class:`FeatureStore` over the cache.
@@ -227,7 +229,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     barrier = torch.distributed.barrier if world > 1 else (lambda: None)
     os.makedirs(out_folder, exist_ok=True)
     final = os.path.join(out_folder, "features.npy")
-    meta = cache_meta(encoder, image_folder, keys, image_size)
+    meta = dict(meta) if meta is not None else cache_meta(encoder, image_folder, keys, image_size)
     size, stats = meta["image_size"], meta["stats"]
     if os.path.isfile(final) and os.path.isfile(os.path.join(out_folder, "index.json")):
         store = FeatureStore(out_folder)

@@ -23,7 +23,7 @@ from ..metrics import bleu4
 from ..engine import (DistInfo, EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
                         setup_distributed)
 from ..vocab import Vocab
-from .cache import FeatureStore, build_feature_cache, cache_id, find_cache, image_stats
+from .cache import FeatureStore, build_feature_cache, cache_meta, find_cache
 from .data import CaptionDataset, CaptionRecord, collate_captions, load_coco, load_karpathy
 from .decoder import DS_NORMALISATIONS, DSNormalisation, MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
@@ -165,17 +165,16 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     """
     encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights)
     keys = sorted({r.key for r in records})
-    stats = image_stats(cfg.images, keys)
-    fingerprint = encoder.fingerprint()
+    meta = cache_meta(encoder, cfg.images, keys, model_cfg.image_size)  # the files' stats, read once
     name = "+".join(os.path.splitext(os.path.basename(p))[0].replace("dataset_", "") for p in cfg.data)
-    cid = cache_id(fingerprint, model_cfg.image_size, keys, os.path.realpath(cfg.images))
-    folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}-{model_cfg.image_size}-{cid[:12]}")
-    store = find_cache(cfg.cache_dir, fingerprint, model_cfg.image_size, keys, stats, prefer=folder)
+    folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}-{model_cfg.image_size}-{meta['id'][:12]}")
+    store = find_cache(cfg.cache_dir, meta["encoder_fingerprint"], model_cfg.image_size, keys, meta["stats"],
+                       prefer=folder)
     if store is not None:
         return store
     return build_feature_cache(encoder, cfg.images, keys, folder, batch_size=batch_size,
                                device=str(device or "cpu"), progress=cfg.progress, rank=dist_info.rank,
-                               world=dist_info.world, image_size=model_cfg.image_size)
+                               world=dist_info.world, image_size=model_cfg.image_size, meta=meta)
 
 
 def _seed_all(seed: int) -> None:

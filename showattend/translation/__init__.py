@@ -6,8 +6,9 @@ The public API of this application (names are imported on first use)::
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 _NAMES = {
     "Translator": ".translator", "TranslatorConfig": ".model", "TranslationTrainConfig": ".train",
@@ -23,13 +24,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .translator import Translator
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'showattend.translation' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(__all__) | set(globals()))
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
