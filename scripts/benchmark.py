@@ -1,20 +1,32 @@
 #!/usr/bin/env python
 """Measure showattend's speed on this machine (nothing here is asserted; report what it prints).
 
-    python scripts/benchmark.py [--device cpu|cuda] [--threads N] [--json out.json]
+    python scripts/benchmark.py [--device cpu|cuda] [--threads N] [--only train,decode,encoder,attention]
+                                [--json out.json]
 
-Measures, with random inputs of the default model's shapes (Lite0: L=49, D=1280; 512/512/512; V=2539):
-  * encoder throughput (images/s, batch 32, 224 px) of the frozen EfficientNet-Lite0;
-  * decoder training throughput (captions/s: forward + backward + Adam step, batch 64, 13 tokens), in fp32 and
-    under bf16 autocast (--precision bf16);
-  * decoding throughput (images/s) of greedy and batched beam search (k=3, 50 images per batch, 20 steps max);
-  * the cost of recomputing the attention key projection at every step instead of once per image.
+Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 9 to 13 tokens):
+
+* **train**: the decoder's training step (forward + backward + Adam) at 49×1280 (Lite0, the default) and
+  196×2048 (a ResNet/VGG-like 14×14 grid), in captions/s:
+  - ``baseline``: showattend's step before 0.5, kept in the same run for the ratio
+    (:func:`~showattend.captioning.decoder.reference_forward` and the per-parameter Adam), batch 32, fp32;
+  - ``fp32``/``bf16``: today's step (``Decoder.forward``, fused Adam), batch 32 and 64, without and under bf16
+    autocast. The baseline and today's step alternate step by step, so load drift hits both alike.
+  - MFU: the model's FLOPs per second divided by the measured throughput of a 2048×2048 matrix product of the
+    same dtype, in this process, on the same threads. FLOPs are counted from the layer shapes
+    (:func:`training_flops`): 2 per multiply-add of every matrix product, the backward pass twice the forward
+    except where one input needs no gradient (the key projection U a_i and the context read Σ_i α_i a_i: the
+    annotation vectors are inputs), elementwise work not counted.
+* **encoder**: frozen EfficientNet-Lite0 images/s (batch 32, 224 px).
+* **decode**: greedy and beam-3 images/s (50 images per batch, 20 steps).
+* **attention**: 20 attention steps with the keys projected once vs at every step.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 
@@ -23,10 +35,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from showattend.captioning.data import collate_captions  # noqa: E402
-from showattend.captioning.decoder import Decoder, caption_loss  # noqa: E402
+from showattend.captioning.decoder import Decoder, caption_loss, reference_forward  # noqa: E402
 from showattend.captioning.encoders import Encoder  # noqa: E402
 from showattend.captioning.model import Captioner, ModelConfig  # noqa: E402
 from showattend.vocab import Vocab  # noqa: E402
+
+V, M, N, A = 2539, 512, 512, 512  # vocabulary, embedding m, LSTM n, attention A
 
 
 def timed(fn, repeat, warmup=1, sync=lambda: None):
@@ -40,64 +54,141 @@ def timed(fn, repeat, warmup=1, sync=lambda: None):
     return (time.perf_counter() - t0) / repeat
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def matmul_peak(dtype, device, sync) -> float:
+    """GFLOP/s of a 2048×2048 @ 2048×2048 product."""
+    a = torch.randn(2048, 2048, device=device).to(dtype)
+    b = torch.randn(2048, 2048, device=device).to(dtype)
+    return 2 * 2048 ** 3 / timed(lambda: a @ b, 5, sync=sync) / 1e9
+
+
+def training_flops(lengths, L: int, D: int) -> float:
+    """FLOPs of one training step of the decoder (see the module docstring for what is counted)."""
+    B, T = len(lengths), max(lengths)
+    tokens = sum(n - 1 for n in lengths)  # predicted words, <end> included
+    positions = B * (T - 1)  # the word gates and the deep output are computed at padded positions too
+    inputs_only = B * L * D * A + tokens * L * D  # key projection, context read: backward once
+    full = (2 * B * D * N  # h_0, c_0
+            + positions * M * 4 * N  # word part of the LSTM input
+            + tokens * (N * (A + 1 + 4 * N) + D * 4 * N + L * A)  # products of h_{t-1}, of ẑ_t, the score v
+            + positions * (N * M + D * M + M * V))  # deep output
+    return 2 * (3 * full + 2 * inputs_only)
+
+
+def make_batch(B: int, L: int, D: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(B, L, D, generator=g)
+    batch = [(feats[i], torch.tensor([1] + torch.randint(4, V, (int(torch.randint(8, 13, (1,), generator=g)),),
+                                                         generator=g).tolist() + [2])) for i in range(B)]
+    f, caps, lengths = collate_captions(batch)
+    return f.to(device), caps.to(device), lengths.tolist()
+
+
+def train_steps(L: int, D: int, B: int, device, precision: str, baseline: bool = False):
+    """A training step closure (fresh decoder and optimizer) and the batch's FLOPs."""
+    torch.manual_seed(0)
+    dec = Decoder(V, D, M, N, A).to(device)
+    f, caps, lengths = make_batch(B, L, D, device)
+    fused = not baseline and device.type in ("cpu", "cuda")
+    opt = torch.optim.Adam(dec.parameters(), 4e-4, fused=fused)
+    forward = (lambda: reference_forward(dec, f, caps, lengths)) if baseline else (lambda: dec(f, caps, lengths))
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = caption_loss(forward(), caps)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step, training_flops(lengths, L, D)
+
+
+def bench_train(device, sync, out, repeat: int):
+    peak = {p: matmul_peak(dt, device, sync) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    out["matmul_2048_gflops"] = {k: round(v, 1) for k, v in peak.items()}
+    for L, D in ((49, 1280), (196, 2048)):
+        shape, reps = f"{L}x{D}", repeat if L == 49 else max(2, repeat // 2)
+        res = out.setdefault("train", {}).setdefault(shape, {})
+        for B in (32, 64):
+            runs = {p: train_steps(L, D, B, device, p) for p in ("fp32", "bf16")}
+            if B == 32:
+                runs["baseline"] = train_steps(L, D, B, device, "fp32", baseline=True)
+            spent = dict.fromkeys(runs, 0.0)
+            for step, _ in runs.values():
+                step()  # warm-up
+            for _ in range(reps):  # alternate, so that load drift hits every variant alike
+                for name, (step, _) in runs.items():
+                    sync()
+                    t0 = time.perf_counter()
+                    step()
+                    sync()
+                    spent[name] += time.perf_counter() - t0
+            for name, (_, flops) in runs.items():
+                s = spent[name] / reps
+                dtype = "bf16" if name == "bf16" else "fp32"
+                res[f"{name}_batch{B}"] = {"captions_per_s": round(B / s, 1),
+                                           "gflop_per_step": round(flops / 1e9, 2),
+                                           "mfu": round(flops / s / 1e9 / peak[dtype], 3)}
+            print(shape, B, json.dumps(res), file=sys.stderr, flush=True)
+        base = res["baseline_batch32"]["captions_per_s"]
+        res["ratio_to_baseline_batch32"] = {p: round(res[f"{p}_batch32"]["captions_per_s"] / base, 2)
+                                            for p in ("fp32", "bf16")}
+
+
+def bench_other(device, sync, out, sections):
+    if "encoder" in sections:
+        enc = Encoder("efficientnet_lite0").to(device).eval()
+        images = torch.rand(32, 3, 224, 224, device=device)
+        with torch.no_grad():
+            out["encoder_images_per_s"] = round(32 / timed(lambda: enc(images), 3, sync=sync), 1)
+    dec = Decoder(V, 1280).to(device)
+    if "decode" in sections:
+        vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(V - 4)])
+        cap = Captioner(dec, vocab, ModelConfig(), device=device)
+        with torch.no_grad():  # untrained weights: make <end> improbable so every caption runs all 20 steps
+            dec.L_o.bias[vocab.end] = -30
+        x = torch.randn(50, 49, 1280, device=device)
+        for k in (1, 3):
+            s = timed(lambda: cap.decode(x, beam_size=k, max_len=20), 2, sync=sync)
+            out[f"decode_beam{k}_images_per_s"] = round(50 / s, 1)
+    if "attention" in sections:  # key projection once per image vs at every step (20 steps, 150 rows)
+        att = dec.attention
+        a = torch.randn(150, 49, 1280, device=device)
+        h = torch.randn(150, 512, device=device)
+        with torch.no_grad():
+            once = timed(lambda: [att(h, keys, a) for keys in [att.project_keys(a)] for _ in range(20)], 3, sync=sync)
+            every = timed(lambda: [att(h, att.project_keys(a), a) for _ in range(20)], 3, sync=sync)
+        out["attention_20_steps_ms_keys_once"] = round(1000 * once, 1)
+        out["attention_20_steps_ms_keys_every_step"] = round(1000 * every, 1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--only", default="train,encoder,decode,attention", help="comma-separated sections")
+    ap.add_argument("--repeat", type=int, default=6, help="training steps timed per variant at 49x1280")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    torch.manual_seed(0)
-    out = {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-    enc = Encoder("efficientnet_lite0").to(dev).eval()
-    images = torch.rand(32, 3, 224, 224, device=dev)
-    with torch.no_grad():
-        s = timed(lambda: enc(images), 3, sync=sync)
-    out["encoder_images_per_s"] = round(32 / s, 1)
-
-    V, B, T = 2539, 64, 13
-    dec = Decoder(V, 1280).to(dev)
-    feats = torch.randn(B, 49, 1280)
-    g = torch.Generator().manual_seed(0)
-    batch = [(feats[i], torch.tensor([1] + torch.randint(4, V, (int(torch.randint(8, T, (1,), generator=g)),),
-                                                         generator=g).tolist() + [2])) for i in range(B)]
-    f, caps, lengths = collate_captions(batch)
-    f, caps, lengths = f.to(dev), caps.to(dev), lengths.tolist()
-    opt = torch.optim.Adam(dec.parameters(), 4e-4)
-
-    for precision in ("fp32", "bf16"):  # what --precision does: torch.autocast around forward and loss
-        def train_step():
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = caption_loss(dec(f, caps, lengths), caps)[0]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        s = timed(train_step, 5, sync=sync)
-        out[f"train_captions_per_s_{precision}"] = round(B / s, 1)
-
-    vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(V - 4)])
-    cap = Captioner(dec, vocab, ModelConfig(), device=dev)
-    with torch.no_grad():  # untrained weights: make <end> improbable so every caption runs all 20 steps
-        dec.L_o.bias[vocab.end] = -30
-    x = torch.randn(50, 49, 1280, device=dev)
-    for k in (1, 3):
-        s = timed(lambda: cap.decode(x, beam_size=k, max_len=20), 2, sync=sync)
-        out[f"decode_beam{k}_images_per_s"] = round(50 / s, 1)
-
-    # key projection once per image vs at every step (20 steps, batch 150 = 50 images x beam 3)
-    att = dec.attention
-    a = torch.randn(150, 49, 1280, device=dev)
-    h = torch.randn(150, 512, device=dev)
-    with torch.no_grad():
-        once = timed(lambda: [att(h, keys, a) for keys in [att.project_keys(a)] for _ in range(20)], 3, sync=sync)
-        every = timed(lambda: [att(h, att.project_keys(a), a) for _ in range(20)], 3, sync=sync)
-    out["attention_20_steps_ms_keys_once"] = round(1000 * once, 1)
-    out["attention_20_steps_ms_keys_every_step"] = round(1000 * every, 1)
+    sections = set(args.only.split(","))
+    out = {"device": str(dev), "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+    if "train" in sections:
+        bench_train(dev, sync, out, args.repeat)
+    bench_other(dev, sync, out, sections)
     print(json.dumps(out, indent=2))
     if args.json:
         with open(args.json, "w") as fh:

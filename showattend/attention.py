@@ -173,18 +173,29 @@ class Attention(nn.Module):
             return keys
         return self.U(keys) if self.score == "additive" else self.W(keys)
 
-    def scores(self, query: torch.Tensor, projected_keys: torch.Tensor) -> torch.Tensor:
+    @property
+    def query_weight(self) -> Optional[torch.Tensor]:
+        """(A, Q) the per-step query projection W of the additive score, None for "dot" and "general" (their
+        query enters the score as it is). A caller that multiplies h_{t-1} by several matrices at every step
+        (the captioner's decoder) stacks this one with its others into one product and passes the result to
+        :meth:`forward` as ``projected_query``."""
+        return self.W.weight if self.score == "additive" else None
+
+    def scores(self, query: torch.Tensor, projected_keys: torch.Tensor,
+               projected_query: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Unnormalised scores e (Xu et al. eq. 4).
 
         Args:
             query: (B, Q).
             projected_keys: (B, L, ·) from :meth:`project_keys`.
+            projected_query: (B, A) ``query @ query_weight.T`` when the caller computed it (additive only).
 
         Returns:
             (B, L) scores.
         """
         if self.score == "additive":
-            hidden = torch.tanh(projected_keys + self.W(query).unsqueeze(1))  # (B, L, A)
+            q = self.W(query) if projected_query is None else projected_query  # (B, A)
+            hidden = torch.tanh(projected_keys + q.unsqueeze(1))  # (B, L, A)
             return self.v(hidden).squeeze(-1)  # (B, L)
         return torch.bmm(projected_keys, query.unsqueeze(-1)).squeeze(-1)  # (B, L)
 
@@ -198,6 +209,7 @@ class Attention(nn.Module):
         generator: Optional[torch.Generator] = None,
         location: Optional[torch.Tensor] = None,
         uniform: Optional[torch.Tensor] = None,
+        projected_query: Optional[torch.Tensor] = None,
     ) -> AttentionOutput:
         """One attention step.
 
@@ -213,11 +225,13 @@ class Attention(nn.Module):
                 log p(y | s, a) for a given s, e.g. when enumerating every s).
             uniform: (B,) with ``hard``: sample by inverting α's CDF at these uniforms (see
                 :func:`sample_locations`).
+            projected_query: (B, A) the additive score's W h_{t-1}, when the caller computed it (see
+                :attr:`query_weight`).
 
         Returns:
             :class:`AttentionOutput` (context (B, D), alpha (B, L), location (B,) or None).
         """
-        alpha = masked_softmax(self.scores(query, projected_keys), mask)  # (B, L)
+        alpha = masked_softmax(self.scores(query, projected_keys, projected_query), mask)  # (B, L)
         if hard:
             if location is None:
                 location = sample_locations(alpha, generator, uniform)  # (B,)

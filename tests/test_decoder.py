@@ -3,9 +3,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from showattend.captioning.data import collate_captions
-from showattend.captioning.decoder import Decoder, DecoderOutput, caption_loss, doubly_stochastic_penalty
+from showattend.captioning.decoder import (Decoder, DecoderOutput, caption_loss, doubly_stochastic_penalty,
+                                          reference_forward)
 from showattend.captioning.model import Captioner, ModelConfig
 from showattend.vocab import Vocab
 
@@ -105,7 +107,8 @@ def test_gate_scales_the_context_by_a_scalar_beta():
     feats, caps, lengths = tiny_batch()
     keys = dec.attention.project_keys(feats)
     state = dec.init_state(feats)
-    (h, c), z, att, beta = dec.recurrence(dec.embedding(caps[:, 0]), state, feats, keys)
+    w = dec.step_weights()
+    (h, c), z, att, beta = dec.recurrence(F.linear(dec.embedding(caps[:, 0]), w.words, w.bias), state, feats, keys, w)
     assert torch.allclose(beta, torch.full_like(beta, 0.25))
     assert torch.allclose(z, 0.25 * torch.bmm(att.alpha.unsqueeze(1), feats).squeeze(1), atol=1e-6)
     # the gated context is what the LSTM reads: feeding it the ungated context gives another h_t
@@ -147,3 +150,36 @@ def test_overfits_a_tiny_batch_and_decodes_it(precision):
     for beam in (1, 3):
         got = [r.words for r in cap.decode(feats, beam_size=beam, max_len=10)]
         assert got == sents
+
+
+@pytest.mark.parametrize("score", ["additive", "general", "dot"])
+@pytest.mark.parametrize("selector", [True, False])
+@pytest.mark.parametrize("hard", [False, True])
+def test_forward_equals_the_step_by_step_reference_in_values_and_gradients(score, selector, hard):
+    """Decoder.forward arranges the arithmetic (word gates of all steps in one product, the products of h_{t-1}
+    stacked, weight gradients formed once per batch); the literal per-step formulation with nn.LSTMCell must
+    give the same logits, α, β and gradients of every parameter."""
+    torch.manual_seed(0)
+    D = 16
+    dec = Decoder(30, D, embed_dim=12, hidden_dim=D if score == "dot" else 20, attention_dim=9, dropout=0.0,
+                  score=score, selector=selector)
+    feats = torch.randn(5, 7, D)
+    caps = torch.randint(4, 30, (5, 9))
+    lengths = [9, 8, 8, 5, 3]
+    locs = torch.randint(0, 7, (5, 8)) if hard else None
+    results = []
+    for fn in (lambda: dec(feats, caps, lengths, locations=locs),
+               lambda: reference_forward(dec, feats, caps, lengths, locations=locs)):
+        dec.zero_grad()
+        out = fn()
+        loss = caption_loss(out, caps)[0] + (out.logits[out.mask] ** 2).mean()
+        loss.backward()
+        results.append((out, {k: p.grad.clone() for k, p in dec.named_parameters()}))
+    (fast, g_fast), (ref, g_ref) = results
+    for name in ("logits", "alphas", "betas"):
+        assert torch.allclose(getattr(fast, name), getattr(ref, name), atol=1e-5), name
+    assert torch.equal(fast.mask, ref.mask)
+    if hard:
+        assert torch.equal(fast.locations, ref.locations)
+    for k in g_ref:
+        assert torch.allclose(g_fast[k], g_ref[k], atol=1e-5, rtol=1e-4), k

@@ -11,6 +11,16 @@ Read top to bottom like the paper. At step t, with the previous word y_{t-1} and
 The initial state is h_0 = tanh(f_init,h(mean_i a_i)), c_0 = tanh(f_init,c(mean_i a_i)) (§3.1.2). As in the
 authors' code (``capgen.py``), the deep output sums the three terms, applies tanh, then dropout, then L_o,
 and dropout is also applied to h_t before L_h.
+
+How the arithmetic is arranged (the equations are unchanged; the weights are ``nn.LSTMCell``'s, so checkpoints
+are too). Only what depends on the recurrence runs inside the loop over t:
+
+* the word part of the LSTM input, W_e E y_{t-1} + b, of every step is one matrix product before the loop, and
+  the deep output of every step one after it;
+* inside the loop, everything computed from h_{t-1} (the additive score's W h_{t-1}, f_β's w_β h_{t-1} and
+  the LSTM's W_hh h_{t-1}) is one matrix product, and the context part W_z ẑ_t another;
+* the matrices are gathered once per batch (:meth:`Decoder.step_weights`), and under autocast cast once to its
+  dtype (autocast would cast them again at every step); the LSTM cell's gates are summed and applied in fp32.
 """
 from __future__ import annotations
 
@@ -21,8 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import Attention, attention_entropy, location_log_prob
+from ..recurrent import RecurrentWeight
 
-__all__ = ["Decoder", "DecoderOutput", "DS_NORMALISATIONS", "doubly_stochastic_penalty", "caption_loss",
+__all__ = ["Decoder", "DecoderOutput", "StepWeights", "reference_forward", "DS_NORMALISATIONS", "doubly_stochastic_penalty", "caption_loss",
            "MovingAverageBaseline", "reinforce_surrogate", "hard_attention_loss"]
 
 
@@ -95,6 +106,25 @@ def doubly_stochastic_penalty(alphas: torch.Tensor, words: Union[torch.Tensor, i
     raise ValueError(f"unknown doubly stochastic normalisation {normalisation!r}; choose one of {DS_NORMALISATIONS}")
 
 
+class StepWeights(NamedTuple):
+    """The decoder's matrices as the recurrence uses them (see :meth:`Decoder.step_weights`).
+
+    Attributes:
+        hidden: the products of h_{t-1} stacked, (Aq + Sb + 4n, n): the additive score's W (Aq = A rows, 0 for
+            other scores), f_β's w_β (Sb = 1 row with the gate, 0 without) and the LSTM's W_hh.
+        context: the LSTM input weights of the context ẑ_t, (4n, D).
+        words: (4n, m) the LSTM input weights of the word embedding E y_{t-1}.
+        bias: (4n,) b_ih + b_hh.
+        query_rows: Aq.
+    """
+
+    hidden: RecurrentWeight
+    context: RecurrentWeight
+    words: torch.Tensor
+    bias: torch.Tensor
+    query_rows: int
+
+
 class Decoder(nn.Module):
     """LSTM decoder with attention over annotation vectors.
 
@@ -136,8 +166,26 @@ class Decoder(nn.Module):
         mean = annotations.mean(dim=1)  # (B, D)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
 
+    def step_weights(self) -> StepWeights:
+        """Gather the matrices of one step (:class:`StepWeights`) once per batch, in autocast's dtype when it is
+        on for this module's device (so that it does not cast them again at every step). Gradients flow back to
+        the parameters, those of the per-step products in one product per batch (:class:`~showattend.recurrent.
+        RecurrentWeight`)."""
+        query = self.attention.query_weight
+        parts = ([query] if query is not None else []) + ([self.f_beta.weight] if self.f_beta is not None else [])
+        W_ih, m = self.lstm.weight_ih, self.embedding.embedding_dim
+        weights = (torch.cat(parts + [self.lstm.weight_hh]), W_ih[:, m:], W_ih[:, :m],
+                   self.lstm.bias_ih + self.lstm.bias_hh)
+        device = W_ih.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            weights = tuple(w.to(dtype) for w in weights)
+        hidden, context, words, bias = weights
+        return StepWeights(RecurrentWeight(hidden), RecurrentWeight(context), words, bias,
+                           0 if query is None else query.size(0))
+
     def step(self, y_prev: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
-             keys: torch.Tensor, hard: bool = False):
+             keys: torch.Tensor, hard: bool = False, weights: Optional[StepWeights] = None):
         """One decoding step.
 
         Args:
@@ -146,34 +194,47 @@ class Decoder(nn.Module):
             annotations: (B, L, D) annotation vectors a.
             keys: (B, L, A) ``self.attention.project_keys(annotations)``, computed once per image.
             hard: sample the attended location (hard attention) instead of the expected context.
+            weights: ``self.step_weights()``, gathered once per search (computed here if None).
 
         Returns:
             logits (B, V), new state (h_t, c_t), attention output (context, alpha (B, L), location), β (B,).
         """
+        weights = self.step_weights() if weights is None else weights
         e = self.embedding(y_prev)  # (B, m)
-        (h, c), z, att, beta = self.recurrence(e, state, annotations, keys, hard)
+        x = F.linear(e, weights.words, weights.bias)  # (B, 4n)
+        (h, c), z, att, beta = self.recurrence(x, state, annotations, keys, weights, hard)
         return self.deep_output(e, h, z), (h, c), att, beta
 
-    def recurrence(self, e: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
-                   keys: torch.Tensor, hard: bool = False, location: Optional[torch.Tensor] = None,
-                   uniform: Optional[torch.Tensor] = None):
+    def recurrence(self, x_words: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
+                   keys: torch.Tensor, weights: StepWeights, hard: bool = False,
+                   location: Optional[torch.Tensor] = None, uniform: Optional[torch.Tensor] = None):
         """Attention, gate and LSTM update of one step (eq. 1-5 and §4.2.1), shared by training and decoding.
 
         Args:
-            e: (B, m) embedding of y_{t-1}; state: (h_{t-1}, c_{t-1}); annotations (B, L, D); keys (B, L, A).
-            hard: hard attention; location: (B,) given locations s_t instead of sampled ones (with ``hard``);
-            uniform: (B,) uniforms to sample s_t with (inverse CDF, see :func:`~showattend.attention.sample_locations`).
+            x_words: (B, 4n) the word part of the LSTM input, W_e E y_{t-1} + b (``F.linear(e, weights.words,
+                weights.bias)``); state: (h_{t-1}, c_{t-1}); annotations (B, L, D); keys (B, L, A);
+            weights: :meth:`step_weights`; hard: hard attention; location: (B,) given locations s_t instead of
+                sampled ones (with ``hard``); uniform: (B,) uniforms to sample s_t with (inverse CDF, see
+                :func:`~showattend.attention.sample_locations`).
 
         Returns:
-            (h_t, c_t), gated context β_t ẑ_t (B, D), attention output, β_t (B,).
+            (h_t, c_t) in fp32, gated context β_t ẑ_t (B, D), attention output, β_t (B,).
         """
         h, c = state
-        att = self.attention(h, keys, annotations, hard=hard, location=location,
-                             uniform=uniform)  # context ẑ (B, D), α (B, L)
-        beta = torch.sigmoid(self.f_beta(h)) if self.f_beta is not None else h.new_ones(h.size(0), 1)  # (B, 1)
-        z = beta * att.context  # (B, D)
-        h, c = self.lstm(torch.cat([e, z], dim=1), (h, c))  # (B, n)
-        return (h, c), z, att, beta.squeeze(1)
+        n, A = h.size(1), weights.query_rows
+        from_h = weights.hidden(h)  # (B, A + 1 + 4n): W h_{t-1}, w_β h_{t-1}, W_hh h_{t-1}
+        att = self.attention(h, keys, annotations, hard=hard, location=location, uniform=uniform,
+                             projected_query=from_h[:, :A] if A else None)  # context ẑ (B, D), α (B, L)
+        if self.f_beta is not None:
+            beta = torch.sigmoid(from_h[:, A].float() + self.f_beta.bias.float())  # (B,)
+        else:
+            beta = h.new_ones(h.size(0), dtype=torch.float32)
+        z = beta.unsqueeze(1) * att.context  # (B, D)
+        gates = x_words.float() + from_h[:, -4 * n:].float() + weights.context(z).float()  # eq. 1
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(g)  # eq. 2
+        h = torch.sigmoid(o) * torch.tanh(c)  # eq. 3
+        return (h, c), z, att, beta
 
     def deep_output(self, e: torch.Tensor, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Deep output layer, eq. 7: L_o(tanh(E y_{t-1} + L_h h_t + L_z ẑ_t)), with dropout.
@@ -221,6 +282,8 @@ class Decoder(nn.Module):
         keys = self.attention.project_keys(annotations)  # (B, L, A), once per image
         h, c = self.init_state(annotations)
         embedded = self.embedding(captions)  # (B, T, m)
+        weights = self.step_weights()
+        x_words = F.linear(embedded[:, :-1], weights.words, weights.bias)  # (B, T-1, 4n), every step at once
         hs = annotations.new_zeros(B, T - 1, self.lstm.hidden_size)
         zs = annotations.new_zeros(B, T - 1, self.annotation_dim)
         alphas = annotations.new_zeros(B, T - 1, L)
@@ -231,8 +294,8 @@ class Decoder(nn.Module):
             b = sum(n > t for n in steps)  # captions still running (sorted, so the first b)
             given = locations[:b, t] if locations is not None else None
             u = uniforms[:b, t] if uniforms is not None else None
-            (h, c), z, att, beta = self.recurrence(embedded[:b, t], (h[:b], c[:b]), annotations[:b], keys[:b], hard,
-                                                   given, u)
+            (h, c), z, att, beta = self.recurrence(x_words[:b, t], (h[:b], c[:b]), annotations[:b], keys[:b],
+                                                   weights, hard, given, u)
             hs[:b, t], zs[:b, t], alphas[:b, t], betas[:b, t] = h, z, att.alpha, beta
             mask[:b, t] = True
             if hard:
@@ -240,6 +303,38 @@ class Decoder(nn.Module):
         # The deep output of all steps at once (one large matrix product instead of T-1 small ones).
         logits = self.deep_output(embedded[:, :-1], hs, zs)  # (B, T-1, V)
         return DecoderOutput(logits, alphas, mask, chosen, betas)
+
+
+def reference_forward(decoder: Decoder, annotations: torch.Tensor, captions: torch.Tensor, lengths: Sequence[int],
+                      locations: Optional[torch.Tensor] = None) -> DecoderOutput:
+    """The teacher-forced pass written step by step as the paper reads, without :meth:`Decoder.forward`'s
+    arrangement of the arithmetic: the attention module on h_{t-1}, f_β, one ``nn.LSTMCell`` call on
+    [E y_{t-1}; β_t ẑ_t], per-step weight gradients. Same arguments and outputs as :meth:`Decoder.forward`
+    (``locations`` for hard attention at given locations); the tests check that the two agree, and
+    ``scripts/benchmark.py`` times it as the baseline (it is showattend's training step before 0.5)."""
+    steps = [n - 1 for n in lengths]
+    B, T = captions.shape
+    keys = decoder.attention.project_keys(annotations)
+    h, c = decoder.init_state(annotations)
+    embedded = decoder.embedding(captions)
+    hs = annotations.new_zeros(B, T - 1, decoder.lstm.hidden_size)
+    zs = annotations.new_zeros(B, T - 1, decoder.annotation_dim)
+    alphas = annotations.new_zeros(B, T - 1, annotations.size(1))
+    betas = annotations.new_zeros(B, T - 1)
+    mask = torch.zeros(B, T - 1, dtype=torch.bool, device=captions.device)
+    for t in range(T - 1):
+        b = sum(n > t for n in steps)
+        h, c = h[:b], c[:b]
+        given = locations[:b, t] if locations is not None else None
+        att = decoder.attention(h, keys[:b], annotations[:b], hard=given is not None, location=given)
+        beta = torch.sigmoid(decoder.f_beta(h)) if decoder.f_beta is not None else h.new_ones(b, 1)
+        z = beta * att.context
+        h, c = decoder.lstm(torch.cat([embedded[:b, t], z], dim=1), (h, c))
+        hs[:b, t], zs[:b, t], alphas[:b, t], betas[:b, t] = h, z, att.alpha, beta.squeeze(1)
+        mask[:b, t] = True
+    logits = decoder.deep_output(embedded[:, :-1], hs, zs)
+    return DecoderOutput(logits, alphas, mask, locations.masked_fill(~mask, -1) if locations is not None else None,
+                         betas)
 
 
 def caption_loss(out: DecoderOutput, captions: torch.Tensor, ds_lambda: float = 1.0,

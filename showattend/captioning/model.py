@@ -209,10 +209,11 @@ class Captioner:
         save_checkpoint(path, {**self.state(half), **extra})
 
     # -- inference --------------------------------------------------------------------------------------
-    def _step(self, tokens, state, context, hard: bool = False, allow_unk: bool = False):
-        """The search's step function (``functools.partial`` binds ``hard`` and ``allow_unk``)."""
+    def _step(self, tokens, state, context, hard: bool = False, allow_unk: bool = False, weights=None):
+        """The search's step function (``functools.partial`` binds ``hard``, ``allow_unk`` and the decoder's
+        :meth:`~showattend.captioning.decoder.Decoder.step_weights`, gathered once per search)."""
         annotations, keys = context
-        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=hard)
+        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=hard, weights=weights)
         log_probs = F.log_softmax(logits.float(), dim=-1)  # (N, V)
         log_probs[:, [self.vocab.pad, self.vocab.start]] = float("-inf")
         if not allow_unk:
@@ -254,7 +255,7 @@ class Captioner:
 
     def _decode(self, annotations, beam_size, max_len, length_penalty, allow_unk, hard):
         self.decoder.eval()
-        step = functools.partial(self._step, hard=hard, allow_unk=allow_unk)
+        step = functools.partial(self._step, hard=hard, allow_unk=allow_unk, weights=self.decoder.step_weights())
         annotations = annotations.to(self.device, torch.float32)
         keys = self.decoder.attention.project_keys(annotations)  # (B, L, A), once per image
         state = self.decoder.init_state(annotations)
