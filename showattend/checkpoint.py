@@ -179,7 +179,8 @@ def export_checkpoint(src: str, dst: str, half: bool = False) -> Dict[str, Any]:
         raise CheckpointError(f"{dst}: export would overwrite its own source; choose another output file")
     ckpt = load_checkpoint(src, None)
     out = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
-    if half:
-        out["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    for part in ("model", "encoder") if half else ():  # the weights: a model's, a fine-tuned encoder's blocks
+        if isinstance(ckpt.get(part), dict):
+            out[part] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt[part].items()}
     save_checkpoint(dst, out)
     return out

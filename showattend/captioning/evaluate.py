@@ -23,7 +23,8 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
     """Caption every image of a split and score the captions against its references.
 
     The frozen encoder's features come from the feature cache (built if missing), so the images are encoded
-    once across evaluations.
+    once across evaluations; for a fine-tuned encoder the cache holds its frozen trunk's activations, and its
+    fine-tuned top blocks run on them.
 
     Args:
         checkpoint: captioner checkpoint.
@@ -54,9 +55,6 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         records = records[:limit]
     if not records:
         raise ValueError(f"{data}: no images in split {split!r}")
-    if captioner.config.fine_tune_blocks:
-        raise ValueError("evaluating a fine-tuned encoder from the feature cache would be wrong; "
-                         "not supported yet")
     store: FeatureStore = prepare_cache(cfg, captioner.config, records, captioner.device)
     results = evaluate_split(captioner, store, records, beam_size, max_len, progress=True,
                              length_penalty=length_penalty, attention=attention, samples=samples)

@@ -177,10 +177,12 @@ class Captioner:
         decoder = build_decoder(config, len(vocab))
         load_weights(decoder, ckpt["model"], path, "decoder")
         encoder = None
-        if ckpt.get("encoder"):
+        if config.fine_tune_blocks:  # the ImageNet weights, and the fine-tuned top blocks from the checkpoint
+            if not ckpt.get("encoder"):
+                raise CheckpointError(f"{path}: a fine-tuned captioner without its encoder weights")
             encoder = Encoder(config.encoder, weights=config.encoder_weights,
                               fine_tune_blocks=config.fine_tune_blocks)
-            load_weights(encoder.net, ckpt["encoder"], path, "encoder")
+            encoder.load_top_state_dict(ckpt["encoder"], path)
         decoder.float()
         return cls(decoder, vocab, config, encoder, device)
 
@@ -198,11 +200,16 @@ class Captioner:
         return cls.from_checkpoint(str(weights_file(name, "captioning")), device)
 
     def state(self, half: bool = False) -> dict:
-        """Checkpoint payload (plain data), optionally with fp16 weights."""
-        sd = {k: (v.half() if half and v.is_floating_point() else v).cpu()
-              for k, v in self.decoder.state_dict().items()}
-        return {"format": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": asdict(self.config),
-                "vocab": self.vocab.to_list(), "model": sd}
+        """Checkpoint payload (plain data), optionally with fp16 weights: the decoder's, and with a fine-tuned
+        encoder its top blocks' (``encoder``; the rest are its ImageNet weights)."""
+        def plain(sd):
+            return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in sd.items()}
+
+        out = {"format": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": asdict(self.config),
+               "vocab": self.vocab.to_list(), "model": plain(self.decoder.state_dict())}
+        if self.config.fine_tune_blocks:
+            out["encoder"] = plain(self.encoder.top_state_dict())
+        return out
 
     def save(self, path: str, half: bool = False, **extra) -> None:
         """Write an inference checkpoint atomically (``extra`` adds plain fields, e.g. metrics)."""

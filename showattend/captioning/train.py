@@ -8,6 +8,7 @@ precision, DDP, resume, budgets and logs are :mod:`showattend.engine`'s.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder, check
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "load_records", "prepare_cache", "train", "evaluate_split"]
+__all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "FineTuned", "load_records", "prepare_cache", "train", "evaluate_split"]
 
 
 @dataclass
@@ -48,6 +49,8 @@ class TrainConfig(EngineConfig):
         karpathy_split: for COCO annotation files, the `dataset_coco.json` that assigns splits (every image it
             assigns is kept, from whichever file holds it).
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
+        encoder_lr: Adam learning rate of the fine-tuned encoder blocks (with `--fine-tune-blocks N`; 1e-4 as in
+            sgrvinod's tutorial); halved together with `--lr` on a plateau.
         ds_lambda: λ of the doubly stochastic regularization (eq. 14).
         ds_normalisation: how that penalty P is scaled against the per-word cross-entropy, with the deficit
             d_bi = (1 − Σ_t α_bti)² summed over B captions and L locations, and N predicted words: "mean",
@@ -73,6 +76,7 @@ class TrainConfig(EngineConfig):
     images: str = "../shared/data/flickr8k/images"
     karpathy_split: str = ""
     cache_dir: str = "runs/cache"
+    encoder_lr: float = 1e-4
     out_dir: str = "runs/captioner"
     ds_lambda: float = 1.0
     ds_normalisation: DSNormalisation = "mean"
@@ -108,6 +112,8 @@ class TrainConfig(EngineConfig):
                              f"{', '.join(DS_NORMALISATIONS)}")
         if not 0.0 <= self.expected_context_prob <= 1.0:
             raise ValueError(f"--expected-context-prob must be in [0, 1], got {self.expected_context_prob}")
+        if not self.encoder_lr > 0:
+            raise ValueError(f"--encoder-lr must be positive, got {self.encoder_lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -155,7 +161,9 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     """Reuse, resume or build the feature cache of every image in ``records``; under torchrun every process
     calls this and encodes its share (see :func:`~showattend.captioning.cache.build_feature_cache`).
 
-    A finished cache under ``cfg.cache_dir`` is reused when it holds all these images, made from the same files
+    With ``model_cfg.fine_tune_blocks`` N > 0 the cache holds the activations below the top N blocks (the frozen
+    trunk's, :meth:`~showattend.captioning.encoders.Encoder.trunk`), which training then runs through the top
+    blocks. A finished cache under ``cfg.cache_dir`` is reused when it holds all these images, made from the same files
     (sizes and modification times) by the same encoder weights, transform and size; otherwise the cache is
     built in ``{dataset}-{encoder}-{size}-{id}``, ``id`` the start of
     :func:`~showattend.captioning.cache.cache_id`. ``batch_size`` images go through the encoder at once.
@@ -163,11 +171,13 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     Raises:
         ImageError: images are missing under ``cfg.images`` (checked before anything is encoded), or unreadable.
     """
-    encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights)
+    encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights,
+                      fine_tune_blocks=model_cfg.fine_tune_blocks)
     keys = sorted({r.key for r in records})
     meta = cache_meta(encoder, cfg.images, keys, model_cfg.image_size)  # the files' stats, read once
     name = "+".join(os.path.splitext(os.path.basename(p))[0].replace("dataset_", "") for p in cfg.data)
-    folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}-{model_cfg.image_size}-{meta['id'][:12]}")
+    trunk = f"-trunk{encoder.split}" if model_cfg.fine_tune_blocks else ""
+    folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}{trunk}-{model_cfg.image_size}-{meta['id'][:12]}")
     store = find_cache(cfg.cache_dir, meta["encoder_fingerprint"], model_cfg.image_size, keys, meta["stats"],
                        prefer=folder)
     if store is not None:
@@ -187,7 +197,8 @@ def _seed_all(seed: int) -> None:
 def evaluate_split(captioner: Captioner, store: FeatureStore, records: List[CaptionRecord], beam_size: int = 3,
                    max_len: int = 20, batch_size: int = 50, progress: bool = False, length_penalty: float = 0.0,
                    attention: str = "soft", samples: int = 5):
-    """Caption every record's image from the feature cache (free-running decoding).
+    """Caption every record's image from the feature cache (free-running decoding); with a fine-tuned encoder
+    the cache holds its trunk's activations, and its top blocks run here.
 
     Returns:
         {image key: CaptionResult}.
@@ -195,12 +206,18 @@ def evaluate_split(captioner: Captioner, store: FeatureStore, records: List[Capt
     from tqdm import tqdm
 
     out = {}
+    encoder = captioner.encoder if captioner.config.fine_tune_blocks else None
+    was_training = encoder.training if encoder is not None else False
     for i in tqdm(range(0, len(records), batch_size), desc="decoding", disable=not progress, leave=False):
         chunk = records[i:i + batch_size]
         feats = torch.stack([store.get(r.key) for r in chunk])  # (b, L, D)
+        if encoder is not None:
+            feats = encoder.eval().top(feats.to(captioner.device))
         for r, res in zip(chunk, captioner.decode(feats, beam_size, max_len, length_penalty, attention=attention,
                                                   samples=samples)):
             out[r.key] = res
+    if encoder is not None:
+        encoder.train(was_training)
     return out
 
 
@@ -208,7 +225,9 @@ class CaptionBatch(NamedTuple):
     """A training batch, sorted by decreasing caption length.
 
     Attributes:
-        features: (B, L, D) float16 annotation vectors (cast to float32 on the device).
+        features: (U, L, D) float16 annotation vectors of the batch's U distinct images (cast to float32 on the
+            device); with a fine-tuned encoder, its trunk's activations (U, L', C').
+        image: (B,) long, the row of ``features`` of each caption's image.
         captions: (B, T) long, padded.
         lengths: B ints, tokens per caption with ``<start>`` and ``<end>`` (host side: the decoder shrinks the
             batch with them without reading the device).
@@ -217,6 +236,7 @@ class CaptionBatch(NamedTuple):
     """
 
     features: torch.Tensor
+    image: torch.Tensor
     captions: torch.Tensor
     lengths: List[int]
     rows: torch.Tensor
@@ -224,6 +244,26 @@ class CaptionBatch(NamedTuple):
 
 def _step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
+
+
+class FineTuned(torch.nn.Module):
+    """Decoder + the encoder's top blocks, trained together (``--fine-tune-blocks N``): the module the engine
+    optimises (and DDP wraps). The top blocks run once per distinct image of a batch; every caption of that image
+    reads the result.
+
+    Args:
+        decoder: the :class:`~showattend.captioning.decoder.Decoder`; encoder: an
+            :class:`~showattend.captioning.encoders.Encoder` built with ``fine_tune_blocks`` N.
+    """
+
+    def __init__(self, decoder: torch.nn.Module, encoder: Encoder):
+        super().__init__()
+        self.decoder, self.encoder = decoder, encoder
+
+    def forward(self, trunk: torch.Tensor, image: torch.Tensor, captions: torch.Tensor, lengths, **kwargs):
+        """trunk: (U, L', C') activations of U images; image: (B,) each caption's row of them; the rest as for
+        :meth:`~showattend.captioning.decoder.Decoder.forward`."""
+        return self.decoder(self.encoder.top(trunk)[image], captions, lengths, **kwargs)
 
 
 class CaptionTask(Task):
@@ -241,46 +281,76 @@ class CaptionTask(Task):
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
                  val_records: List[CaptionRecord], store: FeatureStore, vocab: Vocab, device: torch.device):
         self.cfg, self.model_cfg, self.vocab, self.store, self.val_records = cfg, model_cfg, vocab, store, val_records
-        self.model = build_decoder(model_cfg, len(vocab))
-        self.captioner = Captioner(self.model, vocab, model_cfg, device=device)
+        self.decoder = build_decoder(model_cfg, len(vocab))
+        self.encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights,
+                               fine_tune_blocks=model_cfg.fine_tune_blocks) if model_cfg.fine_tune_blocks else None
+        self.model = FineTuned(self.decoder, self.encoder) if self.encoder is not None else self.decoder
+        self.captioner = Captioner(self.decoder, vocab, model_cfg, encoder=self.encoder, device=device)
         self.dataset = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True)
         self.baseline = MovingAverageBaseline(cfg.baseline_decay)
         self.hard = model_cfg.attention == "hard"
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
-        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)).tolist()
+        """Shuffled captions; when fine-tuning, shuffled images with their captions side by side, so that a
+        batch holds few images and the top blocks run once for all captions of each."""
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        if self.encoder is None:
+            order = rng.permutation(len(self.dataset)).tolist()
+        else:
+            _, image = np.unique(self.dataset.rows, return_inverse=True)  # (N,) each caption's image
+            rank = np.argsort(rng.permutation(int(image.max()) + 1))  # image -> its place in the shuffled order
+            order = np.argsort(rank[image], kind="stable").tolist()
         b = self.cfg.batch_size
         return [order[i:i + b] for i in range(0, len(order), b)]
 
+    def param_groups(self, lr: float):
+        if self.encoder is None:
+            return super().param_groups(lr)
+        top = [p for p in self.encoder.parameters() if p.requires_grad]
+        return [{"params": list(self.decoder.parameters()), "lr": lr},
+                {"params": top, "lr": self.cfg.encoder_lr}]
+
     def words(self, index: int) -> int:
-        return len(self.dataset.items[index][1]) - 1  # predicted tokens: the words and <end>
+        return self.dataset.length(index) - 1  # predicted tokens: the words and <end>
 
     def collate(self, items, rows) -> CaptionBatch:
         order = sorted(range(len(items)), key=lambda k: len(items[k][1]), reverse=True)
-        feats, caps, lengths = collate_captions([items[k] for k in order])
-        return CaptionBatch(feats, caps, lengths.tolist(), torch.tensor([rows[k] for k in order]))
+        _, caps, lengths = collate_captions([items[k] for k in order])
+        distinct: Dict[int, int] = {}  # cache row -> its row in feats
+        feats, image = [], []
+        for k in order:
+            if items[k][2] not in distinct:
+                distinct[items[k][2]] = len(feats)
+                feats.append(items[k][0])
+            image.append(distinct[items[k][2]])
+        return CaptionBatch(torch.stack(feats), torch.tensor(image), caps, lengths.tolist(),
+                            torch.tensor([rows[k] for k in order]))
 
     def loss(self, model, batch: CaptionBatch, ctx: StepContext):
         cfg = self.cfg
-        feats, caps, lengths = batch.features.float(), batch.captions, batch.lengths
+        x, image, caps, lengths = batch.features.float(), batch.image, batch.captions, batch.lengths
         coin = random.Random(_step_seed(cfg.seed, ctx.step)).random()  # the same on every process
         sampled = self.hard and coin >= cfg.expected_context_prob  # else soft, or a hard model's expected context
         n = cfg.hard_samples if sampled else 1  # N sampled location sequences per caption (eq. 12)
         words, items = ctx.words * n, ctx.items * n
+        if self.encoder is None:  # the decoder alone: each caption's annotation vectors
+            forward = lambda image, *args, **kw: model(x[image], *args, **kw)  # noqa: E731
+        else:  # the top blocks run once per distinct image (FineTuned)
+            forward = lambda image, *args, **kw: model(x, image, *args, **kw)  # noqa: E731
         if not sampled:
-            out = model(feats, caps, lengths)
+            out = forward(image, caps, lengths)
             loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation,
                                         words=words, num_captions=items)
         else:
             rows = batch.rows
             if n > 1:
-                feats, caps = feats.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
+                image, caps = image.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
                 lengths = [x for x in lengths for _ in range(n)]
                 rows = (rows * n).repeat_interleave(n) + torch.arange(n, device=rows.device).repeat(len(batch.lengths))
-            g = torch.Generator(device=feats.device)
+            g = torch.Generator(device=x.device)
             g.manual_seed(_step_seed(cfg.seed, ctx.step))
-            uniforms = torch.rand(items, cfg.max_caption_len + 1, generator=g, device=feats.device)[rows]
-            out = model(feats, caps, lengths, hard=True, uniforms=uniforms)
+            uniforms = torch.rand(items, cfg.max_caption_len + 1, generator=g, device=x.device)[rows]
+            out = forward(image, caps, lengths, hard=True, uniforms=uniforms)
             loss, ce, ds, reward = hard_attention_loss(out, caps, self.baseline.value, cfg.reinforce_weight,
                                                        cfg.entropy_weight, cfg.ds_lambda, cfg.label_smoothing,
                                                        cfg.ds_normalisation, words=words, num_captions=items)
@@ -310,7 +380,7 @@ class CaptionTask(Task):
             self.baseline.load_state_dict(state["baseline"], self.captioner.device)
 
     def compile(self) -> None:
-        self.model.recurrence = torch.compile(self.model.recurrence, dynamic=True)
+        self.decoder.recurrence = torch.compile(self.decoder.recurrence, dynamic=True)
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
@@ -351,10 +421,18 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
     task = CaptionTask(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
     if ckpt is not None:
-        load_weights(task.model, ckpt["model"], last, "decoder")
+        load_weights(task.decoder, ckpt["model"], last, "decoder")
+        if task.encoder is not None:
+            task.encoder.load_top_state_dict(ckpt.get("encoder"), last)
     if dist_info.main:
         log.info(f"train: {len(train_recs)} images, {len(task.dataset)} captions; val: {len(val_recs)} images; "
                  f"vocabulary {len(vocab)} words (min count {cfg.min_count}, train split); device {device}"
                  f"{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
                  f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}")
+    # The dataset holds the training captions as arrays. Drop the records (at COCO size ~1 GB of Python objects)
+    # and keep the garbage collector off what is left, so that forked DataLoader workers do not copy it page by
+    # page (copy-on-write) as the collector walks it.
+    del records, train_recs
+    gc.collect()
+    gc.freeze()
     return Trainer(task, cfg, dist_info, device, ckpt).fit()

@@ -102,6 +102,11 @@ class Task:
         """Apply ``torch.compile`` to the model's step (``--compile``)."""
         raise NotImplementedError(f"{type(self).__name__} has no compiled step")
 
+    def param_groups(self, lr: float) -> List[Dict[str, Any]]:
+        """The optimizer's parameter groups (default: every trainable parameter of ``model`` at ``lr``; a task
+        gives parts of its model other learning rates here, e.g. a fine-tuned encoder)."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
+
 
 class Trainer:
     """Runs a :class:`Task`: the loop, written once for both applications.
@@ -125,9 +130,10 @@ class Trainer:
                              f"processes ({dist_info.world})")
         self.last_path, self.best_path = os.path.join(cfg.out_dir, "last.pt"), os.path.join(cfg.out_dir, "best.pt")
         model = task.model.to(device)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        groups = task.param_groups(cfg.lr)
+        self.params = [p for g in groups for p in g["params"]]
         # fused: one kernel per device for all parameters, instead of a loop of small operations per parameter
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           fused=device.type in ("cpu", "cuda"))
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max",
                                                                     factor=cfg.lr_decay, patience=0)

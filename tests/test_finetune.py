@@ -1,0 +1,64 @@
+"""Fine-tuning the encoder's top blocks (--fine-tune-blocks N): trains, saves, reloads, evaluates."""
+import json
+
+import pytest
+import torch
+
+from conftest import write_toy_images
+from showattend.captioning.encoders import Encoder
+from showattend.captioning.model import Captioner
+from showattend.cli import main
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_trunk_then_top_is_the_whole_encoder(n):
+    """The cache holds trunk(x); training runs top() on it: together they must be the encoder's forward."""
+    torch.manual_seed(0)
+    frozen, tuned = Encoder(), Encoder(fine_tune_blocks=n)
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), tuned.top(tuned.trunk(x)))
+    assert tuned.trunk(x).shape[1:] == ((9, 320) if n == 1 else (9, 192))  # the input of the head / block 15
+    assert frozen.fingerprint() != tuned.fingerprint() != Encoder(fine_tune_blocks=3 - n).fingerprint()
+
+
+def test_fine_tuned_blocks_train_the_rest_stays_and_the_checkpoint_reloads(tmp_path, capsys):
+    data = write_toy_images(tmp_path / "toy")
+    common = ["--data", str(data / "dataset_toy.json"), "--images", str(data / "images"),
+              "--cache-dir", str(tmp_path / "cache")]
+    run = tmp_path / "run"
+    args = ["train", *common, "--out-dir", str(run), "--min-count", "1", "--batch-size", "8", "--embed-dim", "16",
+            "--hidden-dim", "16", "--attention-dim", "8", "--fine-tune-blocks", "2", "--encoder-lr", "1e-2",
+            "--val-beam-size", "1", "--no-progress", "--device", "cpu", "--image-size", "64"]
+    assert main(args + ["--epochs", "2"]) == 0
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    pretrained = Encoder(fine_tune_blocks=2)
+    # the checkpoint carries exactly the top two blocks (block 15 and the head), and they changed
+    assert set(ckpt["encoder"]) == set(pretrained.top_state_dict())
+    assert all(k.startswith(("_blocks.15.", "_conv_head.", "_bn1.")) for k in ckpt["encoder"])
+    changed = [k for k, v in pretrained.top_state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, ckpt["encoder"][k])]
+    assert any(k.startswith("_blocks.15.") for k in changed) and any(k.startswith("_conv_head.") for k in changed)
+    # batch norm keeps its ImageNet statistics
+    assert torch.equal(ckpt["encoder"]["_bn1.running_mean"], pretrained.top_state_dict()["_bn1.running_mean"])
+    # two parameter groups, the decoder's (--lr 4e-4) and the encoder's (--encoder-lr 1e-2), halved together
+    decoder_lr, encoder_lr = [g["lr"] for g in ckpt["optimizer"]["param_groups"]]
+    assert encoder_lr / decoder_lr == pytest.approx(1e-2 / 4e-4) and decoder_lr <= 4e-4
+
+    cap = Captioner.from_checkpoint(str(run / "best.pt"), device="cpu")
+    frozen_before = {k: v for k, v in Encoder().net.state_dict().items() if k not in ckpt["encoder"]}
+    assert all(torch.equal(cap.encoder.net.state_dict()[k], v) for k, v in frozen_before.items())  # frozen: unchanged
+    image = str(data / "images" / "0.jpg")
+    first = cap.caption([image], beam_size=2)[0]
+    again = Captioner.from_checkpoint(str(run / "best.pt"), device="cpu").caption([image], beam_size=2)[0]
+    assert first.words == again.words and first.log_prob == pytest.approx(again.log_prob, abs=1e-5)
+    # the same caption from the training cache (trunk activations, then the fine-tuned top) as from the image
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), *common, "--split", "train", "--beam-size", "2",
+                 "--device", "cpu", "--metrics", "bleu", "--captions-out", str(tmp_path / "caps.json")]) == 0
+    from_cache = {c["image"]: c["caption"] for c in json.loads((tmp_path / "caps.json").read_text())}
+    assert from_cache["0.jpg"] == first.text
+    # resume continues with both parts restored
+    assert main(args + ["--epochs", "3", "--resume"]) == 0
+    rows = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
