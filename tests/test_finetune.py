@@ -62,3 +62,23 @@ def test_fine_tuned_blocks_train_the_rest_stays_and_the_checkpoint_reloads(tmp_p
     assert main(args + ["--epochs", "3", "--resume"]) == 0
     rows = [json.loads(x) for x in open(run / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_training_from_the_images_matches_training_from_the_cache(tmp_path):
+    """--from-images decodes the images in every step and runs the whole encoder instead of reading the cache; the
+    first steps' losses agree with the cached run (which differs only by the cache's float16 rounding), and no
+    cache is written."""
+    data = write_toy_images(tmp_path / "toy")
+    rows = {}
+    for name, extra in (("cache", []), ("images", ["--from-images", "--num-workers", "1"])):
+        run = tmp_path / name
+        assert main(["train", "--data", str(data / "dataset_toy.json"), "--images", str(data / "images"),
+                     "--cache-dir", str(tmp_path / f"cache-{name}"), "--out-dir", str(run), "--min-count", "1",
+                     "--batch-size", "4", "--embed-dim", "16", "--hidden-dim", "16", "--attention-dim", "8",
+                     "--fine-tune-blocks", "1", "--epochs", "2", "--val-beam-size", "1", "--no-progress",
+                     "--device", "cpu", "--image-size", "64", *extra]) == 0
+        rows[name] = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    assert not (tmp_path / "cache-images").exists() and (tmp_path / "cache-cache").exists()
+    for a, b in zip(rows["cache"], rows["images"]):
+        assert a["train_ce"] == pytest.approx(b["train_ce"], abs=2e-3)
+    assert Captioner.from_checkpoint(str(tmp_path / "images" / "best.pt"), device="cpu").config.fine_tune_blocks == 1

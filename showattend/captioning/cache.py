@@ -27,7 +27,7 @@ from .images import TRANSFORM, ImageError, load_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureStore", "build_feature_cache", "find_cache", "cache_meta", "image_stats", "cache_id",
+__all__ = ["FeatureStore", "ImageStore", "build_feature_cache", "find_cache", "cache_meta", "image_stats", "cache_id",
            "check_disk"]
 
 
@@ -91,6 +91,36 @@ class FeatureStore:
     def get_half(self, key: str) -> torch.Tensor:
         """(L, D) float16 annotation vectors of one image, as stored (a copy of the mapped row)."""
         return torch.from_numpy(np.array(self.array[self.row[key]], dtype=np.float16))
+
+    def read(self, row: int, half: bool = False) -> torch.Tensor:
+        """(L, D) row ``row``, float16 as stored or float32 (what :class:`~showattend.captioning.data.
+        CaptionDataset` reads)."""
+        return torch.from_numpy(np.array(self.array[row], dtype=np.float16 if half else np.float32))
+
+
+class ImageStore:
+    """The images themselves, in the place of a feature cache (``showattend train --from-images``): row i is
+    image ``keys[i]`` decoded and resized (Pillow, EXIF orientation applied), for the whole encoder to run on
+    in every training step.
+
+    Args:
+        folder: the image folder; keys: image paths relative to it; size: the encoder's input side in pixels.
+
+    Raises:
+        ImageError: images are missing (checked here, before training starts).
+    """
+
+    def __init__(self, folder: str, keys: Sequence[str], size: int):
+        image_stats(folder, keys)
+        self.folder, self.keys, self.size = folder, list(keys), size
+        self.row = {k: i for i, k in enumerate(self.keys)}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.row
+
+    def read(self, row: int, half: bool = False) -> torch.Tensor:
+        """(3, size, size) float32 RGB in [0, 1] (``half`` is ignored: pixels are not cached)."""
+        return load_image(os.path.join(self.folder, self.keys[row]), self.size)
 
 
 class _ImageFiles(Dataset):

@@ -137,7 +137,7 @@ class CaptionDataset(Dataset):
 
     Args:
         records: caption records of one split.
-        store: the feature cache.
+        store: the feature cache (or an :class:`~showattend.captioning.cache.ImageStore`).
         vocab: vocabulary.
         max_len: captions longer than this many words are truncated.
         half: return the annotation vectors as stored, float16 (training casts them on the device), instead
@@ -173,10 +173,11 @@ class CaptionDataset(Dataset):
         return int(self.offsets[i + 1] - self.offsets[i])
 
     def __getitem__(self, i):
-        """(features (L, D), caption ids (n,) long, the image's cache row)."""
+        """(features (L, D) or, from an :class:`~showattend.captioning.cache.ImageStore`, the image (3, H, W);
+        caption ids (n,) long; the image's row in the store)."""
         row = int(self.rows[i])
-        feats = torch.from_numpy(np.array(self.store.array[row], dtype=np.float16 if self.half else np.float32))
-        return feats, torch.from_numpy(self.ids[self.offsets[i]:self.offsets[i + 1]].astype(np.int64)), row
+        return self.store.read(row, self.half), torch.from_numpy(self.ids[self.offsets[i]:self.offsets[i + 1]]
+                                                                 .astype(np.int64)), row
 
 
 def collate_captions(batch, pad: int = 0):

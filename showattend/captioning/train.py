@@ -13,7 +13,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass, fields
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from ..metrics import bleu4
 from ..engine import (DistInfo, EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
                         setup_distributed)
 from ..vocab import Vocab
-from .cache import FeatureStore, build_feature_cache, cache_meta, find_cache
+from .cache import FeatureStore, ImageStore, build_feature_cache, cache_meta, find_cache
 from .data import CaptionDataset, CaptionRecord, collate_captions, load_coco, load_karpathy
 from .decoder import DS_NORMALISATIONS, DSNormalisation, MovingAverageBaseline, caption_loss, hard_attention_loss
 from .encoders import Encoder
@@ -49,6 +49,10 @@ class TrainConfig(EngineConfig):
         karpathy_split: for COCO annotation files, the `dataset_coco.json` that assigns splits (every image it
             assigns is kept, from whichever file holds it).
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
+        from_images: train from the images instead of the feature cache: every step decodes its batch's images
+            (Pillow, in the DataLoader workers of `--num-workers`) and runs the whole encoder, its top
+            `--fine-tune-blocks` with gradients. For fine-tuning many blocks on a GPU; on a CPU the cache is far
+            faster (the frozen part then runs once per image, not once per caption and epoch).
         encoder_lr: Adam learning rate of the fine-tuned encoder blocks (with `--fine-tune-blocks N`; 1e-4 as in
             sgrvinod's tutorial); halved together with `--lr` on a plateau.
         ds_lambda: λ of the doubly stochastic regularization (eq. 14).
@@ -76,6 +80,7 @@ class TrainConfig(EngineConfig):
     images: str = "../shared/data/flickr8k/images"
     karpathy_split: str = ""
     cache_dir: str = "runs/cache"
+    from_images: bool = False
     encoder_lr: float = 1e-4
     out_dir: str = "runs/captioner"
     ds_lambda: float = 1.0
@@ -194,11 +199,11 @@ def _seed_all(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate_split(captioner: Captioner, store: FeatureStore, records: List[CaptionRecord], beam_size: int = 3,
+def evaluate_split(captioner: Captioner, store: Union[FeatureStore, ImageStore], records: List[CaptionRecord], beam_size: int = 3,
                    max_len: int = 20, batch_size: int = 50, progress: bool = False, length_penalty: float = 0.0,
                    attention: str = "soft", samples: int = 5):
     """Caption every record's image from the feature cache (free-running decoding); with a fine-tuned encoder
-    the cache holds its trunk's activations, and its top blocks run here.
+    the cache holds its trunk's activations, and its top blocks run here (from an ImageStore, the whole encoder).
 
     Returns:
         {image key: CaptionResult}.
@@ -206,13 +211,15 @@ def evaluate_split(captioner: Captioner, store: FeatureStore, records: List[Capt
     from tqdm import tqdm
 
     out = {}
-    encoder = captioner.encoder if captioner.config.fine_tune_blocks else None
+    images = isinstance(store, ImageStore)
+    encoder = captioner.encoder if captioner.config.fine_tune_blocks or images else None
     was_training = encoder.training if encoder is not None else False
     for i in tqdm(range(0, len(records), batch_size), desc="decoding", disable=not progress, leave=False):
         chunk = records[i:i + batch_size]
-        feats = torch.stack([store.get(r.key) for r in chunk])  # (b, L, D)
+        feats = torch.stack([store.read(store.row[r.key]) for r in chunk])  # (b, L, D), or images (b, 3, H, W)
         if encoder is not None:
-            feats = encoder.eval().top(feats.to(captioner.device))
+            feats = feats.to(captioner.device)
+            feats = encoder.eval().top(encoder.trunk(feats) if images else feats)
         for r, res in zip(chunk, captioner.decode(feats, beam_size, max_len, length_penalty, attention=attention,
                                                   samples=samples)):
             out[r.key] = res
@@ -247,28 +254,30 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 class FineTuned(torch.nn.Module):
-    """Decoder + the encoder's top blocks, trained together (``--fine-tune-blocks N``): the module the engine
-    optimises (and DDP wraps). The top blocks run once per distinct image of a batch; every caption of that image
-    reads the result.
+    """Decoder + the encoder's top blocks, trained together (``--fine-tune-blocks N``, or from the images with
+    ``--from-images``): the module the engine optimises (and DDP wraps). The encoder runs once per distinct image
+    of a batch; every caption of that image reads the result.
 
     Args:
         decoder: the :class:`~showattend.captioning.decoder.Decoder`; encoder: an
             :class:`~showattend.captioning.encoders.Encoder` built with ``fine_tune_blocks`` N.
     """
 
-    def __init__(self, decoder: torch.nn.Module, encoder: Encoder):
+    def __init__(self, decoder: torch.nn.Module, encoder: Encoder, from_images: bool = False):
         super().__init__()
-        self.decoder, self.encoder = decoder, encoder
+        self.decoder, self.encoder, self.from_images = decoder, encoder, from_images
 
-    def forward(self, trunk: torch.Tensor, image: torch.Tensor, captions: torch.Tensor, lengths, **kwargs):
-        """trunk: (U, L', C') activations of U images; image: (B,) each caption's row of them; the rest as for
+    def forward(self, x: torch.Tensor, image: torch.Tensor, captions: torch.Tensor, lengths, **kwargs):
+        """x: (U, L', C') trunk activations of U images, or with ``from_images`` the images (U, 3, H, W);
+        image: (B,) each caption's row of them; the rest as for
         :meth:`~showattend.captioning.decoder.Decoder.forward`."""
+        trunk = self.encoder.trunk(x) if self.from_images else x
         return self.decoder(self.encoder.top(trunk)[image], captions, lengths, **kwargs)
 
 
 class CaptionTask(Task):
-    """Captioning for the engine: caption batches from the feature cache, soft or hard attention losses,
-    validation BLEU-4 by beam search.
+    """Captioning for the engine: caption batches from the feature cache (or the images), soft or hard attention
+    losses, validation BLEU-4 by beam search.
 
     Args:
         model_cfg: architecture; cfg: training settings.
@@ -283,8 +292,10 @@ class CaptionTask(Task):
         self.cfg, self.model_cfg, self.vocab, self.store, self.val_records = cfg, model_cfg, vocab, store, val_records
         self.decoder = build_decoder(model_cfg, len(vocab))
         self.encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights,
-                               fine_tune_blocks=model_cfg.fine_tune_blocks) if model_cfg.fine_tune_blocks else None
-        self.model = FineTuned(self.decoder, self.encoder) if self.encoder is not None else self.decoder
+                               fine_tune_blocks=model_cfg.fine_tune_blocks) \
+            if model_cfg.fine_tune_blocks or cfg.from_images else None
+        self.model = FineTuned(self.decoder, self.encoder, cfg.from_images) if self.encoder is not None \
+            else self.decoder
         self.captioner = Captioner(self.decoder, vocab, model_cfg, encoder=self.encoder, device=device)
         self.dataset = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True)
         self.baseline = MovingAverageBaseline(cfg.baseline_decay)
@@ -304,7 +315,7 @@ class CaptionTask(Task):
         return [order[i:i + b] for i in range(0, len(order), b)]
 
     def param_groups(self, lr: float):
-        if self.encoder is None:
+        if not self.model_cfg.fine_tune_blocks:
             return super().param_groups(lr)
         top = [p for p in self.encoder.parameters() if p.requires_grad]
         return [{"params": list(self.decoder.parameters()), "lr": lr},
@@ -415,14 +426,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     if not train_recs or not val_recs:
         raise ValueError(f"{' '.join(cfg.data)}: needs train and val images, found {len(train_recs)} and "
                          f"{len(val_recs)}")
-    store = prepare_cache(cfg, model_cfg, records, device, dist_info)
+    if cfg.from_images:
+        store = ImageStore(cfg.images, sorted({r.key for r in records}), model_cfg.image_size)
+    else:
+        store = prepare_cache(cfg, model_cfg, records, device, dist_info)
     vocab = checkpoint_config(ckpt, last)[1] if ckpt is not None else \
         Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
     _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
     task = CaptionTask(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
     if ckpt is not None:
         load_weights(task.decoder, ckpt["model"], last, "decoder")
-        if task.encoder is not None:
+        if model_cfg.fine_tune_blocks:
             task.encoder.load_top_state_dict(ckpt.get("encoder"), last)
     if dist_info.main:
         log.info(f"train: {len(train_recs)} images, {len(task.dataset)} captions; val: {len(val_recs)} images; "
