@@ -110,10 +110,10 @@ def train_steps(L: int, D: int, B: int, device, precision: str, baseline: bool =
     return step, training_flops(lengths, L, D)
 
 
-def bench_train(device, sync, out, repeat: int):
+def bench_train(device, sync, out, repeat: int, shapes):
     peak = {p: matmul_peak(dt, device, sync) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     out["matmul_2048_gflops"] = {k: round(v, 1) for k, v in peak.items()}
-    for L, D in ((49, 1280), (196, 2048)):
+    for L, D in shapes:
         shape, reps = f"{L}x{D}", repeat if L == 49 else max(2, repeat // 2)
         res = out.setdefault("train", {}).setdefault(shape, {})
         for B in (32, 64):
@@ -170,24 +170,28 @@ def bench_other(device, sync, out, sections):
 
 
 def main():
+    global V
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--only", default="train,encoder,decode,attention", help="comma-separated sections")
+    ap.add_argument("--shapes", default="49x1280,196x2048", help="LxD grids of the training section")
     ap.add_argument("--repeat", type=int, default=6, help="training steps timed per variant at 49x1280")
+    ap.add_argument("--vocab-size", type=int, default=V, help="V (2539: Flickr8k's; COCO's is about 10,000)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
+    V = args.vocab_size
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     sections = set(args.only.split(","))
-    out = {"device": str(dev), "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    out = {"device": str(dev), "vocab_size": V, "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "threads": torch.get_num_threads(), "torch": torch.__version__}
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(dev)
     if "train" in sections:
-        bench_train(dev, sync, out, args.repeat)
+        bench_train(dev, sync, out, args.repeat, [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")])
     bench_other(dev, sync, out, sections)
     print(json.dumps(out, indent=2))
     if args.json:

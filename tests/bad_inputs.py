@@ -460,7 +460,8 @@ def said(case: Case, outcome: Outcome, root: str) -> str:
     progress bar, a usage line or a box border), paths shortened."""
     text = outcome.stderr.replace("│", " ")
     lines = [" ".join(ln.split()) for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith(("usage:", "╭", "╰", "─", "For full helptext", "-----"))
+    lines = [ln for ln in lines if ln and not ln.startswith(("usage:", "╭", "╰", "─", "For full helptext", "-----",
+                                                              "feature cache:"))  # informational; the free disk varies
              and "%|" not in ln]
     line = next((ln for ln in lines if case.message and case.message in ln), lines[0] if lines else "")
     return line.replace(str(root) + "/", "").replace(str(root), ".")

@@ -39,6 +39,8 @@ NOT_RUN = {
     "showattend --threads 2 train --attention hard": "full Flickr8k training and evaluation",
     "showattend evaluate --checkpoint runs/flickr8k_soft": "needs a trained run and the full test split",
     "showattend translate train --src de": "full Multi30k training",
+    "showattend train --fine-tune-blocks 2": "full Flickr8k training with a fine-tuned encoder (tests/test_finetune.py "
+                                             "trains one on toy data)",
 }
 
 
