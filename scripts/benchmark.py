@@ -9,7 +9,8 @@ Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 
 * **train**: the decoder's training step (forward + backward + Adam) at 49×1280 (Lite0, the default) and
   196×2048 (a ResNet/VGG-like 14×14 grid), in captions/s:
   - ``baseline``: showattend's step before 0.5, kept in the same run for the ratio
-    (:func:`~showattend.captioning.decoder.reference_forward` and the per-parameter Adam), batch 32, fp32;
+    (:func:`~showattend.captioning.decoder.reference_forward`, ``torch.tanh`` in the score, the per-parameter
+    Adam), batch 32, fp32;
   - ``fp32``/``bf16``: today's step (``Decoder.forward``, fused Adam), batch 32 and 64, without and under bf16
     autocast. The baseline and today's step alternate step by step, so load drift hits both alike.
   - MFU: the model's FLOPs per second divided by the measured throughput of a 2048×2048 matrix product of the
@@ -34,6 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from showattend import attention  # noqa: E402
 from showattend.captioning.data import collate_captions  # noqa: E402
 from showattend.captioning.decoder import Decoder, caption_loss, reference_forward  # noqa: E402
 from showattend.captioning.encoders import Encoder  # noqa: E402
@@ -101,11 +103,17 @@ def train_steps(L: int, D: int, B: int, device, precision: str, baseline: bool =
     forward = (lambda: reference_forward(dec, f, caps, lengths)) if baseline else (lambda: dec(f, caps, lengths))
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = caption_loss(forward(), caps)[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        fast_tanh = attention._tanh
+        if baseline:  # the step before 0.5 computed the additive score with torch.tanh
+            attention._tanh = torch.tanh
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = caption_loss(forward(), caps)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        finally:
+            attention._tanh = fast_tanh
 
     return step, training_flops(lengths, L, D)
 

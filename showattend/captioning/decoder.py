@@ -277,29 +277,32 @@ class Decoder(nn.Module):
         if any(a < b for a, b in zip(steps, steps[1:])):
             raise ValueError("captions must be sorted by decreasing length (use collate_captions)")
         B, T = captions.shape
-        L = annotations.size(1)
         hard = hard or locations is not None
-        keys = self.attention.project_keys(annotations)  # (B, L, A), once per image
         h, c = self.init_state(annotations)
+        if torch.is_autocast_enabled(annotations.device.type):  # cast once, not at every step's context read
+            annotations = annotations.to(torch.get_autocast_dtype(annotations.device.type))
+        keys = self.attention.project_keys(annotations)  # (B, L, A), once per image
         embedded = self.embedding(captions)  # (B, T, m)
         weights = self.step_weights()
         x_words = F.linear(embedded[:, :-1], weights.words, weights.bias)  # (B, T-1, 4n), every step at once
-        hs = annotations.new_zeros(B, T - 1, self.lstm.hidden_size)
-        zs = annotations.new_zeros(B, T - 1, self.annotation_dim)
-        alphas = annotations.new_zeros(B, T - 1, L)
-        betas = annotations.new_zeros(B, T - 1)
-        mask = torch.zeros(B, T - 1, dtype=torch.bool, device=captions.device)
-        chosen = torch.full((B, T - 1), -1, dtype=torch.long, device=captions.device) if hard else None
-        for t in range(T - 1):
+        per_step = []  # (h_t, ẑ_t, α_t, β_t, s_t) of the b captions still running at step t
+        running = None
+        for t, x_t in enumerate(x_words.unbind(1)):
             b = sum(n > t for n in steps)  # captions still running (sorted, so the first b)
+            if b != running:  # slice the per-image tensors only when the batch shrinks (their gradients then
+                running, ann_b, keys_b = b, annotations[:b], keys[:b]  # gather once per slice, not per step)
             given = locations[:b, t] if locations is not None else None
             u = uniforms[:b, t] if uniforms is not None else None
-            (h, c), z, att, beta = self.recurrence(x_words[:b, t], (h[:b], c[:b]), annotations[:b], keys[:b],
-                                                   weights, hard, given, u)
-            hs[:b, t], zs[:b, t], alphas[:b, t], betas[:b, t] = h, z, att.alpha, beta
-            mask[:b, t] = True
-            if hard:
-                chosen[:b, t] = att.location
+            (h, c), z, att, beta = self.recurrence(x_t[:b], (h[:b], c[:b]), ann_b, keys_b, weights, hard, given, u)
+            per_step.append((h, z, att.alpha, beta, att.location))
+
+        def padded(i: int, value: float = 0.0) -> torch.Tensor:  # (B, T-1, ...): step outputs, padded rows
+            return torch.stack([F.pad(o[i], (0, 0) * (o[i].dim() - 1) + (0, B - o[i].size(0)), value=value)
+                                for o in per_step], dim=1)
+
+        hs, zs, alphas, betas = padded(0), padded(1), padded(2), padded(3)
+        mask = (torch.arange(T - 1) < torch.tensor(steps).unsqueeze(1)).to(captions.device)  # (B, T-1)
+        chosen = padded(4, -1) if hard else None
         # The deep output of all steps at once (one large matrix product instead of T-1 small ones).
         logits = self.deep_output(embedded[:, :-1], hs, zs)  # (B, T-1, V)
         return DecoderOutput(logits, alphas, mask, chosen, betas)
