@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal, Sequence
 import tyro
 
 from .options import layered_settings, settings_instance
-from .pretrained import DEFAULT_CAPTIONER, PRETRAINED
+from .pretrained import DEFAULT_CAPTIONER, DEFAULT_TRANSLATOR, PRETRAINED
 
 __all__ = ["TrainingCommand", "Export", "Models", "check_decoding", "report_json", "flat", "flag", "File",
            "Optional_"]
@@ -100,7 +100,8 @@ class Export:
 class Models:
     """List the bundled models: name, task, test metrics, size, training data and its licence.
 
-    Load one with `showattend caption --model NAME` or, in Python, `Captioner.from_pretrained(NAME)`.
+    Load one with `showattend caption --model NAME` / `showattend translate --model NAME` or, in Python,
+    `Captioner.from_pretrained(NAME)` / `Translator.from_pretrained(NAME)`.
 
     Attributes:
         task: only the models of this task.
@@ -112,7 +113,7 @@ class Models:
         for m in PRETRAINED.values():
             if self.task not in ("all", m.task):
                 continue
-            default = " (the default)" if m.name == DEFAULT_CAPTIONER else ""
+            default = " (the default)" if m.name in (DEFAULT_CAPTIONER, DEFAULT_TRANSLATOR) else ""
             print(f"{m.name}{default}\n  task:      {m.task}\n  encoder:   {m.encoder}\n  data:      {m.data}\n"
                   f"  licence:   {m.data_licence}\n  test:      "
                   + ", ".join(f"{k} {v:.2f}" for k, v in m.metrics.items()) + f"\n             ({m.evaluation})\n"

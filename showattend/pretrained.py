@@ -2,7 +2,8 @@
 training data and its licence, encoder, decoding defaults, test metrics with their split and beam, file size), and
 the weights found with :mod:`importlib.resources`, never relative to the current directory.
 
-``showattend.captioning.Captioner.from_pretrained("flickr8k-lite0-soft")`` loads one.
+``showattend.captioning.Captioner.from_pretrained("flickr8k-lite0-soft")`` and
+``showattend.translation.Translator.from_pretrained("multi30k-de-en")`` load them.
 
 Each file's SHA-256 is recorded here and checked when it is first loaded, so a damaged installation is reported
 as such instead of failing inside decoding.
@@ -18,7 +19,7 @@ from typing import Dict, List, Literal, Optional
 
 from .checkpoint import CheckpointError
 
-__all__ = ["PretrainedModel", "PRETRAINED", "DEFAULT_CAPTIONER", "list_models", "get_model", "weights_file"]
+__all__ = ["PretrainedModel", "PRETRAINED", "DEFAULT_CAPTIONER", "DEFAULT_TRANSLATOR", "list_models", "get_model", "weights_file"]
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,24 @@ PRETRAINED: Dict[str, PretrainedModel] = {m.name: m for m in [
                  "ROUGE-L": 46.20, "CIDEr": 52.43},
         evaluation="Flickr8k test split (1,000 images, 5 references), beam 3, pycocoevalcap with the PTB tokenizer",
         card="flickr8k-lite0-soft.md"),
+    PretrainedModel(
+        name="multi30k-de-en", task="translation", file="multi30k-de-en.pt",
+        sha256="7823e63b9cd398d1b5fa8d04f291ab7efeee7a0bb0566bb66f97083163992f5d", size_mib=21.3,
+        data="Multi30k task 1 (German-English): 29,000 training sentence pairs",
+        data_licence="Multi30k is distributed for research use; its sentences describe Flickr30k images",
+        encoder="bidirectional LSTM 256 over sentencepiece subwords (8,000 German, 7,931 English), Bahdanau "
+                "attention decoder 512 (additive score), 10.6 M parameters",
+        decoding={"beam_size": 5, "length_penalty": 1.0},
+        metrics={"BLEU": 38.06, "chrF": 56.88},
+        evaluation="Multi30k test_2016_flickr (1,000 sentences), beam 5, length penalty 1, sacreBLEU on detokenised "
+                   "text",
+        card="multi30k-de-en.md"),
 ]}
 
 #: the captioner ``showattend caption`` uses when neither --model nor --checkpoint is given
 DEFAULT_CAPTIONER = "flickr8k-lite0-soft"
+#: the translator ``showattend translate`` uses when neither --model nor --checkpoint is given
+DEFAULT_TRANSLATOR = "multi30k-de-en"
 
 _verified: Dict[str, Path] = {}
 

@@ -381,8 +381,9 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
     ]]
     cases.append(Case("option", "caption - with nothing on stdin", ["caption", "-", "--checkpoint", tiny], 1,
                       "no images given (standard input was empty)"))
-    cases.append(Case("option", "translate with no --checkpoint (no translator is bundled yet)",
-                      ["translate", "ein hund"], 1, "no bundled translator ships yet"))
+    cases.append(Case("option", "translate --model: no such bundled translator",
+                      ["translate", "--model", "multi30k-de-fr", "ein hund"], 2,
+                      "no bundled translation model 'multi30k-de-fr' (did you mean 'multi30k-de-en'?)"))
     cases.append(Case("option", "evaluate with no --data outside the development checkout",
                       ["evaluate", "--checkpoint", tiny, "--limit", "1"], 1, "no --data given, and the default"))
     return cases

@@ -23,7 +23,8 @@ PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
 
 
 def test_registry_metadata_and_lookup():
-    assert pretrained.list_models() == ["flickr8k-lite0-soft"] and pretrained.list_models("translation") == []
+    assert pretrained.list_models() == ["flickr8k-lite0-soft", "multi30k-de-en"]
+    assert pretrained.list_models("translation") == ["multi30k-de-en"]
     m = pretrained.get_model("flickr8k-lite0-soft")
     assert m.task == "captioning" and m.metrics["BLEU-4"] == 21.23 and m.decoding["beam_size"] == 3
     assert "research use" in m.data_licence and "test split" in m.evaluation
@@ -33,8 +34,19 @@ def test_registry_metadata_and_lookup():
     with pytest.raises(ValueError, match=r"no bundled captioning model 'flickr8k-lite0'.*did you mean "
                                          r"'flickr8k-lite0-soft'"):
         pretrained.get_model("flickr8k-lite0", "captioning")
-    with pytest.raises(ValueError, match="no bundled translation model"):
-        showattend.translation.Translator.from_pretrained("multi30k-de-en")
+    with pytest.raises(ValueError, match="no bundled translation model 'multi30k-en-de'.*did you mean"):
+        showattend.translation.Translator.from_pretrained("multi30k-en-de")
+    t = pretrained.get_model("multi30k-de-en", "translation")
+    path = pretrained.weights_file("multi30k-de-en")
+    assert abs(path.stat().st_size / 2 ** 20 - t.size_mib) < 1 and (path.parent / t.card).is_file()
+    assert t.decoding == {"beam_size": 5, "length_penalty": 1.0} and t.metrics["BLEU"] > 30
+
+
+def test_the_bundled_translator_translates():
+    """`Translator.from_pretrained` and `showattend translate` with no path: the bundled De->En model."""
+    tr = showattend.translation.Translator.from_pretrained("multi30k-de-en", device="cpu")
+    out = tr.translate(["Ein Hund läuft durch das Gras."], beam_size=5)[0]
+    assert {"dog", "grass"} <= set(out["text"].lower().replace(".", " ").split()), out["text"]
 
 
 def test_a_damaged_bundled_file_is_reported(monkeypatch):
@@ -58,7 +70,8 @@ def test_models_command_lists_the_registry(capsys):
     out = capsys.readouterr().out
     assert out.startswith("flickr8k-lite0-soft (the default)") and "BLEU-4 21.23" in out and "research use" in out
     assert main(["models", "--task", "translation"]) == 0
-    assert capsys.readouterr().out.strip() == "no bundled translation model yet"
+    out = capsys.readouterr().out
+    assert out.startswith("multi30k-de-en (the default)") and "flickr8k" not in out and "BLEU" in out
 
 
 def test_public_api_names_resolve():
@@ -93,7 +106,8 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
                     ROOT], check=True, capture_output=True)
     wheel, = glob.glob(str(dist / "showattend-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "showattend/weights/flickr8k-lite0-soft.pt" in names and "showattend/py.typed" in names
+    assert {"showattend/weights/flickr8k-lite0-soft.pt", "showattend/weights/multi30k-de-en.pt",
+            "showattend/weights/multi30k-de-en.md", "showattend/py.typed"} <= set(names)
     assert os.path.getsize(wheel) < 60 * 2 ** 20
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -121,3 +135,6 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
     api = subprocess.run([py, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert api.returncode == 0, api.stderr
     assert api.stdout.strip() == out.stdout.strip() and (elsewhere / "coffee.png").stat().st_size > 10_000
+    tr = subprocess.run([str(venv / "bin" / "showattend"), "translate", "Ein Hund läuft.", "--device", "cpu"],
+                        cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert tr.returncode == 0 and "dog" in tr.stdout.lower(), tr.stderr

@@ -25,6 +25,7 @@ BLOCKS = [(m.group(1), m.group(2)) for m in re.finditer(r"```(\w+)\n(.*?)```", R
 #: bash blocks that are executed, by their first line, with the files they need (made from the sample photos)
 RUN = {
     "showattend caption photo1.jpg photo2.png": {"photo1.jpg": "coffee.jpg", "photo2.png": "cameraman_gray.png"},
+    'showattend translate "Ein Hund läuft durch den Schnee."': {},
 }
 
 #: blocks whose showattend commands are only parsed, by the start of their first line, and why

@@ -3,55 +3,49 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, List
 
 import tyro
 
-from ..commands import File, Optional_, TrainingCommand, check_decoding, flat, report_json
+from ..commands import Optional_, TrainingCommand, check_decoding, flat, report_json
+from ..pretrained import DEFAULT_TRANSLATOR, get_model, weights_file
 from .model import TranslatorConfig
 from .train import TranslationTrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Translate", "TranslateTrain", "TranslateEvaluate", "TranslationDecoding", "DEFAULT_TRANSLATOR"]
-
-DEFAULT_TRANSLATOR = os.path.join("runs", "translator", "best.pt")
-
+__all__ = ["Translate", "TranslateTrain", "TranslateEvaluate", "TranslationDecoding"]
 
 @dataclass
 class TranslationDecoding:
     """How `translate` and `translate evaluate` decode.
 
     Attributes:
-        checkpoint: translator checkpoint.
+        model: a bundled translator, by name (`showattend models --task translation` lists them).
+        checkpoint: a translator checkpoint file (from `showattend translate train` or `export`), used instead of
+            --model.
         beam_size: beam size; 1 = greedy.
         length_penalty: rank hypotheses by log-prob / length^p.
         device: "auto" (cuda when available), "cpu" or "cuda".
     """
 
-    checkpoint: File = DEFAULT_TRANSLATOR
+    model: str = DEFAULT_TRANSLATOR
+    checkpoint: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
     beam_size: int = 5
     length_penalty: float = 1.0
     device: str = "auto"
 
     def validate(self) -> None:
-        """Raises ValueError: a bad decoding option (named)."""
+        """Raises ValueError: a bad decoding option or an unknown --model (named)."""
         check_decoding(self.beam_size, 2, self.length_penalty, self.device)
+        if not self.checkpoint:
+            get_model(self.model, "translation")
 
     def translator_file(self) -> str:
-        """--checkpoint, with what to do when the default one is missing (no translator is bundled yet).
-
-        Raises:
-            FileNotFoundError: the default checkpoint is missing.
-        """
-        if self.checkpoint == DEFAULT_TRANSLATOR and not os.path.isfile(self.checkpoint):
-            raise FileNotFoundError(f"no translator here: no bundled translator ships yet, and the default "
-                                    f"--checkpoint {DEFAULT_TRANSLATOR} is missing; train one with `showattend "
-                                    f"translate train` (see the README) or pass --checkpoint FILE")
-        return self.checkpoint
+        """--checkpoint, or the bundled --model's file."""
+        return self.checkpoint or str(weights_file(self.model, "translation"))
 
 
 @dataclass
