@@ -194,7 +194,8 @@ def main():
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     sections = set(args.only.split(","))
-    out = {"device": str(dev), "vocab_size": V, "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    out = {"device": str(dev), "vocab_size": V, "cpu": cpu_name(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "threads": torch.get_num_threads(), "torch": torch.__version__}
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(dev)

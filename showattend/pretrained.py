@@ -19,7 +19,8 @@ from typing import Dict, List, Literal, Optional
 
 from .checkpoint import CheckpointError
 
-__all__ = ["PretrainedModel", "PRETRAINED", "DEFAULT_CAPTIONER", "DEFAULT_TRANSLATOR", "list_models", "get_model", "weights_file"]
+__all__ = ["PretrainedModel", "PRETRAINED", "DEFAULT_CAPTIONER", "DEFAULT_TRANSLATOR", "list_models", "get_model",
+           "weights_file"]
 
 
 @dataclass(frozen=True)

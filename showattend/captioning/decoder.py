@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from ..attention import Attention, attention_entropy, location_log_prob
 from ..recurrent import RecurrentWeight
 
-__all__ = ["Decoder", "DecoderOutput", "StepWeights", "reference_forward", "DS_NORMALISATIONS", "doubly_stochastic_penalty", "caption_loss",
+__all__ = ["Decoder", "DecoderOutput", "StepWeights", "reference_forward", "DS_NORMALISATIONS",
+           "doubly_stochastic_penalty", "caption_loss",
            "MovingAverageBaseline", "reinforce_surrogate", "hard_attention_loss"]
 
 

@@ -239,9 +239,8 @@ class Encoder(nn.Module):
         """The frozen stages: (B, 3, H, W) RGB in [0, 1] -> (B, L', C') activations below the top blocks,
         flattened row-major like annotation vectors (for a frozen encoder, the annotation vectors themselves)."""
         x = (images - self.mean) / self.std
-        with torch.no_grad():
-            for stage in self._stages[:self.split]:
-                x = stage(x)
+        for stage in self._stages[:self.split]:  # frozen weights: no graph is built unless the images need one
+            x = stage(x)
         return x.flatten(2).transpose(1, 2)
 
     def top(self, trunk: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder, check
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "FineTuned", "load_records", "prepare_cache", "train", "evaluate_split"]
+__all__ = ["TrainConfig", "CaptionBatch", "CaptionTask", "FineTuned", "load_records", "prepare_cache", "train",
+           "evaluate_split"]
 
 
 @dataclass
@@ -182,7 +183,8 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     meta = cache_meta(encoder, cfg.images, keys, model_cfg.image_size)  # the files' stats, read once
     name = "+".join(os.path.splitext(os.path.basename(p))[0].replace("dataset_", "") for p in cfg.data)
     trunk = f"-trunk{encoder.split}" if model_cfg.fine_tune_blocks else ""
-    folder = os.path.join(cfg.cache_dir, f"{name}-{model_cfg.encoder}{trunk}-{model_cfg.image_size}-{meta['id'][:12]}")
+    folder = os.path.join(cfg.cache_dir,
+                          f"{name}-{model_cfg.encoder}{trunk}-{model_cfg.image_size}-{meta['id'][:12]}")
     store = find_cache(cfg.cache_dir, meta["encoder_fingerprint"], model_cfg.image_size, keys, meta["stats"],
                        prefer=folder)
     if store is not None:
@@ -199,9 +201,9 @@ def _seed_all(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate_split(captioner: Captioner, store: Union[FeatureStore, ImageStore], records: List[CaptionRecord], beam_size: int = 3,
-                   max_len: int = 20, batch_size: int = 50, progress: bool = False, length_penalty: float = 0.0,
-                   attention: str = "soft", samples: int = 5):
+def evaluate_split(captioner: Captioner, store: Union[FeatureStore, ImageStore], records: List[CaptionRecord],
+                   beam_size: int = 3, max_len: int = 20, batch_size: int = 50, progress: bool = False,
+                   length_penalty: float = 0.0, attention: str = "soft", samples: int = 5):
     """Caption every record's image from the feature cache (free-running decoding); with a fine-tuned encoder
     the cache holds its trunk's activations, and its top blocks run here (from an ImageStore, the whole encoder).
 
@@ -288,7 +290,8 @@ class CaptionTask(Task):
     kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_ce", "val_bleu4", "captions"
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
-                 val_records: List[CaptionRecord], store: FeatureStore, vocab: Vocab, device: torch.device):
+                 val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
+                 device: torch.device):
         self.cfg, self.model_cfg, self.vocab, self.store, self.val_records = cfg, model_cfg, vocab, store, val_records
         self.decoder = build_decoder(model_cfg, len(vocab))
         self.encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights,
@@ -302,8 +305,9 @@ class CaptionTask(Task):
         self.hard = model_cfg.attention == "hard"
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
-        """Shuffled captions; when fine-tuning, shuffled images with their captions side by side, so that a
-        batch holds few images and the top blocks run once for all captions of each."""
+        """Shuffled captions; when the encoder runs in the step (fine-tuning, --from-images), shuffled images with
+        their captions side by side, so that a batch holds few images and the encoder runs once for all captions
+        of each."""
         rng = np.random.default_rng([self.cfg.seed, epoch])
         if self.encoder is None:
             order = rng.permutation(len(self.dataset)).tolist()
@@ -356,7 +360,7 @@ class CaptionTask(Task):
             rows = batch.rows
             if n > 1:
                 image, caps = image.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
-                lengths = [x for x in lengths for _ in range(n)]
+                lengths = [length for length in lengths for _ in range(n)]
                 rows = (rows * n).repeat_interleave(n) + torch.arange(n, device=rows.device).repeat(len(batch.lengths))
             g = torch.Generator(device=x.device)
             g.manual_seed(_step_seed(cfg.seed, ctx.step))
