@@ -77,24 +77,17 @@ def _force_end(log_probs: torch.Tensor, eos: int) -> torch.Tensor:
     return forced
 
 
-def _path(history: torch.Tensor, token_lps: torch.Tensor, extras: Optional[torch.Tensor], b: int, src: int,
-          end_lp: Optional[float] = None, end_extra: Optional[torch.Tensor] = None):
-    """Tokens, per-token log-probs and extras of beam ``src`` of input ``b``, with an ``<end>`` step appended
-    when ``end_lp`` (its log-prob) is given. ``history``/``token_lps`` are (B, k, t), ``extras`` (B, k, t, ...)."""
-    lps = token_lps[b, src].tolist()
-    ext = extras[b, src] if extras is not None else None
-    if end_lp is not None:
-        lps.append(end_lp)
-        if end_extra is not None:
-            ext = end_extra.unsqueeze(0) if ext is None else torch.cat([ext, end_extra.unsqueeze(0)])
-    return history[b, src].tolist(), lps, ext
-
-
 @torch.no_grad()
 def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
-                beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
-                n_best: int = 1) -> List[List[Hypothesis]]:
+                beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0, n_best: int = 1,
+                sync_every: int = 4) -> List[List[Hypothesis]]:
     """Beam search for a batch of B inputs at once (B·k rows through ``step`` per time step).
+
+    Everything stays on the device until the end: each step writes its tokens, their log-probs, the beams they
+    extend and the step's extras into buffers preallocated for ``max_len`` steps (no history is copied), the
+    hypotheses that end are written into a per-input buffer, and which inputs are done is a boolean mask. The
+    host reads the device once every ``sync_every`` steps (whether every input is done) and once at the end,
+    when the hypotheses are traced back through the buffers.
 
     Args:
         step: the model's step function (see the module docstring).
@@ -107,30 +100,47 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
             the ``max_len``-th token is always ``<end>``.
         length_penalty: p >= 0; 0 ranks by the summed log-probability.
         n_best: hypotheses returned per input (<= beam_size), best first.
+        sync_every: steps between the checks whether every input is done (the results do not depend on it:
+            a done input takes no more hypotheses; only the number of ``step`` calls does).
 
     Returns:
         a list of B lists of (at most) ``n_best`` :class:`Hypothesis`, best first.
 
     Raises:
-        ValueError: beam_size < 1, n_best > beam_size, max_len < 1 or length_penalty < 0.
+        ValueError: beam_size < 1, n_best > beam_size, max_len < 1, length_penalty < 0 or sync_every < 1.
     """
-    if beam_size < 1 or not 1 <= n_best <= beam_size or max_len < 1 or length_penalty < 0:
+    if beam_size < 1 or not 1 <= n_best <= beam_size or max_len < 1 or length_penalty < 0 or sync_every < 1:
         raise ValueError(f"bad search settings: beam_size={beam_size}, n_best={n_best}, max_len={max_len}, "
-                         f"length_penalty={length_penalty}")
+                         f"length_penalty={length_penalty}, sync_every={sync_every}")
     B, k = state[0].size(0), beam_size
     device = state[0].device
     state, context = _expand(state, k), _expand(context, k)  # (B*k, ...)
     tokens = torch.full((B * k,), bos, dtype=torch.long, device=device)
     scores = torch.full((B, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # at t=0 all beams are the same: expand only the first
-    history = torch.zeros(B, k, 0, dtype=torch.long, device=device)  # (B, k, t) token ids
-    token_lps = torch.zeros(B, k, 0, device=device)  # (B, k, t) log p of each token given its prefix
-    extras: Optional[torch.Tensor] = None  # (B, k, t, ...)
-    finished: List[List[Hypothesis]] = [[] for _ in range(B)]
-    done = [False] * B
+    # per step t: the token of each surviving beam, its log-prob, the beam it extends, the step's extra
+    tok_buf = torch.zeros(max_len, B, k, dtype=torch.long, device=device)
+    lp_buf = torch.zeros(max_len, B, k, device=device)
+    src_buf = torch.zeros(max_len, B, k, dtype=torch.long, device=device)
+    ext_buf: Optional[torch.Tensor] = None  # (max_len, B, k, ...)
+    # the hypotheses that end, per input in the order they end: step, beam, <end>'s log-prob and extra, scores;
+    # slot number `slots` is a spare that takes the writes of the candidates that do not end
+    slots = k * max_len
+    fin_score = torch.full((B, slots + 1), float("-inf"), device=device)  # ranking score
+    fin_lp = torch.zeros(B, slots + 1, device=device)  # log-prob, <end> included
+    fin_end_lp = torch.zeros(B, slots + 1, device=device)
+    fin_t = torch.zeros(B, slots + 1, dtype=torch.long, device=device)
+    fin_src = torch.zeros(B, slots + 1, dtype=torch.long, device=device)
+    fin_ext: Optional[torch.Tensor] = None  # (B, slots + 1, ...)
+    count = torch.zeros(B, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    unfinished = torch.zeros(B, k, dtype=torch.bool, device=device)  # live at max_len without a possible <end>
     arange_b = torch.arange(B, device=device).unsqueeze(1)  # (B, 1)
+    first_k = torch.arange(2 * k, device=device).unsqueeze(0) < k  # (1, 2k)
+    t_last = 0
 
     for t in range(max_len):
+        t_last = t
         log_probs, state, extra = step(tokens, tuple(state), context)  # (B*k, V)
         log_probs = log_probs.float()
         last = t == max_len - 1
@@ -145,28 +155,34 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         is_eos = top_tokens == eos
         if extra is not None:
             extra = extra.view(B, k, *extra.shape[1:])
+            if ext_buf is None:
+                ext_buf = extra.new_zeros(max_len, B, k, *extra.shape[2:])
+                fin_ext = extra.new_zeros(B, slots + 1, *extra.shape[2:])
 
-        # Hypotheses that end here: <end> candidates among the k best (as in fairseq, so that k=1 is greedy).
-        # Each beam has one <end> candidate, so at most k of the 2k candidates end and >= k continue.
-        in_top_k = torch.arange(is_eos.size(1), device=device).unsqueeze(0) < k
-        for b, j in zip(*torch.nonzero(is_eos & in_top_k & torch.isfinite(top_scores), as_tuple=True)):
-            b, j = int(b), int(j)
-            if done[b]:
-                continue
-            src = int(beam_idx[b, j])
-            words, lps, ext = _path(history, token_lps, extras, b, src, float(top_lps[b, j]),
-                                    extra[b, src] if extra is not None else None)
-            lp = float(top_scores[b, j])
-            finished[b].append(Hypothesis(words, _normalise(lp, t + 1, length_penalty), lp, ext, True, lps))
+        # Hypotheses that end here: <end> candidates among the k best (as in fairseq, so that k=1 is greedy), of
+        # inputs not done. Each beam has one <end> candidate, so at most k of the 2k candidates end and >= k
+        # continue. They go to the next free slots of their input, in candidate order.
+        ends = is_eos & first_k[:, :is_eos.size(1)] & torch.isfinite(top_scores) & ~done.unsqueeze(1)  # (B, 2k)
+        slot = (count.unsqueeze(1) + ends.long().cumsum(1) - 1).clamp_min(0)  # (B, 2k)
+        slot = torch.where(ends, slot, torch.full_like(slot, slots))  # candidates that do not end: a spare slot
+        n_tokens = t + 1
+        normed = top_scores / (n_tokens ** length_penalty) if length_penalty else top_scores
+
+        def put(buf: torch.Tensor, values: torch.Tensor) -> None:  # buf[b, slot[b, j]] = values[b, j]
+            buf.scatter_(1, slot.view(B, -1, *([1] * (buf.dim() - 2))).expand(-1, -1, *buf.shape[2:]), values)
+
+        put(fin_score, normed)
+        put(fin_lp, top_scores)
+        put(fin_end_lp, top_lps)
+        put(fin_t, torch.full_like(slot, t))
+        put(fin_src, beam_idx)
+        if extra is not None:
+            put(fin_ext, extra[arange_b, beam_idx])
+        count = count + ends.sum(1)
 
         if last:
             # <end> was the only choice. A live beam that could not take it (p(<end>) = 0) is returned unfinished.
-            for b in range(B):
-                for j in range(k):
-                    if done[b] or not torch.isfinite(scores[b, j]) or torch.isfinite(cand[b, j, eos]):
-                        continue
-                    words, lps, ext = _path(history, token_lps, extras, b, j)
-                    finished[b].append(Hypothesis(words, float("-inf"), float(scores[b, j]), ext, False, lps))
+            unfinished = ~done.unsqueeze(1) & torch.isfinite(scores) & ~torch.isfinite(cand[:, :, eos])
             break
 
         # The k best candidates that do not end continue (there are always >= k of them).
@@ -174,34 +190,70 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         scores = top_scores.gather(1, order)  # (B, k)
         src_beam = beam_idx.gather(1, order)  # (B, k)
         new_tokens = top_tokens.gather(1, order)  # (B, k)
-        history = torch.cat([history[arange_b, src_beam], new_tokens.unsqueeze(-1)], dim=2)  # (B, k, t+1)
-        token_lps = torch.cat([token_lps[arange_b, src_beam], top_lps.gather(1, order).unsqueeze(-1)], dim=2)
+        tok_buf[t], lp_buf[t], src_buf[t] = new_tokens, top_lps.gather(1, order), src_beam
         if extra is not None:
-            step_extra = extra[arange_b, src_beam].unsqueeze(2)  # (B, k, 1, ...)
-            extras = step_extra if extras is None else torch.cat([extras[arange_b, src_beam], step_extra], dim=2)
+            ext_buf[t] = extra[arange_b, src_beam]
         flat_src = (arange_b * k + src_beam).view(-1)  # (B*k,) rows of the surviving beams
         state = tuple(s.index_select(0, flat_src) for s in state)
         tokens = new_tokens.view(-1)
 
-        # An input is done when k hypotheses finished and no live beam can beat the worst of them:
-        # a live beam's log-prob only falls, and its length (<end> included) can grow to max_len at most,
-        # so its best possible ranking score is score / max_len^p.
-        for b in range(B):
-            if done[b] or len(finished[b]) < k:
-                continue
-            kth = sorted((h.score for h in finished[b]), reverse=True)[k - 1]
-            best_live = float(scores[b].max())
-            bound = _normalise(best_live, max_len, length_penalty) if best_live < 0 else best_live
-            if bound <= kth:
-                done[b] = True
-        if all(done):
+        # An input is done when k hypotheses ended and no live beam can beat the worst of them: a live beam's
+        # log-prob only falls, and its length (<end> included) can grow to max_len at most, so its best possible
+        # ranking score is score / max_len^p.
+        kth = fin_score[:, :slots].topk(k, dim=1).values[:, k - 1]  # −inf while fewer than k ended
+        best_live = scores.max(dim=1).values
+        bound = torch.where(best_live < 0, best_live / (max_len ** length_penalty), best_live) \
+            if length_penalty else best_live
+        done = done | (torch.isfinite(kth) & (bound <= kth))
+        if (t + 1) % sync_every == 0 and bool(done.all()):
             break
-    return [sorted(f, key=lambda h: h.score, reverse=True)[:n_best] for f in finished]
+    return _trace_back(tok_buf, lp_buf, src_buf, ext_buf, t_last, fin_score, fin_lp, fin_end_lp, fin_t, fin_src,
+                       fin_ext, count, unfinished, scores, n_best)
+
+
+def _trace_back(tok_buf, lp_buf, src_buf, ext_buf, t_last, fin_score, fin_lp, fin_end_lp, fin_t, fin_src, fin_ext,
+                count, unfinished, scores, n_best) -> List[List[Hypothesis]]:
+    """The hypotheses of :func:`beam_search`, read from its buffers in one transfer: for each input its
+    ``n_best`` best (stable: in the order they ended among equal scores), each traced back through the beams it
+    extended."""
+    tok, lps, src = tok_buf.cpu(), lp_buf.cpu(), src_buf.cpu()
+    ext = ext_buf.cpu() if ext_buf is not None else None
+    f_score, f_lp, f_end, f_t, f_src = fin_score.cpu(), fin_lp.cpu(), fin_end_lp.cpu(), fin_t.cpu(), fin_src.cpu()
+    f_ext = fin_ext.cpu() if fin_ext is not None else None
+    counts, unfin, live = count.tolist(), unfinished.cpu(), scores.cpu()
+
+    def path(b: int, beam: int, t: int):
+        """Tokens, log-probs and extras of beam ``beam`` of input ``b`` after step t - 1 (t tokens)."""
+        words, token_lps, rows = [], [], []
+        for s in range(t - 1, -1, -1):
+            words.append(int(tok[s, b, beam]))
+            token_lps.append(float(lps[s, b, beam]))
+            if ext is not None:
+                rows.append(ext[s, b, beam])
+            beam = int(src[s, b, beam])
+        rows.reverse()
+        return words[::-1], token_lps[::-1], rows
+
+    out = []
+    for b in range(len(counts)):
+        hyps = []
+        for i in range(counts[b]):
+            t = int(f_t[b, i])
+            words, token_lps, rows = path(b, int(f_src[b, i]), t)
+            rows = rows + [f_ext[b, i]] if f_ext is not None else None
+            hyps.append(Hypothesis(words, float(f_score[b, i]), float(f_lp[b, i]),
+                                   torch.stack(rows) if rows else None, True, token_lps + [float(f_end[b, i])]))
+        for j in torch.nonzero(unfin[b]).flatten().tolist():
+            words, token_lps, rows = path(b, j, t_last)
+            hyps.append(Hypothesis(words, float("-inf"), float(live[b, j]), torch.stack(rows) if rows else None,
+                                   False, token_lps))
+        out.append(sorted(hyps, key=lambda h: h.score, reverse=True)[:n_best])
+    return out
 
 
 @torch.no_grad()
 def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
-                  max_len: int = 20, length_penalty: float = 0.0) -> List[Hypothesis]:
+                  max_len: int = 20, length_penalty: float = 0.0, sync_every: int = 4) -> List[Hypothesis]:
     """Greedy decoding (argmax at every step) for a batch; the same result as beam search with k=1.
 
     As in :func:`beam_search`, the ``max_len``-th token is always ``<end>``.
@@ -209,6 +261,8 @@ def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
     Args:
         step, state, context, bos, eos, max_len: as for :func:`beam_search`.
         length_penalty: p of the returned ranking score log_prob / n^p (it does not change the argmax path).
+        sync_every: steps between the checks whether every sequence has ended (the one read of the device
+            inside the loop; the results do not depend on it).
 
     Returns:
         a list of B :class:`Hypothesis` (score −inf when unfinished).
@@ -230,7 +284,7 @@ def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
         if extra is not None:
             out_extra.append(extra)
         alive = alive & (tokens != eos)
-        if not alive.any():
+        if (t + 1) % sync_every == 0 and not bool(alive.any()):
             break
     seq = torch.stack(out_tokens, dim=1).cpu()  # (B, T)
     lps = torch.stack(out_lps, dim=1).cpu()  # (B, T)

@@ -170,11 +170,14 @@ def test_length_penalty_flips_the_winner_and_the_bound_prunes(length_penalty, to
     a bound normalised by the current length stops at step 1 and returns the empty caption; a looser bound
     (never stopping) still finds "a a" but calls the model max_len = 4 times instead of 3."""
     m = TableModel(3, FLIP)
-    (hyp,) = m.run_beam(beam_size=1, max_len=4, length_penalty=length_penalty)[0]
+    (hyp,) = m.run_beam(beam_size=1, max_len=4, length_penalty=length_penalty, sync_every=1)[0]
     assert hyp.tokens == tokens and hyp.finished
     assert hyp.log_prob == pytest.approx(log_prob, abs=1e-6)
     assert hyp.score == pytest.approx(log_prob / (len(tokens) + 1) ** length_penalty, abs=1e-6)
     assert m.calls == calls  # stopped as soon as no live beam could win, not at max_len
+    # checking for completion only every 4 steps costs calls, never the result
+    (late,) = m.run_beam(beam_size=1, max_len=4, length_penalty=length_penalty)[0]
+    assert (late.tokens, late.score, late.log_prob) == (hyp.tokens, hyp.score, hyp.log_prob) and m.calls == 4
     assert m.brute_force(0, 4, length_penalty)[1] == tokens
 
 
@@ -192,3 +195,5 @@ def test_bad_settings():
         m.run_beam(beam_size=0)
     with pytest.raises(ValueError):
         m.run_beam(beam_size=2, n_best=3)
+    with pytest.raises(ValueError):
+        m.run_beam(beam_size=2, sync_every=0)

@@ -216,15 +216,13 @@ class Captioner:
         save_checkpoint(path, {**self.state(half), **extra})
 
     # -- inference --------------------------------------------------------------------------------------
-    def _step(self, tokens, state, context, hard: bool = False, allow_unk: bool = False, weights=None):
-        """The search's step function (``functools.partial`` binds ``hard``, ``allow_unk`` and the decoder's
-        :meth:`~showattend.captioning.decoder.Decoder.step_weights`, gathered once per search)."""
+    def _step(self, tokens, state, context, hard: bool = False, banned=None, weights=None):
+        """The search's step function (``functools.partial`` binds ``hard``, the (V,) mask of the tokens never
+        generated and the decoder's :meth:`~showattend.captioning.decoder.Decoder.step_weights`, both made once
+        per search)."""
         annotations, keys = context
         logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=hard, weights=weights)
-        log_probs = F.log_softmax(logits.float(), dim=-1)  # (N, V)
-        log_probs[:, [self.vocab.pad, self.vocab.start]] = float("-inf")
-        if not allow_unk:
-            log_probs[:, self.vocab.unk] = float("-inf")
+        log_probs = F.log_softmax(logits.float(), dim=-1).masked_fill_(banned, float("-inf"))  # (N, V)
         return log_probs, state, torch.cat([att.alpha, beta.unsqueeze(1)], dim=1)  # extra: (N, L + 1)
 
     @torch.no_grad()
@@ -262,7 +260,9 @@ class Captioner:
 
     def _decode(self, annotations, beam_size, max_len, length_penalty, allow_unk, hard):
         self.decoder.eval()
-        step = functools.partial(self._step, hard=hard, allow_unk=allow_unk, weights=self.decoder.step_weights())
+        banned = torch.zeros(len(self.vocab), dtype=torch.bool, device=self.device)  # <pad>, <start>, <unk>
+        banned[[self.vocab.pad, self.vocab.start] + ([] if allow_unk else [self.vocab.unk])] = True
+        step = functools.partial(self._step, hard=hard, banned=banned, weights=self.decoder.step_weights())
         annotations = annotations.to(self.device, torch.float32)
         keys = self.decoder.attention.project_keys(annotations)  # (B, L, A), once per image
         state = self.decoder.init_state(annotations)
