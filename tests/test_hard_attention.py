@@ -267,8 +267,8 @@ def test_sampled_searches_are_ranked_by_their_length_penalised_score(monkeypatch
     runs = iter([[short], [long]])
     calls = []
 
-    def fake_decode(annotations, beam_size, max_len, length_penalty, allow_unk, hard):
-        calls.append((length_penalty, hard))
+    def fake_decode(annotations, beam_size, max_len, length_penalty, allow_unk, generator):
+        calls.append((length_penalty, isinstance(generator, torch.Generator)))
         return next(runs)
 
     monkeypatch.setattr(cap, "_decode", fake_decode)

@@ -84,11 +84,11 @@ def test_hard_attention_model_trains_reloads_and_captions(dataset, tmp_path, cap
     image = str(dataset / "images" / "0.jpg")
     captioner = Captioner.from_checkpoint(str(ckpt), device="cpu")
     for mode in ("soft", "hard"):
-        torch.manual_seed(0)
+        torch.manual_seed(1)  # hard attention's samples have a generator of their own (seed 0): not this one's
         assert main(["caption", image, "--checkpoint", str(ckpt), "--device", "cpu", "--attention", mode,
                      "--samples", "2", "--attention-dir", str(tmp_path / "ov")]) == 0
         out = capsys.readouterr().out
-        torch.manual_seed(0)  # the same sampled locations for the hard searches
+        torch.manual_seed(2)
         (want,) = captioner.caption([image], attention=mode, samples=2)
         assert out == want.text + "\n"  # the CLI prints what the API returns for the reloaded checkpoint
         assert set(want.words) <= set(captioner.vocab.itos[4:])

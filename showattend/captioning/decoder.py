@@ -186,7 +186,8 @@ class Decoder(nn.Module):
                            0 if query is None else query.size(0))
 
     def step(self, y_prev: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
-             keys: torch.Tensor, hard: bool = False, weights: Optional[StepWeights] = None):
+             keys: torch.Tensor, hard: bool = False, weights: Optional[StepWeights] = None,
+             generator: Optional[torch.Generator] = None):
         """One decoding step.
 
         Args:
@@ -196,6 +197,7 @@ class Decoder(nn.Module):
             keys: (B, L, A) ``self.attention.project_keys(annotations)``, computed once per image.
             hard: sample the attended location (hard attention) instead of the expected context.
             weights: ``self.step_weights()``, gathered once per search (computed here if None).
+            generator: the random stream of the hard attention's location samples (None: the global one).
 
         Returns:
             logits (B, V), new state (h_t, c_t), attention output (context, alpha (B, L), location), β (B,).
@@ -203,12 +205,13 @@ class Decoder(nn.Module):
         weights = self.step_weights() if weights is None else weights
         e = self.embedding(y_prev)  # (B, m)
         x = F.linear(e, weights.words, weights.bias)  # (B, 4n)
-        (h, c), z, att, beta = self.recurrence(x, state, annotations, keys, weights, hard)
+        (h, c), z, att, beta = self.recurrence(x, state, annotations, keys, weights, hard, generator=generator)
         return self.deep_output(e, h, z), (h, c), att, beta
 
     def recurrence(self, x_words: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], annotations: torch.Tensor,
                    keys: torch.Tensor, weights: StepWeights, hard: bool = False,
-                   location: Optional[torch.Tensor] = None, uniform: Optional[torch.Tensor] = None):
+                   location: Optional[torch.Tensor] = None, uniform: Optional[torch.Tensor] = None,
+                   generator: Optional[torch.Generator] = None):
         """Attention, gate and LSTM update of one step (eq. 1-5 and §4.2.1), shared by training and decoding.
 
         Args:
@@ -216,7 +219,7 @@ class Decoder(nn.Module):
                 weights.bias)``); state: (h_{t-1}, c_{t-1}); annotations (B, L, D); keys (B, L, A);
             weights: :meth:`step_weights`; hard: hard attention; location: (B,) given locations s_t instead of
                 sampled ones (with ``hard``); uniform: (B,) uniforms to sample s_t with (inverse CDF, see
-                :func:`~showattend.attention.sample_locations`).
+                :func:`~showattend.attention.sample_locations`); generator: the random stream of the samples.
 
         Returns:
             (h_t, c_t) in fp32, gated context β_t ẑ_t (B, D), attention output, β_t (B,).
@@ -225,7 +228,7 @@ class Decoder(nn.Module):
         n, A = h.size(1), weights.query_rows
         from_h = weights.hidden(h)  # (B, A + 1 + 4n): W h_{t-1}, w_β h_{t-1}, W_hh h_{t-1}
         att = self.attention(h, keys, annotations, hard=hard, location=location, uniform=uniform,
-                             projected_query=from_h[:, :A] if A else None)  # context ẑ (B, D), α (B, L)
+                             generator=generator, projected_query=from_h[:, :A] if A else None)  # context ẑ (B, D), α (B, L)
         if self.f_beta is not None:
             beta = torch.sigmoid(from_h[:, A].float() + self.f_beta.bias.float())  # (B,)
         else:

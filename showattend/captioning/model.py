@@ -216,19 +216,20 @@ class Captioner:
         save_checkpoint(path, {**self.state(half), **extra})
 
     # -- inference --------------------------------------------------------------------------------------
-    def _step(self, tokens, state, context, hard: bool = False, banned=None, weights=None):
+    def _step(self, tokens, state, context, hard: bool = False, banned=None, weights=None, generator=None):
         """The search's step function (``functools.partial`` binds ``hard``, the (V,) mask of the tokens never
-        generated and the decoder's :meth:`~showattend.captioning.decoder.Decoder.step_weights`, both made once
-        per search)."""
+        generated, the decoder's :meth:`~showattend.captioning.decoder.Decoder.step_weights`, both made once
+        per search, and the generator of hard attention's samples)."""
         annotations, keys = context
-        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=hard, weights=weights)
+        logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=hard, weights=weights,
+                                                     generator=generator)
         log_probs = F.log_softmax(logits.float(), dim=-1).masked_fill_(banned, float("-inf"))  # (N, V)
         return log_probs, state, torch.cat([att.alpha, beta.unsqueeze(1)], dim=1)  # extra: (N, L + 1)
 
     @torch.no_grad()
     def decode(self, annotations: torch.Tensor, beam_size: int = 3, max_len: int = 20,
                length_penalty: float = 0.0, allow_unk: bool = False, attention: str = "soft",
-               samples: int = 5) -> List[CaptionResult]:
+               samples: int = 5, seed: int = 0) -> List[CaptionResult]:
         """Caption a batch of annotation vectors (batched beam search; greedy when ``beam_size`` is 1).
 
         Args:
@@ -243,6 +244,8 @@ class Captioner:
                 runs the search ``samples`` times and keeps the caption of each image with the best ranking score
                 (log-probability / n^p, §4.1).
             samples: number of sampled searches for ``attention="hard"``.
+            seed: seed of ``attention="hard"``'s location samples (a generator of its own: the same seed and
+                inputs give the same captions, whatever else used the global random state).
 
         Returns:
             B :class:`CaptionResult`.
@@ -253,16 +256,19 @@ class Captioner:
         if attention not in ("soft", "hard"):
             raise ValueError(f"attention must be 'soft' or 'hard', got {attention!r}")
         if attention == "hard":
-            runs = [self._decode(annotations, beam_size, max_len, length_penalty, allow_unk, True)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            runs = [self._decode(annotations, beam_size, max_len, length_penalty, allow_unk, generator)
                     for _ in range(max(1, samples))]
             return [max(options, key=lambda r: r.score) for options in zip(*runs)]
-        return self._decode(annotations, beam_size, max_len, length_penalty, allow_unk, False)
+        return self._decode(annotations, beam_size, max_len, length_penalty, allow_unk, None)
 
-    def _decode(self, annotations, beam_size, max_len, length_penalty, allow_unk, hard):
+    def _decode(self, annotations, beam_size, max_len, length_penalty, allow_unk, generator):
+        """One search; ``generator`` is given for hard attention's sampled locations, None for soft."""
         self.decoder.eval()
         banned = torch.zeros(len(self.vocab), dtype=torch.bool, device=self.device)  # <pad>, <start>, <unk>
         banned[[self.vocab.pad, self.vocab.start] + ([] if allow_unk else [self.vocab.unk])] = True
-        step = functools.partial(self._step, hard=hard, banned=banned, weights=self.decoder.step_weights())
+        step = functools.partial(self._step, hard=generator is not None, banned=banned,
+                                 weights=self.decoder.step_weights(), generator=generator)
         annotations = annotations.to(self.device, torch.float32)
         keys = self.decoder.attention.project_keys(annotations)  # (B, L, A), once per image
         state = self.decoder.init_state(annotations)
@@ -292,7 +298,7 @@ class Captioner:
 
     def caption(self, images: Union[ImageSource, Sequence[ImageSource]], beam_size: int = 3, max_len: int = 20,
                 length_penalty: float = 0.0, batch_size: int = 32, attention: str = "soft",
-                samples: int = 5) -> List[CaptionResult]:
+                samples: int = 5, seed: int = 0) -> List[CaptionResult]:
         """Caption images given as file paths, http(s) URLs, PIL images, (H, W, 3) numpy arrays or (3, H, W)
         tensors in [0, 1] (decoding options: :meth:`decode`); one image alone gives a list of one.
 
@@ -307,7 +313,7 @@ class Captioner:
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
             results += self.decode(self.encode(chunk), beam_size, max_len, length_penalty, attention=attention,
-                                   samples=samples)
+                                   samples=samples, seed=seed)
         return results
 
     def caption_files(self, paths: Sequence[str], **kwargs):

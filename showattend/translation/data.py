@@ -60,11 +60,18 @@ def read_parallel(src_path: str, tgt_path: str) -> Tuple[List[str], List[str]]:
 
 
 def find_split(folder: str, split: str, lang: str) -> str:
-    """``folder/{split}.{lang}`` or ``folder/{split}.{lang}.gz``, whichever exists."""
+    """``folder/{split}.{lang}`` or ``folder/{split}.{lang}.gz``, whichever exists.
+
+    Raises:
+        FileNotFoundError: neither exists, or no such folder (the message says to pass --data).
+    """
     for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
-    raise FileNotFoundError(f"no {split}.{lang}[.gz] in {folder}")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no data folder {folder}: pass --data with a folder of {{split}}.{{lang}}[.gz] files, "
+                                f"one sentence per line (Multi30k's: train, val, test_2016_flickr)")
+    raise FileNotFoundError(f"no {split}.{lang}[.gz] in {folder} (--data)")
 
 
 def encode_pairs(src: Sequence[str], tgt: Sequence[str], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
