@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from showattend import attention  # noqa: E402
 from showattend.captioning.data import collate_captions  # noqa: E402
-from showattend.captioning.decoder import Decoder, caption_loss, reference_forward  # noqa: E402
+from showattend.captioning.decoder import Decoder, reference_forward  # noqa: E402
+from showattend.captioning.losses import caption_loss  # noqa: E402
 from showattend.captioning.encoders import Encoder  # noqa: E402
 from showattend.captioning.model import Captioner, ModelConfig  # noqa: E402
 from showattend.vocab import Vocab  # noqa: E402

@@ -17,9 +17,9 @@ from typing import Annotated, ClassVar, Literal, Sequence
 import tyro
 
 from .options import layered_settings, settings_instance
-from .pretrained import DEFAULT_CAPTIONER, DEFAULT_TRANSLATOR, PRETRAINED
+from .pretrained import DEFAULT_CAPTIONER, DEFAULT_TRANSLATOR, PRETRAINED, get_model, weights_file
 
-__all__ = ["TrainingCommand", "Export", "Models", "check_decoding", "report_json", "flat", "flag", "File",
+__all__ = ["TrainingCommand", "Export", "Models", "BundledOrFile", "check_decoding", "report_json", "flat", "flag", "File",
            "Optional_"]
 
 flat = tyro.conf.OmitArgPrefixes  # a nested dataclass's options keep their own names: --batch-size
@@ -122,6 +122,22 @@ class Models:
         if not any(self.task in ("all", m.task) for m in PRETRAINED.values()):
             print(f"no bundled {self.task} model yet")
         return 0
+
+
+class BundledOrFile:
+    """What a decoding command's ``--model NAME`` / ``--checkpoint FILE`` pair shares: the subclass (a dataclass with
+    ``model`` and ``checkpoint`` fields) names its task in ``task``."""
+
+    task: ClassVar[str]
+
+    def check_model(self) -> None:
+        """Raises ValueError: no bundled model of that name for this task (checked when no --checkpoint is given)."""
+        if not self.checkpoint:
+            get_model(self.model, self.task)
+
+    def model_file(self) -> str:
+        """--checkpoint, or the bundled --model's file."""
+        return self.checkpoint or str(weights_file(self.model, self.task))
 
 
 def check_decoding(beam_size: int, max_len: int, length_penalty: float, device: str) -> None:

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from showattend.captioning.data import collate_captions
-from showattend.captioning.decoder import (Decoder, DecoderOutput, caption_loss, doubly_stochastic_penalty,
-                                          reference_forward)
+from showattend.captioning.decoder import Decoder, DecoderOutput, reference_forward
+from showattend.captioning.losses import caption_loss, doubly_stochastic_penalty
 from showattend.captioning.model import Captioner, ModelConfig
 from showattend.vocab import Vocab
 

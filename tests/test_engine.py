@@ -15,7 +15,8 @@ import showattend
 from showattend.captioning.cache import FeatureStore
 from showattend.captioning.data import CaptionRecord
 from showattend.captioning.model import ModelConfig
-from showattend.captioning.train import CaptionTask, TrainConfig
+from showattend.captioning.task import CaptionTask
+from showattend.captioning.train import TrainConfig
 from showattend.engine import DistInfo, StepContext, Trainer
 from showattend.vocab import Vocab
 

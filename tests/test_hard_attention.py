@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from showattend.attention import (Attention, attention_entropy, location_log_prob, masked_softmax,
                                   sample_locations)
 from showattend.captioning.data import collate_captions
-from showattend.captioning.decoder import (Decoder, MovingAverageBaseline, caption_loss, hard_attention_loss,
-                                           reinforce_surrogate)
+from showattend.captioning.decoder import Decoder
+from showattend.captioning.losses import (MovingAverageBaseline, caption_loss, hard_attention_loss,
+                                          reinforce_surrogate)
 from showattend.captioning.model import Captioner, ModelConfig
 from showattend.vocab import Vocab
 

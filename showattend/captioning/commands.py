@@ -11,8 +11,8 @@ from typing import Annotated, ClassVar, List, Literal, Tuple
 
 import tyro
 
-from ..commands import Optional_, TrainingCommand, check_decoding, flag, flat, report_json
-from ..pretrained import DEFAULT_CAPTIONER, get_model, weights_file
+from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flag, flat, report_json
+from ..pretrained import DEFAULT_CAPTIONER
 from .model import ModelConfig
 from .train import TrainConfig
 
@@ -95,7 +95,7 @@ class Cache:
 
 
 @dataclass
-class CaptionDecoding:
+class CaptionDecoding(BundledOrFile):
     """How `caption` and `evaluate` decode.
 
     Attributes:
@@ -111,6 +111,7 @@ class CaptionDecoding:
         samples: sampled searches with --attention hard.
     """
 
+    task: ClassVar[str] = "captioning"
     model: str = DEFAULT_CAPTIONER
     checkpoint: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
     beam_size: int = 3
@@ -125,12 +126,7 @@ class CaptionDecoding:
         check_decoding(self.beam_size, self.max_len, self.length_penalty, self.device)
         if self.samples < 1:
             raise ValueError(f"--samples must be at least 1, got {self.samples}")
-        if not self.checkpoint:
-            get_model(self.model, "captioning")
-
-    def checkpoint_file(self) -> str:
-        """--checkpoint, or the bundled --model's file."""
-        return self.checkpoint or str(weights_file(self.model, "captioning"))
+        self.check_model()
 
 
 @dataclass
@@ -191,7 +187,7 @@ class Caption:
             print("showattend caption: error: no IMAGE given (see showattend caption --help)", file=sys.stderr)
             return 2
         d = self.decoding
-        cap = Captioner.from_checkpoint(d.checkpoint_file(), device=d.device)
+        cap = Captioner.from_checkpoint(d.model_file(), device=d.device)
         sources, arg_errors = expand_inputs(self.images)
         if not sources and not arg_errors:
             log.error("error: no images given (standard input was empty)")
@@ -301,7 +297,7 @@ class Evaluate:
         from .evaluate import evaluate
 
         d = self.decoding
-        report = evaluate(d.checkpoint_file(), data=self.data, images=self.images,
+        report = evaluate(d.model_file(), data=self.data, images=self.images,
                           karpathy_split=self.karpathy_split, split=self.split, beam_size=d.beam_size,
                           max_len=d.max_len, length_penalty=d.length_penalty,
                           cache_dir=self.cache_dir, device=d.device, limit=self.limit,

@@ -181,10 +181,9 @@ class Encoder(nn.Module):
         import hashlib
 
         header = f"{self.spec.name} {list(self.spec.mean)} {list(self.spec.std)}"
-        top = set()
         if self.fine_tune_blocks:
             header += f" trunk of {self.split} stages"
-            top = {id(t) for m in self._top_modules for t in list(m.parameters()) + list(m.buffers())}
+        top = self._top_tensor_ids()
         h = hashlib.sha256(header.encode())
         for name, t in self.net.state_dict(keep_vars=True).items():
             if id(t) in top:
@@ -193,10 +192,14 @@ class Encoder(nn.Module):
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    def _top_tensor_ids(self) -> set:
+        """ids of the fine-tuned blocks' parameters and buffers (empty for a frozen encoder)."""
+        return {id(t) for m in self._top_modules for t in list(m.parameters()) + list(m.buffers())}
+
     def top_state_dict(self) -> Dict[str, torch.Tensor]:
         """The fine-tuned blocks' weights and buffers, under their names in ``self.net`` (what a checkpoint
         stores: the rest are the ImageNet weights); empty for a frozen encoder."""
-        top = {id(t) for m in self._top_modules for t in list(m.parameters()) + list(m.buffers())}
+        top = self._top_tensor_ids()
         return {k: t.detach().clone() for k, t in self.net.state_dict(keep_vars=True).items() if id(t) in top}
 
     def load_top_state_dict(self, state: Dict[str, torch.Tensor], path: str = "checkpoint") -> None:

@@ -10,7 +10,8 @@ from ..metrics import METRICS, SPICE_NOTE, caption_metrics, check_java, java_ava
 from ..runs import atomic_write_text
 from .cache import FeatureStore
 from .model import Captioner
-from .train import TrainConfig, evaluate_split, load_records, prepare_cache
+from .task import evaluate_split
+from .train import TrainConfig, load_records, prepare_cache
 
 __all__ = ["evaluate"]
 

@@ -9,8 +9,8 @@ from typing import Annotated, ClassVar, List
 
 import tyro
 
-from ..commands import Optional_, TrainingCommand, check_decoding, flat, report_json
-from ..pretrained import DEFAULT_TRANSLATOR, get_model, weights_file
+from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flat, report_json
+from ..pretrained import DEFAULT_TRANSLATOR
 from .model import TranslatorConfig
 from .train import TranslationTrainConfig
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Translate", "TranslateTrain", "TranslateEvaluate", "TranslationDecoding"]
 
 @dataclass
-class TranslationDecoding:
+class TranslationDecoding(BundledOrFile):
     """How `translate` and `translate evaluate` decode.
 
     Attributes:
@@ -31,6 +31,7 @@ class TranslationDecoding:
         device: "auto" (cuda when available), "cpu" or "cuda".
     """
 
+    task: ClassVar[str] = "translation"
     model: str = DEFAULT_TRANSLATOR
     checkpoint: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
     beam_size: int = 5
@@ -40,12 +41,7 @@ class TranslationDecoding:
     def validate(self) -> None:
         """Raises ValueError: a bad decoding option or an unknown --model (named)."""
         check_decoding(self.beam_size, 2, self.length_penalty, self.device)
-        if not self.checkpoint:
-            get_model(self.model, "translation")
-
-    def translator_file(self) -> str:
-        """--checkpoint, or the bundled --model's file."""
-        return self.checkpoint or str(weights_file(self.model, "translation"))
+        self.check_model()
 
 
 @dataclass
@@ -82,7 +78,7 @@ class Translate:
         from .translator import Translator
 
         d = self.decoding
-        bundle = Translator.from_checkpoint(d.translator_file(), d.device)
+        bundle = Translator.from_checkpoint(d.model_file(), d.device)
         sentences, bad = (self.text, {}) if self.text else _stdin_lines()
         results = bundle.translate([x for i, x in enumerate(sentences) if i not in bad], beam_size=d.beam_size,
                                    max_len=self.max_len, length_penalty=d.length_penalty)
@@ -163,7 +159,7 @@ class TranslateEvaluate:
         from .train import evaluate_translator
 
         d = self.decoding
-        report = evaluate_translator(d.translator_file(), self.data, self.src, self.tgt, self.split, d.beam_size,
+        report = evaluate_translator(d.model_file(), self.data, self.src, self.tgt, self.split, d.beam_size,
                                      d.length_penalty, d.device, self.output or None)
         return report_json(report, "")
 

@@ -1,0 +1,228 @@
+"""The captioning :class:`~showattend.engine.Task`: what one training step and one validation of a captioner are.
+
+Caption batches (an image's annotation vectors, or its trunk activations when fine-tuning, once per distinct
+image), the loss of a batch (teacher forcing with the doubly stochastic penalty, or the hard-attention objective
+of eq. 12 with its REINFORCE baseline), the validation score (BLEU-4 of free-running beam-search captions, never
+teacher-forced argmax) and the checkpoint payload. :mod:`showattend.captioning.train` prepares the data and
+runs the engine with it.
+"""
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..engine import StepContext, Task
+from ..metrics import bleu4
+from ..vocab import Vocab
+from .cache import FeatureStore, ImageStore
+from .data import CaptionDataset, CaptionRecord, collate_captions
+from .encoders import Encoder
+from .losses import MovingAverageBaseline, caption_loss, hard_attention_loss
+from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+__all__ = ["CaptionBatch", "CaptionTask", "FineTuned", "evaluate_split"]
+
+
+@torch.no_grad()
+def evaluate_split(captioner: Captioner, store: Union[FeatureStore, ImageStore], records: List[CaptionRecord],
+                   beam_size: int = 3, max_len: int = 20, batch_size: int = 50, progress: bool = False,
+                   length_penalty: float = 0.0, attention: str = "soft", samples: int = 5):
+    """Caption every record's image from the feature cache (free-running decoding); with a fine-tuned encoder
+    the cache holds its trunk's activations, and its top blocks run here (from an ImageStore, the whole encoder).
+
+    Returns:
+        {image key: CaptionResult}.
+    """
+    from tqdm import tqdm
+
+    out = {}
+    images = isinstance(store, ImageStore)
+    encoder = captioner.encoder if captioner.config.fine_tune_blocks or images else None
+    was_training = encoder.training if encoder is not None else False
+    for i in tqdm(range(0, len(records), batch_size), desc="decoding", disable=not progress, leave=False):
+        chunk = records[i:i + batch_size]
+        feats = torch.stack([store.read(store.row[r.key]) for r in chunk])  # (b, L, D), or images (b, 3, H, W)
+        if encoder is not None:
+            feats = feats.to(captioner.device)
+            feats = encoder.eval().top(encoder.trunk(feats) if images else feats)
+        for r, res in zip(chunk, captioner.decode(feats, beam_size, max_len, length_penalty, attention=attention,
+                                                  samples=samples)):
+            out[r.key] = res
+    if encoder is not None:
+        encoder.train(was_training)
+    return out
+
+
+class CaptionBatch(NamedTuple):
+    """A training batch, sorted by decreasing caption length.
+
+    Attributes:
+        features: (U, L, D) float16 annotation vectors of the batch's U distinct images (cast to float32 on the
+            device); with a fine-tuned encoder, its trunk's activations (U, L', C').
+        image: (B,) long, the row of ``features`` of each caption's image.
+        captions: (B, T) long, padded.
+        lengths: B ints, tokens per caption with ``<start>`` and ``<end>`` (host side: the decoder shrinks the
+            batch with them without reading the device).
+        rows: (B,) long, each caption's position in the global batch (it picks the caption's hard-attention
+            uniforms, so a caption samples the same locations in whichever process holds it).
+    """
+
+    features: torch.Tensor
+    image: torch.Tensor
+    captions: torch.Tensor
+    lengths: List[int]
+    rows: torch.Tensor
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+class FineTuned(torch.nn.Module):
+    """Decoder + the encoder's top blocks, trained together (``--fine-tune-blocks N``, or from the images with
+    ``--from-images``): the module the engine optimises (and DDP wraps). The encoder runs once per distinct image
+    of a batch; every caption of that image reads the result.
+
+    Args:
+        decoder: the :class:`~showattend.captioning.decoder.Decoder`; encoder: an
+            :class:`~showattend.captioning.encoders.Encoder` built with ``fine_tune_blocks`` N.
+    """
+
+    def __init__(self, decoder: torch.nn.Module, encoder: Encoder, from_images: bool = False):
+        super().__init__()
+        self.decoder, self.encoder, self.from_images = decoder, encoder, from_images
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor, captions: torch.Tensor, lengths, **kwargs):
+        """x: (U, L', C') trunk activations of U images, or with ``from_images`` the images (U, 3, H, W);
+        image: (B,) each caption's row of them; the rest as for
+        :meth:`~showattend.captioning.decoder.Decoder.forward`."""
+        trunk = self.encoder.trunk(x) if self.from_images else x
+        return self.decoder(self.encoder.top(trunk)[image], captions, lengths, **kwargs)
+
+
+class CaptionTask(Task):
+    """Captioning for the engine: caption batches from the feature cache (or the images), soft or hard attention
+    losses, validation BLEU-4 by beam search.
+
+    Args:
+        model_cfg: architecture; cfg: training settings.
+        train_records, val_records: the two splits.
+        store: the feature cache; vocab: the vocabulary; device: where the decoder trains.
+    """
+
+    kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_ce", "val_bleu4", "captions"
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
+                 val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
+                 device: torch.device):
+        self.cfg, self.model_cfg, self.vocab, self.store, self.val_records = cfg, model_cfg, vocab, store, val_records
+        self.decoder = build_decoder(model_cfg, len(vocab))
+        self.encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights,
+                               fine_tune_blocks=model_cfg.fine_tune_blocks) \
+            if model_cfg.fine_tune_blocks or cfg.from_images else None
+        self.model = FineTuned(self.decoder, self.encoder, cfg.from_images) if self.encoder is not None \
+            else self.decoder
+        self.captioner = Captioner(self.decoder, vocab, model_cfg, encoder=self.encoder, device=device)
+        self.dataset = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True)
+        self.baseline = MovingAverageBaseline(cfg.baseline_decay)
+        self.hard = model_cfg.attention == "hard"
+
+    def epoch_batches(self, epoch: int) -> List[List[int]]:
+        """Shuffled captions; when the encoder runs in the step (fine-tuning, --from-images), shuffled images with
+        their captions side by side, so that a batch holds few images and the encoder runs once for all captions
+        of each."""
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        if self.encoder is None:
+            order = rng.permutation(len(self.dataset)).tolist()
+        else:
+            _, image = np.unique(self.dataset.rows, return_inverse=True)  # (N,) each caption's image
+            rank = np.argsort(rng.permutation(int(image.max()) + 1))  # image -> its place in the shuffled order
+            order = np.argsort(rank[image], kind="stable").tolist()
+        b = self.cfg.batch_size
+        return [order[i:i + b] for i in range(0, len(order), b)]
+
+    def param_groups(self, lr: float):
+        if not self.model_cfg.fine_tune_blocks:
+            return super().param_groups(lr)
+        top = [p for p in self.encoder.parameters() if p.requires_grad]
+        return [{"params": list(self.decoder.parameters()), "lr": lr},
+                {"params": top, "lr": self.cfg.encoder_lr}]
+
+    def words(self, index: int) -> int:
+        return self.dataset.length(index) - 1  # predicted tokens: the words and <end>
+
+    def collate(self, items, rows) -> CaptionBatch:
+        order = sorted(range(len(items)), key=lambda k: len(items[k][1]), reverse=True)
+        _, caps, lengths = collate_captions([items[k] for k in order])
+        distinct: Dict[int, int] = {}  # cache row -> its row in feats
+        feats, image = [], []
+        for k in order:
+            if items[k][2] not in distinct:
+                distinct[items[k][2]] = len(feats)
+                feats.append(items[k][0])
+            image.append(distinct[items[k][2]])
+        return CaptionBatch(torch.stack(feats), torch.tensor(image), caps, lengths.tolist(),
+                            torch.tensor([rows[k] for k in order]))
+
+    def loss(self, model, batch: CaptionBatch, ctx: StepContext):
+        cfg = self.cfg
+        x, image, caps, lengths = batch.features.float(), batch.image, batch.captions, batch.lengths
+        coin = random.Random(_step_seed(cfg.seed, ctx.step)).random()  # the same on every process
+        sampled = self.hard and coin >= cfg.expected_context_prob  # else soft, or a hard model's expected context
+        n = cfg.hard_samples if sampled else 1  # N sampled location sequences per caption (eq. 12)
+        words, items = ctx.words * n, ctx.items * n
+        if self.encoder is None:  # the decoder alone: each caption's annotation vectors
+            forward = lambda image, *args, **kw: model(x[image], *args, **kw)  # noqa: E731
+        else:  # the top blocks run once per distinct image (FineTuned)
+            forward = lambda image, *args, **kw: model(x, image, *args, **kw)  # noqa: E731
+        if not sampled:
+            out = forward(image, caps, lengths)
+            loss, ce, ds = caption_loss(out, caps, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation,
+                                        words=words, num_captions=items)
+        else:
+            rows = batch.rows
+            if n > 1:
+                image, caps = image.repeat_interleave(n, 0), caps.repeat_interleave(n, 0)
+                lengths = [length for length in lengths for _ in range(n)]
+                rows = (rows * n).repeat_interleave(n) + torch.arange(n, device=rows.device).repeat(len(batch.lengths))
+            g = torch.Generator(device=x.device)
+            g.manual_seed(_step_seed(cfg.seed, ctx.step))
+            uniforms = torch.rand(items, cfg.max_caption_len + 1, generator=g, device=x.device)[rows]
+            out = forward(image, caps, lengths, hard=True, uniforms=uniforms)
+            loss, ce, ds, reward = hard_attention_loss(out, caps, self.baseline.value, cfg.reinforce_weight,
+                                                       cfg.entropy_weight, cfg.ds_lambda, cfg.label_smoothing,
+                                                       cfg.ds_normalisation, words=words, num_captions=items)
+            total = reward.sum()
+            if ctx.world > 1:
+                dist.all_reduce(total)  # the same baseline on every process
+            self.baseline.update(total / items)  # after the step's gradient used the old b (eq. 11)
+        return loss, {"ce": ce * words, "ds": ds, "words": torch.full((), words / ctx.world, device=ce.device)}
+
+    def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
+        return {"train_ce": sums["ce"] / max(sums["words"], 1e-9), "train_ds": sums["ds"] / max(steps, 1),
+                "train_loss": sums["loss"] / max(steps, 1)}
+
+    def validate(self) -> float:
+        results = evaluate_split(self.captioner, self.store, self.val_records, self.cfg.val_beam_size,
+                                 self.cfg.val_max_len)
+        return bleu4({r.key: r.tokens for r in self.val_records}, {k: r.words for k, r in results.items()})
+
+    def payload(self) -> dict:
+        return self.captioner.state()
+
+    def state_dict(self) -> dict:
+        return {"baseline": self.baseline.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("baseline"):
+            self.baseline.load_state_dict(state["baseline"], self.captioner.device)
+
+    def compile(self) -> None:
+        self.decoder.recurrence = torch.compile(self.decoder.recurrence, dynamic=True)
