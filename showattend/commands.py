@@ -53,8 +53,14 @@ class TrainingCommand:
     def starting_settings(cls, argv: Sequence[str]):
         """The defaults the command line overrides: the run's settings with --resume, then --config's."""
         model_cls, train_cls = cls._SETTINGS
-        values = layered_settings(argv, cls._SETTINGS, train_cls.out_dir, ignore=cls._DERIVED)
+        values = {**cls.base_settings(argv),
+                  **layered_settings(argv, cls._SETTINGS, train_cls.out_dir, ignore=cls._DERIVED)}
         return cls(model=settings_instance(model_cls, values), train=settings_instance(train_cls, values))
+
+    @classmethod
+    def base_settings(cls, argv: Sequence[str]) -> dict:
+        """Defaults of a kind of run, beneath --resume's and --config's settings: {field: (value, source)}."""
+        return {}
 
     def validate(self) -> None:
         """Raises ValueError: a bad training setting (the model's are checked when it is built)."""

@@ -31,7 +31,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["Hypothesis", "beam_search", "greedy_search"]
+__all__ = ["Hypothesis", "beam_search", "greedy_search", "sample_search"]
 
 StepFn = Callable[[torch.Tensor, Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]],
                   Tuple[torch.Tensor, Tuple[torch.Tensor, ...], Optional[torch.Tensor]]]
@@ -300,3 +300,46 @@ def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
         results.append(Hypothesis(seq[b, : n - 1].tolist(), score, log_prob,
                                   ext[b, :m] if ext is not None else None, fin, token_lps))
     return results
+
+
+@torch.no_grad()
+def sample_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
+                  max_len: int = 20, samples: int = 1, greedy: bool = False,
+                  generator: Optional[torch.Generator] = None, sync_every: int = 4
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Draw sequences from the model, y_t ~ p(y_t | y_<t, x), or take the argmax (``greedy``), for a batch,
+    on the device: the sampling of self-critical sequence training (Rennie et al. 2017).
+
+    Unlike :func:`greedy_search`, nothing is forced at the last step (every token is a draw of the model, which
+    a policy gradient needs): a sequence that has not drawn ``<end>`` within ``max_len`` tokens is cut there.
+
+    Args:
+        step, state, context, bos, eos: as for :func:`beam_search` (state and context of B inputs).
+        max_len: the most tokens drawn per sequence, ``<end>`` included.
+        samples: k sequences per input (rows b·k .. b·k + k − 1 belong to input b).
+        greedy: argmax instead of sampling (then ``samples`` is usually 1).
+        generator: the random stream of the draws (None: the global one).
+        sync_every: steps between the checks whether every sequence has ended (the results do not depend on it).
+
+    Returns:
+        tokens (B·k, T) long, the drawn tokens (``<end>`` included when drawn, then ``eos`` as padding), T ≤
+        ``max_len``; lengths (B·k,) long, the tokens drawn, ``<end>`` included.
+    """
+    state, context = _expand(state, samples), _expand(context, samples)
+    N = state[0].size(0)
+    tokens = torch.full((N,), bos, dtype=torch.long, device=state[0].device)
+    out, alive = [], torch.ones(N, dtype=torch.bool, device=tokens.device)
+    lengths = torch.zeros(N, dtype=torch.long, device=tokens.device)
+    for t in range(max_len):
+        log_probs, state, _ = step(tokens, state, context)  # (N, V)
+        if greedy:
+            tokens = log_probs.argmax(dim=-1)
+        else:
+            tokens = torch.multinomial(log_probs.float().exp(), 1, generator=generator).squeeze(1)
+        tokens = torch.where(alive, tokens, eos)
+        lengths += alive
+        out.append(tokens)
+        alive = alive & (tokens != eos)
+        if (t + 1) % sync_every == 0 and not bool(alive.any()):
+            break
+    return torch.stack(out, dim=1), lengths

@@ -37,6 +37,25 @@ class Train(TrainingCommand):
     model: Annotated[ModelConfig, flat] = field(default_factory=ModelConfig)
     train: Annotated[TrainConfig, flat] = field(default_factory=TrainConfig)
     _SETTINGS: ClassVar[tuple] = (ModelConfig, TrainConfig)
+    #: what --scst changes among the defaults (RL fine-tuning takes small steps; a batch counts images)
+    SCST_DEFAULTS: ClassVar[dict] = {"lr": 5e-5, "batch_size": 16}
+
+    @classmethod
+    def base_settings(cls, argv):
+        """With --scst, :attr:`SCST_DEFAULTS`; with --init, the checkpoint's model settings."""
+        import argparse
+        from dataclasses import asdict
+
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        pre.add_argument("--init", default="")
+        pre.add_argument("--scst", action="store_true")
+        known, _ = pre.parse_known_args(list(argv))
+        values = {k: (v, "--scst") for k, v in cls.SCST_DEFAULTS.items()} if known.scst else {}
+        if known.init:
+            from .train import init_checkpoint
+
+            values.update({k: (v, known.init) for k, v in asdict(init_checkpoint(known.init)[2]).items()})
+        return values
 
     @staticmethod
     def _train(*args, **kwargs):

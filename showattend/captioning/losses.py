@@ -14,7 +14,8 @@ from ..attention import attention_entropy, location_log_prob
 from .decoder import DecoderOutput
 
 __all__ = ["DS_NORMALISATIONS", "DSNormalisation", "doubly_stochastic_penalty", "caption_loss",
-           "MovingAverageBaseline", "reinforce_surrogate", "hard_attention_loss"]
+           "MovingAverageBaseline", "reinforce_surrogate", "hard_attention_loss", "SCST_BASELINES",
+           "SCSTBaseline", "self_critical_baseline", "scst_loss"]
 
 
 DSNormalisation = Literal["mean", "eq14", "capgen"]
@@ -214,3 +215,68 @@ def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: Un
     penalty = doubly_stochastic_penalty(alphas, words, ds_normalisation, num_captions)
     loss = -objective / words + ds_lambda * penalty
     return loss, nll.sum() / words, penalty, reward
+
+
+# --------------------------------------------------------------------------------------------------------
+# Self-critical sequence training (Rennie et al. 2017)
+
+
+SCSTBaseline = Literal["mean", "greedy"]
+SCST_BASELINES = get_args(SCSTBaseline)
+
+
+def self_critical_baseline(rewards: torch.Tensor, kind: str = "mean",
+                           greedy_rewards: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The baseline b of each sampled caption in self-critical sequence training.
+
+    Args:
+        rewards: (B, k) the rewards of k sampled captions of each of B images.
+        kind: ``"mean"``, the mean reward of the image's other k − 1 samples (Luo 2020, "A better variant of
+            self-critical sequence training"; needs k ≥ 2), or ``"greedy"``, the reward of the image's greedy
+            caption (Rennie et al. 2017, the "self-critical" baseline of test-time inference).
+        greedy_rewards: (B,) with ``kind="greedy"``.
+
+    Returns:
+        (B, k) baselines, detached.
+
+    Raises:
+        ValueError: unknown ``kind``, ``"mean"`` with k < 2, ``"greedy"`` without ``greedy_rewards``.
+    """
+    rewards = rewards.detach()
+    if kind == "mean":
+        k = rewards.size(1)
+        if k < 2:
+            raise ValueError("the mean-of-the-other-samples baseline needs at least 2 samples per image")
+        return (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
+    if kind == "greedy":
+        if greedy_rewards is None:
+            raise ValueError("the greedy baseline needs the greedy captions' rewards")
+        return greedy_rewards.detach().unsqueeze(1).expand_as(rewards)
+    raise ValueError(f"unknown SCST baseline {kind!r}; choose one of {SCST_BASELINES}")
+
+
+def scst_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, reward: torch.Tensor,
+              baseline: torch.Tensor, banned: Optional[torch.Tensor] = None,
+              tokens: Optional[Union[torch.Tensor, int]] = None):
+    """Self-critical policy gradient (Rennie et al. 2017, eq. 7-9): −Σ_s (r(w^s) − b) log p(w^s), the REINFORCE
+    surrogate of :func:`reinforce_surrogate` with the caption as the sampled outcome, divided by the number of
+    sampled tokens (the token mean of common SCST code).
+
+    Args:
+        logits: (S, T, V) teacher-forced scores of the S sampled captions' tokens (the decoder run on them).
+        targets: (S, T) the sampled tokens (``<end>`` included when drawn).
+        mask: (S, T) bool, True at drawn tokens.
+        reward, baseline: (S,) r(w^s) and b.
+        banned: (V,) bool, the tokens the sampler could not draw (their probability is 0 in the policy).
+        tokens: the normaliser (default: ``mask.sum()``; a distributed step passes the global count).
+
+    Returns:
+        (loss, log p(w^s) (S,) detached).
+    """
+    logits = logits.float()
+    if banned is not None:
+        logits = logits.masked_fill(banned, float("-inf"))
+    token_lp = torch.log_softmax(logits, dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)  # (S, T)
+    seq_lp = token_lp.masked_fill(~mask, 0.0).sum(1)  # (S,) log p(w^s)
+    tokens = mask.sum() if tokens is None else tokens
+    return -reinforce_surrogate(seq_lp, reward, baseline).sum() / tokens, seq_lp.detach()

@@ -23,13 +23,14 @@ from ..vocab import Vocab
 from .cache import FeatureStore, ImageStore, build_feature_cache, cache_meta, find_cache
 from .data import CaptionRecord, load_coco, load_karpathy
 from .encoders import Encoder
-from .losses import DS_NORMALISATIONS, DSNormalisation
+from .losses import DS_NORMALISATIONS, SCST_BASELINES, DSNormalisation, SCSTBaseline
 from .model import CHECKPOINT_KIND, ModelConfig, checkpoint_config
+from .scst import SCSTTask
 from .task import CaptionTask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "load_records", "prepare_cache", "train"]
+__all__ = ["TrainConfig", "load_records", "prepare_cache", "init_checkpoint", "train"]
 
 
 @dataclass
@@ -71,6 +72,14 @@ class TrainConfig(EngineConfig):
         expected_context_prob: probability per minibatch of training a hard model on the expected context
             (soft attention) instead of a sample (§4.1; 0.5, the authors' code).
         baseline_decay: decay of the moving-average baseline of eq. 11 (0.9).
+        init: start from this captioner's weights, vocabulary and architecture instead of random ones (a
+            `best.pt`, or a bundled model's name such as `flickr8k-lite0-soft`); the optimizer starts afresh.
+        scst: self-critical sequence training (Rennie et al. 2017): maximise the CIDEr-D of sampled captions by
+            REINFORCE, starting from `--init`; `--batch-size` then counts images, validation selects on CIDEr-D,
+            and the defaults of `--lr` and `--batch-size` become 5e-5 and 16.
+        scst_samples: captions sampled per image and step (k).
+        scst_baseline: the reward baseline: "mean", the mean reward of the image's other samples (Luo 2020), or
+            "greedy", the reward of its greedy caption (Rennie et al. 2017).
     """
 
     data: Tuple[str, ...] = ("../shared/data/flickr8k/dataset_flickr8k.json",)
@@ -93,6 +102,10 @@ class TrainConfig(EngineConfig):
     entropy_weight: float = 0.002
     expected_context_prob: float = 0.5
     baseline_decay: float = 0.9
+    init: str = ""
+    scst: bool = False
+    scst_samples: int = 5
+    scst_baseline: SCSTBaseline = "mean"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -108,7 +121,12 @@ class TrainConfig(EngineConfig):
         Raises:
             ValueError: the first bad setting, named as its option.
         """
-        super().validate(("hard_samples", "val_beam_size", "val_max_len", "max_caption_len"))
+        super().validate(("hard_samples", "val_beam_size", "val_max_len", "max_caption_len", "scst_samples"))
+        if self.scst_baseline not in SCST_BASELINES:
+            raise ValueError(f"--scst-baseline {self.scst_baseline!r}: choose one of {', '.join(SCST_BASELINES)}")
+        if self.scst and self.scst_baseline == "mean" and self.scst_samples < 2:
+            raise ValueError("--scst-baseline mean compares each sample with the image's others: --scst-samples "
+                             f"must be at least 2, got {self.scst_samples}")
         if self.ds_normalisation not in DS_NORMALISATIONS:
             raise ValueError(f"--ds-normalisation {self.ds_normalisation!r}: choose one of "
                              f"{', '.join(DS_NORMALISATIONS)}")
@@ -190,6 +208,36 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
                                world=dist_info.world, image_size=model_cfg.image_size, meta=meta)
 
 
+def init_checkpoint(init: str):
+    """The checkpoint a run starts from (``--init``): a file, or a bundled captioner's name.
+
+    Returns:
+        (path, checkpoint dict, ModelConfig, Vocab).
+
+    Raises:
+        FileNotFoundError: neither a file nor a bundled captioner (named). CheckpointError: not a captioner.
+    """
+    from ..pretrained import get_model, weights_file
+
+    path = init
+    if not os.path.isfile(init):
+        try:
+            get_model(init, "captioning")
+        except ValueError as err:
+            raise FileNotFoundError(f"--init {init}: no such checkpoint file, and {err}") from None
+        path = str(weights_file(init, "captioning"))
+    ckpt = load_checkpoint(path, CHECKPOINT_KIND, required=("config", "vocab", "model"))
+    return (path, ckpt, *checkpoint_config(ckpt, path))
+
+
+def _check_same_model(model_cfg: ModelConfig, init_cfg: ModelConfig, path: str) -> None:
+    """Raises ValueError: the model options given differ from the --init checkpoint's architecture."""
+    differ = [f"--{k.replace('_', '-')} {v!r} (the checkpoint: {getattr(init_cfg, k)!r})"
+              for k, v in vars(model_cfg).items() if k != "dropout" and v != getattr(init_cfg, k)]
+    if differ:
+        raise ValueError(f"--init {path} fixes the model's settings; these options differ: {'; '.join(differ)}")
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -220,6 +268,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=("config", "vocab", "model")) if resume else None
     if ckpt is not None:
         model_cfg, _ = checkpoint_config(ckpt, last)
+    init = None
+    if ckpt is None and cfg.init:
+        init = init_checkpoint(cfg.init)
+        _check_same_model(model_cfg, init[2], init[0])
+        model_cfg = init[2]
+    elif ckpt is None and cfg.scst:
+        raise ValueError("--scst trains a captioner that has learnt with cross-entropy: pass --init CHECKPOINT "
+                         "(its best.pt, or a bundled model's name)")
     records = load_records(cfg)
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]
@@ -232,17 +288,25 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
         store = ImageStore(cfg.images, sorted({r.key for r in records}), model_cfg.image_size)
     else:
         store = prepare_cache(cfg, model_cfg, records, device, dist_info)
-    vocab = checkpoint_config(ckpt, last)[1] if ckpt is not None else \
-        Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
-    _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
-    task = CaptionTask(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
     if ckpt is not None:
-        load_weights(task.decoder, ckpt["model"], last, "decoder")
+        vocab = checkpoint_config(ckpt, last)[1]
+    elif init is not None:
+        vocab = init[3]
+    else:
+        vocab = Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
+    _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
+    task = (SCSTTask if cfg.scst else CaptionTask)(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
+    start, start_path = (ckpt, last) if ckpt is not None else (init[1], init[0]) if init is not None else (None, "")
+    if start is not None:
+        load_weights(task.decoder, start["model"], start_path, "decoder")  # fp16 exports load as fp32
         if model_cfg.fine_tune_blocks:
-            task.encoder.load_top_state_dict(ckpt.get("encoder"), last)
+            task.encoder.load_top_state_dict(start.get("encoder"), start_path)
+    if init is not None and cfg.scst and dist_info.main:
+        log.info(f"--init {init[0]}: validation {task.score_key} {task.validate():.2f} before SCST")
     if dist_info.main:
-        log.info(f"train: {len(train_recs)} images, {len(task.dataset)} captions; val: {len(val_recs)} images; "
-                 f"vocabulary {len(vocab)} words (min count {cfg.min_count}, train split); device {device}"
+        source = f"from {init[0]}" if init is not None else f"min count {cfg.min_count}, train split"
+        log.info(f"train: {len(train_recs)} images, {len(task.dataset)} {task.item_name}; val: {len(val_recs)} "
+                 f"images; vocabulary {len(vocab)} words ({source}); device {device}"
                  f"{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
                  f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}")
     # The dataset holds the training captions as arrays. Drop the records (at COCO size ~1 GB of Python objects)

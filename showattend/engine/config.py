@@ -83,6 +83,8 @@ class EngineConfig:
         for name in ("lr", "grad_clip", "weight_decay", "max_minutes", "max_steps", "save_every", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if not 0.0 < self.lr_decay < 1.0:
+            raise ValueError(f"--lr-decay must be in (0, 1), got {self.lr_decay}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         resolve_device(self.device)

@@ -1,0 +1,173 @@
+"""Self-critical sequence training of a captioner (Rennie et al. 2017, CVPR): ``showattend train --scst --init
+CHECKPOINT``.
+
+After cross-entropy training, the captioner is trained to maximise the expected CIDEr-D of its own captions,
+E_{w ~ p}[r(w)], by REINFORCE: for each image of a batch, k captions are sampled from the model, each is scored
+with CIDEr-D against the image's references (:class:`~showattend.captioning.cider.CiderD`, with the document
+frequencies of the training references), and log p(w^s) is pushed up by r(w^s) − b, b the mean reward of the
+image's other samples (Luo 2020) or the reward of its greedy caption (Rennie et al.'s "self-critical" baseline).
+
+One step:
+
+1. sample k captions per image without gradients (the decoder's own step, on the device, one host read every
+   few steps; :func:`~showattend.search.sample_search`);
+2. rewards and baselines;
+3. the decoder run teacher-forced on the sampled captions (its batched training pass), log p(w^s) from its
+   logits, and the surrogate of :func:`~showattend.captioning.losses.scst_loss`.
+
+The policy is the network without dropout, in both passes (the network captions are decoded with), so the
+log-probabilities of step 3 are exactly those the samples were drawn from. The samples of a step come from a
+generator seeded by the run's seed and the step, so a resumed run draws the same captions. Validation selects
+on CIDEr-D of beam-search captions of the validation images (document frequencies of the validation references,
+as coco-caption computes them; on vocabulary ids, so rare reference words are ``<unk>``).
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from ..engine import StepContext
+from ..search import sample_search
+from ..vocab import Vocab
+from .cache import FeatureStore, ImageStore
+from .cider import CiderD
+from .data import CaptionRecord
+from .losses import scst_loss, self_critical_baseline
+from .model import ModelConfig
+from .task import CaptionTask, _step_seed, evaluate_split
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+__all__ = ["ImageBatch", "SCSTTask"]
+
+
+class _Images(Dataset):
+    """One item per training image: (its features as stored, its index)."""
+
+    def __init__(self, records: List[CaptionRecord], store: Union[FeatureStore, ImageStore]):
+        self.store, self.rows = store, np.asarray([store.row[r.key] for r in records], dtype=np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.store.read(int(self.rows[i]), True), i
+
+
+class ImageBatch(NamedTuple):
+    """A batch of SCST: features (B, L, D) float16 (trunk activations when fine-tuning, images with
+    ``--from-images``), and image (B,) long, each image's index among the training images (its references)."""
+
+    features: torch.Tensor
+    image: torch.Tensor
+
+
+def _references(records: List[CaptionRecord], vocab: Vocab, max_len: int) -> List[List[List[int]]]:
+    return [[vocab.encode(t[:max_len], add_specials=False) for t in r.tokens if t] for r in records]
+
+
+class SCSTTask(CaptionTask):
+    """The captioning task trained by self-critical sequence training (see the module docstring). Items are
+    images; ``--batch-size`` counts images, each sampled ``--scst-samples`` times.
+
+    Args: as for :class:`~showattend.captioning.task.CaptionTask`.
+
+    Raises:
+        ValueError: an image without references.
+    """
+
+    loss_key, score_key, item_name = "train_reward", "val_cider", "images"
+
+    def __init__(self, model_cfg: ModelConfig, cfg: "TrainConfig", train_records: List[CaptionRecord],
+                 val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
+                 device: torch.device):
+        super().__init__(model_cfg, cfg, train_records, val_records, store, vocab, device)
+        self.dataset = _Images(train_records, store)
+        self.cider = CiderD(_references(train_records, vocab, cfg.max_caption_len), len(vocab), device=device)
+        self.val_cider = CiderD(_references(val_records, vocab, cfg.max_caption_len), len(vocab))
+        self.banned = torch.zeros(len(vocab), dtype=torch.bool, device=device)  # never drawn, as in decoding
+        self.banned[[vocab.pad, vocab.start, vocab.unk]] = True
+
+    def epoch_batches(self, epoch: int) -> List[List[int]]:
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)).tolist()
+        b = self.cfg.batch_size
+        return [order[i:i + b] for i in range(0, len(order), b)]
+
+    def words(self, index: int) -> int:
+        return self.cfg.scst_samples  # sequences per image (the loss divides by the sampled tokens instead)
+
+    def collate(self, items, rows) -> ImageBatch:
+        return ImageBatch(torch.stack([x for x, _ in items]), torch.tensor([i for _, i in items]))
+
+    def _sample(self, annotations: torch.Tensor, samples: int, greedy: bool, generator=None):
+        """(tokens (B·k, T), lengths (B·k,), words before <end> (B·k,)) drawn from the decoder."""
+        dec, v = self.decoder, self.vocab
+        step = functools.partial(self.captioner._step, banned=self.banned, weights=dec.step_weights())
+        keys = dec.attention.project_keys(annotations)
+        tokens, lengths = sample_search(step, dec.init_state(annotations), (annotations, keys), v.start, v.end,
+                                        self.cfg.val_max_len, samples, greedy, generator)
+        ended = tokens.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1) == v.end
+        return tokens, lengths, lengths - ended.long()
+
+    def loss(self, model, batch: ImageBatch, ctx: StepContext):
+        cfg, k = self.cfg, self.cfg.scst_samples
+        x, B = batch.features.float(), batch.features.size(0)
+        was_training = model.training
+        model.eval()  # the policy is the network without dropout, in both passes
+        g = torch.Generator(device=x.device)
+        g.manual_seed(_step_seed(cfg.seed, ctx.step))
+        with torch.no_grad():
+            if self.encoder is None:
+                annotations = x
+            else:
+                annotations = self.encoder.top(self.encoder.trunk(x) if cfg.from_images else x)
+            tokens, lengths, words = self._sample(annotations, k, False, g)  # (B·k, T)
+            image = torch.arange(B, device=x.device).repeat_interleave(k)  # each sample's row of x
+            reward = self.cider(tokens, words, batch.image[image]).float().view(B, k)
+            greedy = None
+            if cfg.scst_baseline == "greedy":
+                g_tokens, _, g_words = self._sample(annotations, 1, True)
+                greedy = self.cider(g_tokens, g_words, batch.image).float()
+            baseline = self_critical_baseline(reward, cfg.scst_baseline, greedy)
+        # teacher-forced pass over the samples, longest first (the decoder's batched training pass)
+        host_lengths = lengths.tolist()
+        order = sorted(range(len(host_lengths)), key=lambda i: -host_lengths[i])
+        idx = torch.tensor(order, device=x.device)
+        start = torch.full((len(order), 1), self.vocab.start, dtype=torch.long, device=x.device)
+        captions = torch.cat([start, tokens[idx]], dim=1)  # (S, T + 1)
+        lens = [host_lengths[i] + 1 for i in order]
+        out = model(x[image[idx]], captions, lens) if self.encoder is None else \
+            model(x, image[idx], captions, lens)
+        n_tokens = lengths.sum()
+        if ctx.world > 1:
+            n_tokens = n_tokens.clone()
+            dist.all_reduce(n_tokens)
+        loss, _ = scst_loss(out.logits, captions[:, 1:], out.mask, reward.view(-1)[idx], baseline.reshape(-1)[idx],
+                            self.banned, n_tokens)
+        model.train(was_training)
+        sums = {"reward": reward.sum(), "samples": torch.full((), float(B * k), device=x.device),
+                "tokens": lengths.sum().float()}
+        if greedy is not None:
+            sums["greedy"] = greedy.sum() * k
+        return loss, sums
+
+    def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
+        n = max(sums.get("samples", 0.0), 1e-9)
+        out = {"train_reward": 100 * sums["reward"] / n, "train_len": sums["tokens"] / n,
+               "train_loss": sums["loss"] / max(steps, 1)}
+        if "greedy" in sums:
+            out["train_greedy_reward"] = 100 * sums["greedy"] / n
+        return out
+
+    def validate(self) -> float:
+        """CIDEr-D (× 100) of beam-search captions of the validation images."""
+        results = evaluate_split(self.captioner, self.store, self.val_records, self.cfg.val_beam_size,
+                                 self.cfg.val_max_len)
+        hyps = [self.vocab.encode(results[r.key].words, add_specials=False) for r in self.val_records]
+        return 100 * float(self.val_cider.score_lists(hyps, range(len(hyps))).mean())

@@ -1,0 +1,170 @@
+"""Self-critical sequence training: the sampler, the baselines, the estimator, the two passes agreeing, and a run
+that raises its reward and resumes exactly."""
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import write_toy_images
+from showattend.captioning.losses import scst_loss, self_critical_baseline
+from showattend.cli import main
+from showattend.search import sample_search
+from test_search import BOS, EOS, TableModel
+
+
+def sample_table(m, B=1, **kw):
+    m.prefixes, m.codes, m.calls = [()], {(): 0}, 0
+    return sample_search(m.step, (torch.zeros(B, dtype=torch.long),), (torch.arange(B),), BOS, EOS, **kw)
+
+
+def test_greedy_sampling_is_greedy_search():
+    m = TableModel(5, seed=3)
+    tokens, lengths = sample_table(m, B=4, max_len=6, greedy=True)
+    ref = TableModel(5, seed=3).run_greedy(B=4, max_len=7)  # one more step: greedy_search forces <end> at the last
+    for b, h in enumerate(ref):
+        drawn = tokens[b, :lengths[b]].tolist()
+        assert drawn[:len(h.tokens)] == h.tokens[:6]
+        assert all(t == EOS for t in tokens[b, lengths[b]:].tolist())  # padding after the end
+
+
+def test_samples_follow_the_model_and_the_seed_fixes_them():
+    # p(first) = (.1 <end>, .6 a, .3 b); after a: <end> surely; after b: (.5 <end>, .5 a)
+    table = {(): [0.1, 0.6, 0.3], (1,): [1.0, 0.0, 0.0], (2,): [0.5, 0.5, 0.0], (2, 1): [1.0, 0.0, 0.0]}
+    m = TableModel(3, table=table)
+    n = 4000
+    g = torch.Generator().manual_seed(0)
+    tokens, lengths = sample_table(m, B=1, samples=n, max_len=4, generator=g)
+    seqs = Counter(tuple(tokens[i, :lengths[i]].tolist()) for i in range(n))
+    expect = {(EOS,): 0.1, (1, EOS): 0.6, (2, EOS): 0.15, (2, 1, EOS): 0.15}
+    assert set(seqs) == set(expect)
+    for s, p in expect.items():
+        assert abs(seqs[s] / n - p) < 4 * math.sqrt(p * (1 - p) / n)
+    again, _ = sample_table(TableModel(3, table=table), samples=n, max_len=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tokens, again)
+
+
+def test_a_sample_without_end_is_cut_at_max_len():
+    m = TableModel(4, seed=0, eos_prob=0.0)  # <end> never drawn
+    tokens, lengths = sample_table(m, B=2, samples=3, max_len=5, generator=torch.Generator().manual_seed(1))
+    assert tokens.shape == (6, 5) and lengths.tolist() == [5] * 6 and not (tokens == EOS).any()
+
+
+def test_baselines_exact():
+    r = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]])
+    assert self_critical_baseline(r, "mean").tolist() == [[2.5, 2.0, 1.5], [3.0, 3.0, 0.0]]
+    assert self_critical_baseline(r, "greedy", torch.tensor([0.5, 4.0])).tolist() == [[0.5] * 3, [4.0] * 3]
+    with pytest.raises(ValueError, match="at least 2"):
+        self_critical_baseline(r[:, :1], "mean")
+    with pytest.raises(ValueError, match="unknown"):
+        self_critical_baseline(r, "average")
+
+
+def test_the_estimator_is_unbiased():
+    """A one-word policy p = softmax(θ) over 4 words with fixed rewards: the mean of the SCST gradient (mean-of-
+    the-others baseline, k = 4 samples) over many draws equals the exact ∇ E_p[r] = Σ_w r_w ∇p_w."""
+    theta = torch.tensor([0.3, -0.2, 0.5, 0.0], dtype=torch.float64)
+    rewards = torch.tensor([1.0, 0.0, 2.0, 0.5], dtype=torch.float64)
+    t = theta.clone().requires_grad_(True)
+    exact, = torch.autograd.grad((torch.softmax(t, 0) * rewards).sum(), t)
+    g = torch.Generator().manual_seed(0)
+    draws, k = 20000, 4
+    words = torch.multinomial(torch.softmax(theta, 0).expand(draws, 4), k, replacement=True, generator=g)  # (D, k)
+    t = theta.clone().requires_grad_(True)
+    logits = t.expand(draws * k, 1, 4)
+    r = rewards[words].view(draws, k)
+    b = self_critical_baseline(r, "mean")
+    mask = torch.ones(draws * k, 1, dtype=torch.bool)
+    loss, _ = scst_loss(logits, words.view(-1, 1), mask, r.view(-1), b.view(-1), tokens=draws * k)
+    estimate, = torch.autograd.grad(-loss, t)  # the loss is minimised: its negative gradient ascends E[r]
+    assert torch.allclose(estimate, exact, atol=0.01), (estimate, exact)
+    assert exact.abs().max() > 0.1
+
+
+def test_teacher_forced_log_probs_are_the_sampling_distribution(tmp_path):
+    """The second pass (the decoder's batched training pass on the samples) gives the log-probabilities the
+    samples were drawn with: the sum of the sampler's per-step log p of each drawn token."""
+    from showattend.captioning.model import Captioner, ModelConfig, build_decoder
+    from showattend.vocab import Vocab
+
+    torch.manual_seed(0)
+    vocab = Vocab(list(Vocab.specials) + ["a", "b", "c", "d", "e"])
+    cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8)
+    dec = build_decoder(cfg, len(vocab))
+    cap = Captioner(dec, vocab, cfg, device="cpu")
+    banned = torch.zeros(len(vocab), dtype=torch.bool)
+    banned[[vocab.pad, vocab.start, vocab.unk]] = True
+    ann = torch.randn(3, 6, 1280)
+    drawn = []
+
+    def step(tokens, state, context):
+        lp, state, extra = cap._step(tokens, state, context, banned=banned, weights=dec.step_weights())
+        drawn.append(lp)
+        return lp, state, extra
+
+    with torch.no_grad():
+        keys = dec.attention.project_keys(ann)
+        tokens, lengths = sample_search(step, dec.init_state(ann), (ann, keys), vocab.start, vocab.end, max_len=8,
+                                        samples=4, generator=torch.Generator().manual_seed(2))
+    # the step's log-probs with the banned tokens at -inf, renormalised: the distribution multinomial draws from
+    step_lp = torch.log_softmax(torch.stack(drawn, 1), 2).gather(2, tokens.unsqueeze(2)).squeeze(2)  # (12, T)
+    mask = torch.arange(tokens.size(1)) < lengths.unsqueeze(1)
+    expect = step_lp.masked_fill(~mask, 0).sum(1)
+    order = sorted(range(12), key=lambda i: -int(lengths[i]))
+    caps = torch.cat([torch.full((12, 1), vocab.start), tokens], 1)[order]
+    out = dec(ann.repeat_interleave(4, 0)[order], caps, [int(lengths[i]) + 1 for i in order])
+    _, seq_lp = scst_loss(out.logits, caps[:, 1:], out.mask, torch.zeros(12), torch.zeros(12), banned)
+    assert torch.allclose(seq_lp, expect[order], atol=1e-5)
+    assert (lengths > 1).any()
+
+
+@pytest.fixture(scope="module")
+def toy_xe(tmp_path_factory):
+    """A toy captioner trained briefly with cross-entropy, to start SCST from."""
+    root = tmp_path_factory.mktemp("scst")
+    data = write_toy_images(root / "toy", n=12, splits=(9, 11))
+    common = ["--data", str(data / "dataset_toy.json"), "--images", str(data / "images"), "--cache-dir",
+              str(root / "cache"), "--no-progress", "--device", "cpu", "--image-size", "64", "--val-beam-size", "1"]
+    assert main(["train", *common, "--out-dir", str(root / "xe"), "--min-count", "1", "--batch-size", "4",
+                 "--embed-dim", "16", "--hidden-dim", "16", "--attention-dim", "8", "--epochs", "12", "--patience", "12", "--lr-decay", "0.99",
+                 "--lr", "1e-2"]) == 0
+    return root, common
+
+
+def test_scst_raises_the_reward_and_resumes_exactly(toy_xe):
+    root, common = toy_xe
+    init = ["--scst", "--init", str(root / "xe" / "last.pt"), "--lr", "3e-3", "--lr-decay", "0.99"]
+    # every training image in each step, 8 samples each: the samples' mean CIDEr-D (x 100) goes up
+    assert main(["train", *common, *init, "--batch-size", "9", "--scst-samples", "8", "--patience", "30",
+                 "--epochs", "30", "--out-dir", str(root / "rl")]) == 0
+    reward = [json.loads(x)["train_reward"] for x in open(root / "rl" / "metrics.jsonl")]
+    assert len(reward) == 30 and sum(reward[-5:]) / 5 > sum(reward[:5]) / 5 + 15, reward
+    saved = json.loads((root / "rl" / "config.json").read_text())
+    assert saved["train"]["lr"] == 3e-3 and saved["train"]["scst"] and saved["model"]["embed_dim"] == 16
+    # interrupted after 2 epochs, then resumed: the same weights as the run that went straight through 3
+    args = ["train", *common, *init, "--batch-size", "3", "--scst-baseline", "greedy"]
+    assert main(args + ["--out-dir", str(root / "a"), "--epochs", "3"]) == 0
+    assert main(args + ["--out-dir", str(root / "b"), "--epochs", "2"]) == 0
+    assert main(["train", "--out-dir", str(root / "b"), "--resume", "--epochs", "3"]) == 0
+    a, b = (torch.load(root / x / "last.pt", weights_only=True)["model"] for x in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["L_o.weight"], torch.load(root / "xe" / "last.pt", weights_only=True)["model"]["L_o.weight"])
+
+
+def test_scst_defaults_and_errors(toy_xe, capsys):
+    from showattend.captioning.commands import Train
+
+    root, common = toy_xe
+    init = str(root / "xe" / "last.pt")
+    t = Train.starting_settings(["--scst", "--init", init])
+    assert (t.train.lr, t.train.batch_size, t.model.embed_dim) == (5e-5, 16, 16)  # SCST defaults, the init's model
+    assert Train.starting_settings([]).train.lr == 4e-4
+    assert main(["train", *common, "--scst", "--out-dir", str(root / "x")]) != 0
+    assert "--init" in capsys.readouterr().err
+    assert main(["train", *common, "--scst", "--init", init, "--embed-dim", "32", "--out-dir", str(root / "y")]) != 0
+    assert "--embed-dim 32" in capsys.readouterr().err
+    assert main(["train", *common, "--scst", "--init", str(root / "nope.pt"), "--out-dir", str(root / "z")]) != 0
+    assert "nope.pt" in capsys.readouterr().err
+    assert main(["train", *common, "--scst", "--init", init, "--scst-samples", "1", "--out-dir", str(root / "w")]) != 0
+    assert "--scst-samples" in capsys.readouterr().err
