@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure showattend's speed on this machine (nothing here is asserted; report what it prints).
 
-    python scripts/benchmark.py [--device cpu|cuda] [--threads N] [--only train,decode,encoder,attention]
+    python scripts/benchmark.py [--device cpu|cuda] [--threads N] [--only train,decode,encoder,attention,scst]
                                 [--json out.json]
 
 Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 9 to 13 tokens):
@@ -21,6 +21,11 @@ Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 
 * **encoder**: frozen EfficientNet-Lite0 images/s (batch 32, 224 px).
 * **decode**: greedy and beam-3 images/s (50 images per batch, 20 steps).
 * **attention**: 20 attention steps with the keys projected once vs at every step.
+* **scst**: one self-critical step (``train --scst``: 16 images x 5 samples, 49×1280) in its three parts, in ms:
+  sampling the 80 captions (no gradients), their CIDEr-D rewards against a corpus of 6,000 images x 5 references
+  (random words, 8 to 15 each) and the teacher-forced forward + backward + Adam on the samples; and the reward's
+  share of the step. The untrained decoder's <end> is made improbable, so every sample runs 16 tokens (a trained
+  model's are shorter: the other parts are upper bounds).
 """
 from __future__ import annotations
 
@@ -178,12 +183,69 @@ def bench_other(device, sync, out, sections):
         out["attention_20_steps_ms_keys_every_step"] = round(1000 * every, 1)
 
 
+def bench_scst(device, sync, out):
+    import functools
+
+    from showattend.captioning.cider import CiderD
+    from showattend.captioning.losses import scst_loss, self_critical_baseline
+    from showattend.search import sample_search
+
+    g = torch.Generator().manual_seed(0)
+    refs = [[torch.randint(4, V, (int(torch.randint(8, 16, (1,), generator=g)),), generator=g).tolist()
+             for _ in range(5)] for _ in range(6000)]
+    cider = CiderD(refs, V, device=device)
+    vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(V - 4)])
+    dec = Decoder(V, 1280).to(device)
+    cap = Captioner(dec, vocab, ModelConfig(), device=device)
+    with torch.no_grad():
+        dec.L_o.bias[vocab.end] = -30
+    opt = torch.optim.Adam(dec.parameters(), lr=5e-5, fused=device.type in ("cpu", "cuda"))
+    banned = torch.zeros(V, dtype=torch.bool, device=device)
+    banned[:2] = True
+    banned[3] = True
+    x = torch.randn(16, 49, 1280, device=device)
+    images = torch.randint(0, 6000, (16,), device=device).repeat_interleave(5)
+    parts = {"sample": 0.0, "reward": 0.0, "train": 0.0}
+
+    def step():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            dec.eval()
+            fn = functools.partial(cap._step, banned=banned, weights=dec.step_weights())
+            tokens, lengths = sample_search(fn, dec.init_state(x), (x, dec.attention.project_keys(x)), 1, 2, 16, 5)
+            sync()
+            t1 = time.perf_counter()
+            reward = cider(tokens, lengths, images).float()
+            baseline = self_critical_baseline(reward.view(16, 5)).reshape(-1)
+            sync()
+        t2 = time.perf_counter()
+        captions = torch.cat([torch.ones(80, 1, dtype=torch.long, device=device), tokens], 1)
+        o = dec(x.repeat_interleave(5, 0), captions, [int(n) + 1 for n in lengths.tolist()])
+        loss, _ = scst_loss(o.logits, captions[:, 1:], o.mask, reward, baseline, banned)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        t3 = time.perf_counter()
+        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+            parts[k] += v
+
+    step()
+    parts.update({k: 0.0 for k in parts})
+    n = 5
+    for _ in range(n):
+        step()
+    res = {f"{k}_ms": round(1000 * v / n, 1) for k, v in parts.items()}
+    res["reward_share_of_step"] = round(parts["reward"] / sum(parts.values()), 4)
+    out["scst_step_16x5"] = res
+
+
 def main():
     global V
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument("--only", default="train,encoder,decode,attention", help="comma-separated sections")
+    ap.add_argument("--only", default="train,encoder,decode,attention,scst", help="comma-separated sections")
     ap.add_argument("--shapes", default="49x1280,196x2048", help="LxD grids of the training section")
     ap.add_argument("--repeat", type=int, default=6, help="training steps timed per variant at 49x1280")
     ap.add_argument("--vocab-size", type=int, default=V, help="V (2539: Flickr8k's; COCO's is about 10,000)")
@@ -203,6 +265,8 @@ def main():
     if "train" in sections:
         bench_train(dev, sync, out, args.repeat, [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")])
     bench_other(dev, sync, out, sections)
+    if "scst" in sections:
+        bench_scst(dev, sync, out)
     print(json.dumps(out, indent=2))
     if args.json:
         with open(args.json, "w") as fh:
