@@ -19,7 +19,12 @@ Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 
     except where one input needs no gradient (the key projection U a_i and the context read Σ_i α_i a_i: the
     annotation vectors are inputs), elementwise work not counted.
 * **encoder**: frozen EfficientNet-Lite0 images/s (batch 32, 224 px).
-* **decode**: greedy and beam-3 images/s (50 images per batch, 20 steps).
+* **decode**: images/s of beam 3 (and greedy), 50 images per batch, 13 steps, at each grid of ``--shapes``:
+  - ``anchor_per_image``: the per-image loop of the most used public implementation (sgrvinod's tutorial),
+    driving showattend's decoder step (``scripts/decode_baselines.py``);
+  - ``baseline_0.5``: showattend's search before it moved onto the device, kept in the same run for the ratio;
+  - ``fp32``/``bf16``: today's :meth:`Captioner.decode`, and with ``precision="bf16"``.
+  The variants alternate batch by batch (``--repeat``/2 rounds after a warm-up round).
 * **attention**: 20 attention steps with the keys projected once vs at every step.
 * **scst**: one self-critical step (``train --scst``: 16 images x 5 samples, 49×1280) in its three parts, in ms:
   sampling the 80 captions (no gradients), their CIDEr-D rewards against a corpus of 6,000 images x 5 references
@@ -30,6 +35,7 @@ Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -39,8 +45,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # decode_baselines.py
 
-from showattend import attention  # noqa: E402
+from decode_baselines import literal_score  # noqa: E402
 from showattend.captioning.data import collate_captions  # noqa: E402
 from showattend.captioning.decoder import Decoder, reference_forward  # noqa: E402
 from showattend.captioning.losses import caption_loss  # noqa: E402
@@ -109,17 +116,13 @@ def train_steps(L: int, D: int, B: int, device, precision: str, baseline: bool =
     forward = (lambda: reference_forward(dec, f, caps, lengths)) if baseline else (lambda: dec(f, caps, lengths))
 
     def step():
-        fast_tanh = attention._tanh
-        if baseline:  # the step before 0.5 computed the additive score with torch.tanh
-            attention._tanh = torch.tanh
-        try:
+        # the step before 0.5 computed the additive score with torch.tanh
+        with literal_score() if baseline else contextlib.nullcontext():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = caption_loss(forward(), caps)[0]
             opt.zero_grad()
             loss.backward()
             opt.step()
-        finally:
-            attention._tanh = fast_tanh
 
     return step, training_flops(lengths, L, D)
 
@@ -163,15 +166,6 @@ def bench_other(device, sync, out, sections):
         with torch.no_grad():
             out["encoder_images_per_s"] = round(32 / timed(lambda: enc(images), 3, sync=sync), 1)
     dec = Decoder(V, 1280).to(device)
-    if "decode" in sections:
-        vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(V - 4)])
-        cap = Captioner(dec, vocab, ModelConfig(), device=device)
-        with torch.no_grad():  # untrained weights: make <end> improbable so every caption runs all 20 steps
-            dec.L_o.bias[vocab.end] = -30
-        x = torch.randn(50, 49, 1280, device=device)
-        for k in (1, 3):
-            s = timed(lambda: cap.decode(x, beam_size=k, max_len=20), 2, sync=sync)
-            out[f"decode_beam{k}_images_per_s"] = round(50 / s, 1)
     if "attention" in sections:  # key projection once per image vs at every step (20 steps, 150 rows)
         att = dec.attention
         a = torch.randn(150, 49, 1280, device=device)
@@ -181,6 +175,40 @@ def bench_other(device, sync, out, sections):
             every = timed(lambda: [att(h, att.project_keys(a), a) for _ in range(20)], 3, sync=sync)
         out["attention_20_steps_ms_keys_once"] = round(1000 * once, 1)
         out["attention_20_steps_ms_keys_every_step"] = round(1000 * every, 1)
+
+
+def bench_decode(device, sync, out, repeat: int, shapes):
+    """Beam 3, 50 images, 13 steps: the per-image anchor, showattend 0.5's search, today's fp32 and bf16,
+    alternating image batch by image batch; greedy for today's."""
+    from decode_baselines import old_decode, per_image_decode
+
+    vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(V - 4)])
+    for L, D in shapes:
+        torch.manual_seed(0)
+        dec = Decoder(V, D).to(device)
+        cap = Captioner(dec, vocab, ModelConfig(), device=device)
+        with torch.no_grad():  # untrained weights: make <end> improbable so that every caption runs all 13 steps
+            dec.L_o.bias[vocab.end] = -30
+        x = torch.randn(50, L, D, device=device)
+        variants = {
+            "anchor_per_image": lambda: per_image_decode(cap, x, 3, 13),
+            "baseline_0.5": lambda: old_decode(cap, x, 3, 13),
+            "fp32": lambda: cap.decode(x, beam_size=3, max_len=13),
+            "bf16": lambda: cap.decode(x, beam_size=3, max_len=13, precision="bf16"),
+            "greedy_fp32": lambda: cap.decode(x, beam_size=1, max_len=13),
+            "greedy_bf16": lambda: cap.decode(x, beam_size=1, max_len=13, precision="bf16"),
+        }
+        seconds = {k: 0.0 for k in variants}
+        for r in range(repeat + 1):  # the first round warms up
+            for k, fn in variants.items():
+                s = timed(fn, 1, warmup=0, sync=sync)
+                if r:
+                    seconds[k] += s
+        res = {f"{k}_images_per_s": round(50 * repeat / v, 1) for k, v in seconds.items()}
+        res["beam3_ratio_to_anchor"] = {k: round(seconds["anchor_per_image"] / seconds[k], 2)
+                                        for k in ("baseline_0.5", "fp32", "bf16")}
+        res["beam3_ratio_to_baseline"] = {k: round(seconds["baseline_0.5"] / seconds[k], 2) for k in ("fp32", "bf16")}
+        out[f"decode_{L}x{D}"] = res
 
 
 def bench_scst(device, sync, out):
@@ -265,6 +293,9 @@ def main():
     if "train" in sections:
         bench_train(dev, sync, out, args.repeat, [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")])
     bench_other(dev, sync, out, sections)
+    if "decode" in sections:
+        bench_decode(dev, sync, out, max(1, args.repeat // 2),
+                     [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")])
     if "scst" in sections:
         bench_scst(dev, sync, out)
     print(json.dumps(out, indent=2))

@@ -221,33 +221,38 @@ def _trace_back(tok_buf, lp_buf, src_buf, ext_buf, t_last, fin_score, fin_lp, fi
     f_score, f_lp, f_end, f_t, f_src = fin_score.cpu(), fin_lp.cpu(), fin_end_lp.cpu(), fin_t.cpu(), fin_src.cpu()
     f_ext = fin_ext.cpu() if fin_ext is not None else None
     counts, unfin, live = count.tolist(), unfinished.cpu(), scores.cpu()
+    tok_l, lps_l, src_l = tok.tolist(), lps.tolist(), src.tolist()  # Python lists: cheap scalar reads
 
     def path(b: int, beam: int, t: int):
-        """Tokens, log-probs and extras of beam ``beam`` of input ``b`` after step t - 1 (t tokens)."""
-        words, token_lps, rows = [], [], []
+        """Tokens, log-probs and extras ((t, ...) or None) of beam ``beam`` of input ``b`` after step t - 1."""
+        words, token_lps, beams = [0] * t, [0.0] * t, [0] * t
         for s in range(t - 1, -1, -1):
-            words.append(int(tok[s, b, beam]))
-            token_lps.append(float(lps[s, b, beam]))
-            if ext is not None:
-                rows.append(ext[s, b, beam])
-            beam = int(src[s, b, beam])
-        rows.reverse()
-        return words[::-1], token_lps[::-1], rows
+            words[s], token_lps[s], beams[s] = tok_l[s][b][beam], lps_l[s][b][beam], beam
+            beam = src_l[s][b][beam]
+        rows = ext[torch.arange(t), b, torch.tensor(beams, dtype=torch.long)] if ext is not None else None
+        return words, token_lps, rows
+
+    def joined(rows, last):  # a finished hypothesis's extras: its path's rows, then its <end> step's
+        if last is None:
+            return rows if rows is not None and len(rows) else None
+        return torch.cat([rows, last.unsqueeze(0)]) if rows is not None else last.unsqueeze(0)
 
     out = []
     for b in range(len(counts)):
+        # the n_best, chosen before tracing (stable: finished in the order they ended, then the unfinished)
+        scored = [(float(f_score[b, i]), "finished", i) for i in range(counts[b])]
+        scored += [(float("-inf"), "unfinished", j) for j in torch.nonzero(unfin[b]).flatten().tolist()]
         hyps = []
-        for i in range(counts[b]):
-            t = int(f_t[b, i])
-            words, token_lps, rows = path(b, int(f_src[b, i]), t)
-            rows = rows + [f_ext[b, i]] if f_ext is not None else None
-            hyps.append(Hypothesis(words, float(f_score[b, i]), float(f_lp[b, i]),
-                                   torch.stack(rows) if rows else None, True, token_lps + [float(f_end[b, i])]))
-        for j in torch.nonzero(unfin[b]).flatten().tolist():
-            words, token_lps, rows = path(b, j, t_last)
-            hyps.append(Hypothesis(words, float("-inf"), float(live[b, j]), torch.stack(rows) if rows else None,
-                                   False, token_lps))
-        out.append(sorted(hyps, key=lambda h: h.score, reverse=True)[:n_best])
+        for score, kind, i in sorted(scored, key=lambda x: x[0], reverse=True)[:n_best]:
+            if kind == "finished":
+                words, token_lps, rows = path(b, int(f_src[b, i]), int(f_t[b, i]))
+                hyps.append(Hypothesis(words, score, float(f_lp[b, i]),
+                                       joined(rows, f_ext[b, i] if f_ext is not None else None), True,
+                                       token_lps + [float(f_end[b, i])]))
+            else:
+                words, token_lps, rows = path(b, i, t_last)
+                hyps.append(Hypothesis(words, score, float(live[b, i]), joined(rows, None), False, token_lps))
+        out.append(hyps)
     return out
 
 

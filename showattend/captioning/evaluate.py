@@ -20,7 +20,8 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
              split: str = "test", karpathy_split: str = "", beam_size: int = 3, max_len: int = 20,
              length_penalty: float = 0.0, cache_dir: str = "runs/cache",
              device: str = "auto", limit: int = 0, captions_out: Optional[str] = None, attention: str = "soft",
-             samples: int = 5, metrics: Sequence[str] = METRICS, html: Optional[str] = None) -> Dict:
+             samples: int = 5, metrics: Sequence[str] = METRICS, html: Optional[str] = None,
+             precision: str = "fp32") -> Dict:
     """Caption every image of a split and score the captions against its references.
 
     The frozen encoder's features come from the feature cache (built if missing), so the images are encoded
@@ -37,6 +38,7 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         limit: first N images only (0: all).
         captions_out: optional JSON file for the generated captions.
         attention, samples: inference attention (see :meth:`Captioner.decode`).
+        precision: "fp32" or "bf16" decoding (see :meth:`Captioner.decode`).
         metrics: which of "bleu", "meteor", "rouge", "cider" to compute (METEOR needs Java).
         html: also write an HTML report there: each image with its caption, references, per-image scores and
             attention maps (:func:`~showattend.report.write_caption_report`).
@@ -58,7 +60,8 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         raise ValueError(f"{data}: no images in split {split!r}")
     store: FeatureStore = prepare_cache(cfg, captioner.config, records, captioner.device)
     results = evaluate_split(captioner, store, records, beam_size, max_len, progress=True,
-                             length_penalty=length_penalty, attention=attention, samples=samples)
+                             length_penalty=length_penalty, attention=attention, samples=samples,
+                             precision=precision)
     hyps = {r.image_id: results[r.key].text for r in records}
     refs = {r.image_id: r.raw for r in records}
     per_image: Dict[str, Dict] = {}
@@ -69,7 +72,7 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         "references_per_image": round(sum(len(r.raw) for r in records) / len(records), 2),
         "model_attention": captioner.config.attention,
         "inference_attention": attention if attention == "soft" else f"hard ({samples} sampled searches)",
-        "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty,
+        "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty, "precision": precision,
         "scorer": "pycocoevalcap (coco-caption), " + ("PTB tokenizer" if java_available() else
                                                       "showattend's tokenisation (no Java)") + ", scale 0-100",
         "metrics": {k: round(v, 2) for k, v in scores.items()},

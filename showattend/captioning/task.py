@@ -33,7 +33,7 @@ __all__ = ["CaptionBatch", "CaptionTask", "FineTuned", "evaluate_split"]
 @torch.no_grad()
 def evaluate_split(captioner: Captioner, store: Union[FeatureStore, ImageStore], records: List[CaptionRecord],
                    beam_size: int = 3, max_len: int = 20, batch_size: int = 50, progress: bool = False,
-                   length_penalty: float = 0.0, attention: str = "soft", samples: int = 5):
+                   length_penalty: float = 0.0, attention: str = "soft", samples: int = 5, precision: str = "fp32"):
     """Caption every record's image from the feature cache (free-running decoding); with a fine-tuned encoder
     the cache holds its trunk's activations, and its top blocks run here (from an ImageStore, the whole encoder).
 
@@ -53,7 +53,7 @@ def evaluate_split(captioner: Captioner, store: Union[FeatureStore, ImageStore],
             feats = feats.to(captioner.device)
             feats = encoder.eval().top(encoder.trunk(feats) if images else feats)
         for r, res in zip(chunk, captioner.decode(feats, beam_size, max_len, length_penalty, attention=attention,
-                                                  samples=samples)):
+                                                  samples=samples, precision=precision)):
             out[r.key] = res
     if encoder is not None:
         encoder.train(was_training)
