@@ -136,12 +136,13 @@ def _additive_scores(projected_keys: torch.Tensor, projected_query: torch.Tensor
     to fault in.
 
     Args:
-        projected_keys: (B, L, A) U a_i + b; projected_query: (B, A) W h; v: (1, A) the score's weight.
+        projected_keys: (B, L, A) U a_i + b; projected_query: (B, A) W h; v: (1, A) the score's weight. (Keys
+            (B, 1, L, A) and queries (B, g, A) give (B, g, L): g queries per key set.)
 
     Returns:
         (B, L) scores, in fp32 or v's wider dtype (under autocast the product runs in autocast's dtype).
     """
-    hidden = (projected_keys + projected_query.unsqueeze(1)).mul_(2).sigmoid_()  # (B, L, A) σ(2x)
+    hidden = (projected_keys + projected_query.unsqueeze(-2)).mul_(2).sigmoid_()  # (B, L, A) σ(2x)
     dtype = torch.promote_types(v.dtype, torch.float32)  # fp32 for a bf16 product (fp64 stays fp64)
     return 2 * F.linear(hidden, v).squeeze(-1).to(dtype) - v.to(dtype).sum()
 
@@ -206,17 +207,23 @@ class Attention(nn.Module):
         """Unnormalised scores e (Xu et al. eq. 4).
 
         Args:
-            query: (B, Q).
+            query: (N, Q), N = B·g: g queries per key set (e.g. the beams of a search), rows b·g .. b·g + g − 1
+                reading key set b; g = 1 usually.
             projected_keys: (B, L, ·) from :meth:`project_keys`.
-            projected_query: (B, A) ``query @ query_weight.T`` when the caller computed it (additive only).
+            projected_query: (N, A) ``query @ query_weight.T`` when the caller computed it (additive only).
 
         Returns:
-            (B, L) scores.
+            (N, L) scores.
         """
+        B, L = projected_keys.shape[:2]
+        g = query.size(0) // B
         if self.score == "additive":
-            q = self.W(query) if projected_query is None else projected_query  # (B, A)
-            return _additive_scores(projected_keys, q, self.v.weight)  # (B, L)
-        return torch.bmm(projected_keys, query.unsqueeze(-1)).squeeze(-1)  # (B, L)
+            q = self.W(query) if projected_query is None else projected_query  # (N, A)
+            if g == 1:
+                return _additive_scores(projected_keys, q, self.v.weight)  # (B, L)
+            return _additive_scores(projected_keys.unsqueeze(1), q.view(B, g, -1),
+                                    self.v.weight).reshape(B * g, L)  # (B, g, L) -> (N, L)
+        return torch.bmm(query.view(B, g, -1), projected_keys.transpose(1, 2)).reshape(B * g, L)  # (N, L)
 
     def forward(
         self,
@@ -233,7 +240,9 @@ class Attention(nn.Module):
         """One attention step.
 
         Args:
-            query: (B, Q) query, e.g. h_{t-1}.
+            query: (N, Q) query, e.g. h_{t-1}; N = B usually, or B·g for g queries per key set (the beams of a
+                search: rows b·g .. b·g + g − 1 attend over keys and values b, which are then not copied per
+                beam).
             projected_keys: (B, L, ·) from :meth:`project_keys`.
             values: (B, L, D) values (the annotation vectors a_i).
             mask: (B, L) bool, True for valid keys; None means all valid.
@@ -248,13 +257,17 @@ class Attention(nn.Module):
                 :attr:`query_weight`).
 
         Returns:
-            :class:`AttentionOutput` (context (B, D), alpha (B, L), location (B,) or None).
+            :class:`AttentionOutput` (context (N, D), alpha (N, L), location (N,) or None).
         """
-        alpha = masked_softmax(self.scores(query, projected_keys, projected_query), mask)  # (B, L)
+        B = values.size(0)
+        g = query.size(0) // B  # queries per key set (beams sharing an input's keys), usually 1
+        if mask is not None and g > 1:
+            mask = mask.repeat_interleave(g, 0)
+        alpha = masked_softmax(self.scores(query, projected_keys, projected_query), mask)  # (N, L)
         if hard:
             if location is None:
-                location = sample_locations(alpha, generator, uniform)  # (B,)
-            context = values[torch.arange(values.size(0), device=values.device), location]  # (B, D)
-            return AttentionOutput(context, alpha, location)
-        context = torch.bmm(alpha.unsqueeze(1), values).squeeze(1)  # (B, D)
+                location = sample_locations(alpha, generator, uniform)  # (N,)
+            rows = torch.arange(alpha.size(0), device=values.device) // g
+            return AttentionOutput(values[rows, location], alpha, location)  # (N, D)
+        context = torch.bmm(alpha.view(B, g, -1), values).view(B * g, -1)  # (N, D)
         return AttentionOutput(context, alpha, None)

@@ -80,7 +80,7 @@ def _force_end(log_probs: torch.Tensor, eos: int) -> torch.Tensor:
 @torch.no_grad()
 def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
                 beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0, n_best: int = 1,
-                sync_every: int = 4) -> List[List[Hypothesis]]:
+                sync_every: int = 4, shared_context: bool = False) -> List[List[Hypothesis]]:
     """Beam search for a batch of B inputs at once (B·k rows through ``step`` per time step).
 
     Everything stays on the device until the end: each step writes its tokens, their log-probs, the beams they
@@ -102,6 +102,9 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         n_best: hypotheses returned per input (<= beam_size), best first.
         sync_every: steps between the checks whether every input is done (the results do not depend on it:
             a done input takes no more hypotheses; only the number of ``step`` calls does).
+        shared_context: pass ``context`` to ``step`` as it is, B rows, instead of one copy per beam (B·k rows):
+            a step that reads row b of the context for its rows b·k .. b·k + k − 1 (the beams of input b, which
+            stay in that range when the beams are reordered) then needs no copies of it.
 
     Returns:
         a list of B lists of (at most) ``n_best`` :class:`Hypothesis`, best first.
@@ -114,7 +117,8 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
                          f"length_penalty={length_penalty}, sync_every={sync_every}")
     B, k = state[0].size(0), beam_size
     device = state[0].device
-    state, context = _expand(state, k), _expand(context, k)  # (B*k, ...)
+    state = _expand(state, k)  # (B*k, ...)
+    context = tuple(context) if shared_context else _expand(context, k)
     tokens = torch.full((B * k,), bos, dtype=torch.long, device=device)
     scores = torch.full((B, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # at t=0 all beams are the same: expand only the first

@@ -127,3 +127,24 @@ def test_the_additive_score_is_v_tanh_in_value_and_gradient():
     assert (_additive_scores(x.view(1, -1, 1), torch.zeros(1, 1), one).double() - torch.tanh(x.double())).abs().max() < 3e-7
 
 
+
+
+@pytest.mark.parametrize("score", ["additive", "general", "dot"])
+def test_queries_sharing_a_key_set_equal_the_expanded_keys(score):
+    """g queries per key set (the beams of a search) against keys and values given once per input: the same as
+    repeating them for every query."""
+    torch.manual_seed(0)
+    B, g, L, Q, D = 3, 4, 5, 6, 6
+    att = Attention(Q, D, 7, score)
+    values = torch.randn(B, L, D)
+    keys = att.project_keys(values)
+    h = torch.randn(B * g, Q)
+    mask = torch.rand(B, L) > 0.3
+    mask[:, 0] = True
+    shared = att(h, keys, values, mask)
+    expanded = att(h, keys.repeat_interleave(g, 0), values.repeat_interleave(g, 0), mask.repeat_interleave(g, 0))
+    assert torch.allclose(shared.alpha, expanded.alpha, atol=1e-6)
+    assert torch.allclose(shared.context, expanded.context, atol=1e-5)
+    where = torch.randint(0, L, (B * g,))
+    hard = att(h, keys, values, hard=True, location=where)
+    assert torch.equal(hard.context, values.repeat_interleave(g, 0)[torch.arange(B * g), where])

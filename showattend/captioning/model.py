@@ -288,7 +288,7 @@ class Captioner:
             hyps = greedy_search(step, state, (annotations, keys), start, end, max_len, length_penalty)
         else:
             hyps = [h[0] for h in beam_search(step, state, (annotations, keys), start, end, beam_size,
-                                              max_len, length_penalty)]
+                                              max_len, length_penalty, shared_context=True)]  # no per-beam copies
         L = annotations.size(1)
         side = int(round(L ** 0.5))
         grid = (side, side) if side * side == L else (1, L)
