@@ -216,14 +216,14 @@ class Attention(nn.Module):
             (N, L) scores.
         """
         B, L = projected_keys.shape[:2]
-        g = query.size(0) // B
+        g = query.size(0) // B if B else 1
         if self.score == "additive":
             q = self.W(query) if projected_query is None else projected_query  # (N, A)
             if g == 1:
                 return _additive_scores(projected_keys, q, self.v.weight)  # (B, L)
-            return _additive_scores(projected_keys.unsqueeze(1), q.view(B, g, -1),
+            return _additive_scores(projected_keys.unsqueeze(1), q.view(B, g, q.size(-1)),
                                     self.v.weight).reshape(B * g, L)  # (B, g, L) -> (N, L)
-        return torch.bmm(query.view(B, g, -1), projected_keys.transpose(1, 2)).reshape(B * g, L)  # (N, L)
+        return torch.bmm(query.view(B, g, query.size(-1)), projected_keys.transpose(1, 2)).reshape(B * g, L)  # (N, L)
 
     def forward(
         self,
@@ -260,7 +260,7 @@ class Attention(nn.Module):
             :class:`AttentionOutput` (context (N, D), alpha (N, L), location (N,) or None).
         """
         B = values.size(0)
-        g = query.size(0) // B  # queries per key set (beams sharing an input's keys), usually 1
+        g = query.size(0) // B if B else 1  # queries per key set (beams sharing an input's keys), usually 1
         if mask is not None and g > 1:
             mask = mask.repeat_interleave(g, 0)
         alpha = masked_softmax(self.scores(query, projected_keys, projected_query), mask)  # (N, L)
@@ -269,5 +269,5 @@ class Attention(nn.Module):
                 location = sample_locations(alpha, generator, uniform)  # (N,)
             rows = torch.arange(alpha.size(0), device=values.device) // g
             return AttentionOutput(values[rows, location], alpha, location)  # (N, D)
-        context = torch.bmm(alpha.view(B, g, -1), values).view(B * g, -1)  # (N, D)
+        context = torch.bmm(alpha.view(B, g, alpha.size(-1)), values).view(B * g, values.size(-1))  # (N, D)
         return AttentionOutput(context, alpha, None)
