@@ -42,6 +42,7 @@ NOT_RUN = {
     "showattend translate train --src de": "full Multi30k training",
     "showattend train --fine-tune-blocks 2": "full Flickr8k training with a fine-tuned encoder (tests/test_finetune.py "
                                              "trains one on toy data)",
+    "showattend train --scst --init": "full Flickr8k self-critical training (tests/test_scst.py runs it on toy data)",
 }
 
 
