@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from showattend import attention
-from showattend.search import Hypothesis, StepFn, _expand, _force_end, _normalise
+from showattend.search import Hypothesis, StepFn, _candidates, _expand, _normalise
 
 
 @contextlib.contextmanager
@@ -67,17 +67,8 @@ def old_beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequen
 
     for t in range(max_len):
         log_probs, state, extra = step(tokens, tuple(state), context)  # (B*k, V)
-        log_probs = log_probs.float()
         last = t == max_len - 1
-        if last:
-            log_probs = _force_end(log_probs, eos)
-        V = log_probs.size(-1)
-        cand = scores.unsqueeze(-1) + log_probs.view(B, k, V)  # (B, k, V)
-        top_scores, top_idx = cand.view(B, k * V).topk(min(2 * k, k * V), dim=1)  # (B, 2k)
-        top_lps = log_probs.view(B, k * V).gather(1, top_idx)  # (B, 2k) the new token's own log-prob
-        beam_idx = torch.div(top_idx, V, rounding_mode="floor")  # (B, 2k) integer division
-        top_tokens = top_idx % V
-        is_eos = top_tokens == eos
+        cand, top_scores, top_lps, beam_idx, top_tokens, is_eos = _candidates(log_probs, scores, eos, last)
         if extra is not None:
             extra = extra.view(B, k, *extra.shape[1:])
 

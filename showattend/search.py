@@ -77,6 +77,30 @@ def _force_end(log_probs: torch.Tensor, eos: int) -> torch.Tensor:
     return forced
 
 
+def _candidates(log_probs: torch.Tensor, scores: torch.Tensor, eos: int, last: bool):
+    """The 2k best extensions of each input's k beams at one step of :func:`beam_search`.
+
+    Args:
+        log_probs: (B·k, V) the step's log-probabilities; scores: (B, k) the beams' scores so far (−inf for an
+            unused beam); last: the max_len-th step, where only ``eos`` may follow.
+
+    Returns:
+        cand (B, k, V) the candidates' scores; and over the 2k best per input, (B, 2k) each: their scores, the
+        new token's own log-prob, the beam extended, the token, whether it is ``eos``.
+    """
+    B, k = scores.shape
+    log_probs = log_probs.float()
+    if last:
+        log_probs = _force_end(log_probs, eos)
+    V = log_probs.size(-1)
+    cand = scores.unsqueeze(-1) + log_probs.view(B, k, V)  # (B, k, V)
+    top_scores, top_idx = cand.view(B, k * V).topk(min(2 * k, k * V), dim=1)  # (B, 2k)
+    top_lps = log_probs.view(B, k * V).gather(1, top_idx)  # (B, 2k) the new token's own log-prob
+    beam_idx = torch.div(top_idx, V, rounding_mode="floor")  # (B, 2k) integer division
+    top_tokens = top_idx % V
+    return cand, top_scores, top_lps, beam_idx, top_tokens, top_tokens == eos
+
+
 @torch.no_grad()
 def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
                 beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0, n_best: int = 1,
@@ -146,17 +170,8 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
     for t in range(max_len):
         t_last = t
         log_probs, state, extra = step(tokens, tuple(state), context)  # (B*k, V)
-        log_probs = log_probs.float()
         last = t == max_len - 1
-        if last:
-            log_probs = _force_end(log_probs, eos)
-        V = log_probs.size(-1)
-        cand = scores.unsqueeze(-1) + log_probs.view(B, k, V)  # (B, k, V)
-        top_scores, top_idx = cand.view(B, k * V).topk(min(2 * k, k * V), dim=1)  # (B, 2k)
-        top_lps = log_probs.view(B, k * V).gather(1, top_idx)  # (B, 2k) the new token's own log-prob
-        beam_idx = torch.div(top_idx, V, rounding_mode="floor")  # (B, 2k) integer division
-        top_tokens = top_idx % V
-        is_eos = top_tokens == eos
+        cand, top_scores, top_lps, beam_idx, top_tokens, is_eos = _candidates(log_probs, scores, eos, last)
         if extra is not None:
             extra = extra.view(B, k, *extra.shape[1:])
             if ext_buf is None:
