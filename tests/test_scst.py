@@ -168,3 +168,23 @@ def test_scst_defaults_and_errors(toy_xe, capsys):
     assert "nope.pt" in capsys.readouterr().err
     assert main(["train", *common, "--scst", "--init", init, "--scst-samples", "1", "--out-dir", str(root / "w")]) != 0
     assert "--scst-samples" in capsys.readouterr().err
+
+
+def test_the_reward_counts_end_as_a_word():
+    """With --scst-reward-end (the default) the references end with <end>, and a sample is scored with the <end>
+    it drew: stopping where the references stop is rewarded, stopping early is not."""
+    from showattend.captioning.cider import CiderD
+    from showattend.captioning.data import CaptionRecord
+    from showattend.captioning.scst import _references
+    from showattend.vocab import Vocab
+
+    vocab = Vocab(list(Vocab.specials) + ["a", "dog", "runs", "cat", "sits"])
+    recs = [CaptionRecord("1.jpg", "train", [["a", "dog", "runs"], ["a", "dog"]]),
+            CaptionRecord("2.jpg", "train", [["a", "cat", "sits"]])]
+    refs = _references(recs, vocab, 40, end=True)
+    a, dog, runs = (vocab.encode([w], False)[0] for w in ("a", "dog", "runs"))
+    end = vocab.end
+    assert refs[0] == [[a, dog, runs, end], [a, dog, end]] and _references(recs, vocab, 40)[0][0] == [a, dog, runs]
+    # "a dog runs <end>" scores above the same words cut at the length limit, before <end> was drawn
+    full, cut = CiderD(refs, len(vocab)).score_lists([[a, dog, runs, end], [a, dog, runs]], [0, 0]).tolist()
+    assert full > cut > 0

@@ -11,7 +11,10 @@ One step:
 
 1. sample k captions per image without gradients (the decoder's own step, on the device, one host read every
    few steps; :func:`~showattend.search.sample_search`);
-2. rewards and baselines;
+2. rewards and baselines (with ``--scst-reward-end``, the default, ``<end>`` counts as a word of the sample and of
+   every reference, so that the n-grams that end a caption are rewarded too, as in Luo's self-critical.pytorch:
+   without it, CIDEr-D is indifferent to where a caption stops, and a caption cut after its surest words scores
+   well);
 3. the decoder run teacher-forced on the sampled captions (its batched training pass), log p(w^s) from its
    logits, and the surrogate of :func:`~showattend.captioning.losses.scst_loss`.
 
@@ -68,8 +71,10 @@ class ImageBatch(NamedTuple):
     image: torch.Tensor
 
 
-def _references(records: List[CaptionRecord], vocab: Vocab, max_len: int) -> List[List[List[int]]]:
-    return [[vocab.encode(t[:max_len], add_specials=False) for t in r.tokens if t] for r in records]
+def _references(records: List[CaptionRecord], vocab: Vocab, max_len: int, end: bool = False) -> List[List[List[int]]]:
+    """Each record's references as ids (words, then ``<end>`` with ``end``)."""
+    tail = [vocab.end] if end else []
+    return [[vocab.encode(t[:max_len], add_specials=False) + tail for t in r.tokens if t] for r in records]
 
 
 class SCSTTask(CaptionTask):
@@ -89,7 +94,8 @@ class SCSTTask(CaptionTask):
                  device: torch.device):
         super().__init__(model_cfg, cfg, train_records, val_records, store, vocab, device)
         self.dataset = _Images(train_records, store)
-        self.cider = CiderD(_references(train_records, vocab, cfg.max_caption_len), len(vocab), device=device)
+        self.cider = CiderD(_references(train_records, vocab, cfg.max_caption_len, cfg.scst_reward_end), len(vocab),
+                            device=device)
         self.val_cider = CiderD(_references(val_records, vocab, cfg.max_caption_len), len(vocab))
         self.banned = torch.zeros(len(vocab), dtype=torch.bool, device=device)  # never drawn, as in decoding
         self.banned[[vocab.pad, vocab.start, vocab.unk]] = True
@@ -129,11 +135,12 @@ class SCSTTask(CaptionTask):
                 annotations = self.encoder.top(self.encoder.trunk(x) if cfg.from_images else x)
             tokens, lengths, words = self._sample(annotations, k, False, g)  # (B·k, T)
             image = torch.arange(B, device=x.device).repeat_interleave(k)  # each sample's row of x
-            reward = self.cider(tokens, words, batch.image[image]).float().view(B, k)
+            counted = lengths if cfg.scst_reward_end else words  # <end>, when drawn, is a word of the reward
+            reward = self.cider(tokens, counted, batch.image[image]).float().view(B, k)
             greedy = None
             if cfg.scst_baseline == "greedy":
-                g_tokens, _, g_words = self._sample(annotations, 1, True)
-                greedy = self.cider(g_tokens, g_words, batch.image).float()
+                g_tokens, g_lengths, g_words = self._sample(annotations, 1, True)
+                greedy = self.cider(g_tokens, g_lengths if cfg.scst_reward_end else g_words, batch.image).float()
             baseline = self_critical_baseline(reward, cfg.scst_baseline, greedy)
         # teacher-forced pass over the samples, longest first (the decoder's batched training pass)
         host_lengths = lengths.tolist()

@@ -80,6 +80,8 @@ class TrainConfig(EngineConfig):
         scst_samples: captions sampled per image and step (k).
         scst_baseline: the reward baseline: "mean", the mean reward of the image's other samples (Luo 2020), or
             "greedy", the reward of its greedy caption (Rennie et al. 2017).
+        scst_reward_end: count `<end>` as a word of the samples and the references in the CIDEr-D reward (as in
+            Luo's self-critical.pytorch), so that how a caption ends is rewarded.
     """
 
     data: Tuple[str, ...] = ("../shared/data/flickr8k/dataset_flickr8k.json",)
@@ -106,6 +108,7 @@ class TrainConfig(EngineConfig):
     scst: bool = False
     scst_samples: int = 5
     scst_baseline: SCSTBaseline = "mean"
+    scst_reward_end: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
