@@ -57,6 +57,15 @@ class Train(TrainingCommand):
             values.update({k: (v, known.init) for k, v in asdict(init_checkpoint(known.init)[2]).items()})
         return values
 
+    def validate(self) -> None:
+        """Raises ValueError: a bad training setting, or model options that differ from --init's checkpoint."""
+        super().validate()
+        if self.train.init and not self.resume:
+            from .train import check_same_model, init_checkpoint
+
+            path, _, init_cfg, _ = init_checkpoint(self.train.init)
+            check_same_model(self.model, init_cfg, path)
+
     @staticmethod
     def _train(*args, **kwargs):
         from .train import train

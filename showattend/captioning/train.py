@@ -127,6 +127,9 @@ class TrainConfig(EngineConfig):
         super().validate(("hard_samples", "val_beam_size", "val_max_len", "max_caption_len", "scst_samples"))
         if self.scst_baseline not in SCST_BASELINES:
             raise ValueError(f"--scst-baseline {self.scst_baseline!r}: choose one of {', '.join(SCST_BASELINES)}")
+        if self.scst and not self.init:
+            raise ValueError("--scst trains a captioner that has learnt with cross-entropy: pass --init CHECKPOINT "
+                             "(its best.pt, or a bundled model's name)")
         if self.scst and self.scst_baseline == "mean" and self.scst_samples < 2:
             raise ValueError("--scst-baseline mean compares each sample with the image's others: --scst-samples "
                              f"must be at least 2, got {self.scst_samples}")
@@ -233,7 +236,7 @@ def init_checkpoint(init: str):
     return (path, ckpt, *checkpoint_config(ckpt, path))
 
 
-def _check_same_model(model_cfg: ModelConfig, init_cfg: ModelConfig, path: str) -> None:
+def check_same_model(model_cfg: ModelConfig, init_cfg: ModelConfig, path: str) -> None:
     """Raises ValueError: the model options given differ from the --init checkpoint's architecture."""
     differ = [f"--{k.replace('_', '-')} {v!r} (the checkpoint: {getattr(init_cfg, k)!r})"
               for k, v in vars(model_cfg).items() if k != "dropout" and v != getattr(init_cfg, k)]
@@ -274,11 +277,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     init = None
     if ckpt is None and cfg.init:
         init = init_checkpoint(cfg.init)
-        _check_same_model(model_cfg, init[2], init[0])
+        check_same_model(model_cfg, init[2], init[0])
         model_cfg = init[2]
-    elif ckpt is None and cfg.scst:
-        raise ValueError("--scst trains a captioner that has learnt with cross-entropy: pass --init CHECKPOINT "
-                         "(its best.pt, or a bundled model's name)")
     records = load_records(cfg)
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]
@@ -308,8 +308,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
         log.info(f"--init {init[0]}: validation {task.score_key} {task.validate():.2f} before SCST")
     if dist_info.main:
         source = f"from {init[0]}" if init is not None else f"min count {cfg.min_count}, train split"
-        log.info(f"train: {len(train_recs)} images, {len(task.dataset)} {task.item_name}; val: {len(val_recs)} "
-                 f"images; vocabulary {len(vocab)} words ({source}); device {device}"
+        items = f"{cfg.scst_samples} samples each" if cfg.scst else f"{len(task.dataset)} captions"
+        log.info(f"train: {len(train_recs)} images, {items}; val: {len(val_recs)} images; vocabulary "
+                 f"{len(vocab)} words ({source}); device {device}"
                  f"{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
                  f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}")
     # The dataset holds the training captions as arrays. Drop the records (at COCO size ~1 GB of Python objects)
