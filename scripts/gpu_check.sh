@@ -5,7 +5,8 @@
 #
 # 1. the CUDA cases of the device-parametrised tests (the sync counter and others; they skip on CPU-only CI);
 # 2. a short training run in bf16 on synthetic Flickr8k-sized features (6,000 images x 5 captions, 49x1280),
-#    without and with --compile, each capped at --max-steps (about 2 minutes on a small GPU);
+#    without and with --compile, each capped at --max-steps (about 2 minutes on a small GPU); then 100 steps of
+#    self-critical training (--scst) from the first;
 # 3. scripts/benchmark.py --device cuda.
 # Uses $PYTHON (default python3), which must have a CUDA torch, pytest and showattend's dependencies; this
 # checkout is put on PYTHONPATH. GPU_CHECK_DEVICE=cpu runs the same steps on the CPU (a dry run of the script).
@@ -40,6 +41,14 @@ for compile in no-compile compile; do
     tail -n 2 "$WORK/train_$compile.log"
 done
 
+echo "== 2b. self-critical training from the first run (sampling, CIDEr-D and the update on the device)"
+"$PY" -m showattend train --data "$WORK/data/dataset_synthetic.json" --images "$WORK/data/images" \
+    --cache-dir "$WORK/data/cache" --out-dir "$WORK/run_scst" --device "$DEVICE" --precision bf16 --scst \
+    --init "$WORK/run_no-compile/best.pt" --epochs 1 --max-steps 100 --val-images 100 --val-beam-size 1 \
+    --log-every 25 --no-progress > "$WORK/train_scst.log" 2>&1
+echo $? > "$WORK/train_scst.rc"
+tail -n 2 "$WORK/train_scst.log"
+
 echo "== 3. benchmark"
 "$PY" scripts/benchmark.py --device "$DEVICE" --json "$WORK/bench.json" > "$WORK/bench.log" 2>&1
 echo $? > "$WORK/bench.rc"
@@ -56,6 +65,9 @@ for c in ("no-compile", "compile"):
     rows = [json.loads(x) for x in (read(f"run_{c}/metrics.jsonl", "") or "").splitlines() if x.strip()]
     out[f"train_bf16_{c}"] = {"rc": int(read(f"train_{c}.rc", "-1")), "epoch": rows[-1] if rows else None,
                               "log_tail": read(f"train_{c}.log", "")[-1500:]}
+rows = [json.loads(x) for x in (read("run_scst/metrics.jsonl", "") or "").splitlines() if x.strip()]
+out["train_scst_bf16"] = {"rc": int(read("train_scst.rc", "-1")), "epoch": rows[-1] if rows else None,
+                          "log_tail": read("train_scst.log", "")[-1500:]}
 out["benchmark"] = json.loads(read("bench.json", "null") or "null")
 out["benchmark_rc"] = int(read("bench.rc", "-1"))
 with open(report, "w") as f:
