@@ -188,3 +188,14 @@ def test_the_reward_counts_end_as_a_word():
     # "a dog runs <end>" scores above the same words cut at the length limit, before <end> was drawn
     full, cut = CiderD(refs, len(vocab)).score_lists([[a, dog, runs, end], [a, dog, runs]], [0, 0]).tolist()
     assert full > cut > 0
+
+
+def test_the_cross_entropy_term_trains_on_the_references(toy_xe):
+    """--scst-xe-weight adds the cross-entropy of the batch images' reference captions: with a large weight it
+    dominates, and the references' cross-entropy falls epoch by epoch."""
+    root, common = toy_xe
+    assert main(["train", *common, "--scst", "--init", str(root / "xe" / "last.pt"), "--lr", "3e-3", "--lr-decay",
+                 "0.99", "--batch-size", "3", "--scst-xe-weight", "20", "--epochs", "4", "--patience", "9",
+                 "--out-dir", str(root / "mixed")]) == 0
+    ce = [json.loads(x)["train_ce"] for x in open(root / "mixed" / "metrics.jsonl")]
+    assert all(a > b for a, b in zip(ce, ce[1:])), ce

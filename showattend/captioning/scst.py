@@ -16,7 +16,9 @@ One step:
    without it, CIDEr-D is indifferent to where a caption stops, and a caption cut after its surest words scores
    well);
 3. the decoder run teacher-forced on the sampled captions (its batched training pass), log p(w^s) from its
-   logits, and the surrogate of :func:`~showattend.captioning.losses.scst_loss`.
+   logits, and the surrogate of :func:`~showattend.captioning.losses.scst_loss`; with ``--scst-xe-weight`` λ,
+   plus λ times the cross-entropy of the batch images' reference captions (a mixed objective, as Paulus et al.
+   2018 use for summarisation), which holds the captions' length and wording near the references'.
 
 The policy is the network without dropout, in both passes (the network captions are decoded with), so the
 log-probabilities of step 3 are exactly those the samples were drawn from. The samples of a step come from a
@@ -27,7 +29,7 @@ as coco-caption computes them; on vocabulary ids, so rare reference words are ``
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Union
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -39,8 +41,8 @@ from ..search import sample_search
 from ..vocab import Vocab
 from .cache import FeatureStore, ImageStore
 from .cider import CiderD
-from .data import CaptionRecord
-from .losses import scst_loss, self_critical_baseline
+from .data import CaptionRecord, collate_captions
+from .losses import caption_loss, scst_loss, self_critical_baseline
 from .model import ModelConfig
 from .task import CaptionTask, _step_seed, evaluate_split
 
@@ -65,10 +67,15 @@ class _Images(Dataset):
 
 class ImageBatch(NamedTuple):
     """A batch of SCST: features (B, L, D) float16 (trunk activations when fine-tuning, images with
-    ``--from-images``), and image (B,) long, each image's index among the training images (its references)."""
+    ``--from-images``), and image (B,) long, each image's index among the training images (its references).
+    With ``--scst-xe-weight``, also the images' reference captions: captions (R, T) padded, sorted by decreasing
+    length, caption_image (R,) each one's row of ``features``, caption_lengths R ints (host side); else None."""
 
     features: torch.Tensor
     image: torch.Tensor
+    captions: Optional[torch.Tensor] = None
+    caption_image: Optional[torch.Tensor] = None
+    caption_lengths: Optional[List[int]] = None
 
 
 def _references(records: List[CaptionRecord], vocab: Vocab, max_len: int, end: bool = False) -> List[List[List[int]]]:
@@ -93,7 +100,13 @@ class SCSTTask(CaptionTask):
                  val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
                  device: torch.device):
         super().__init__(model_cfg, cfg, train_records, val_records, store, vocab, device)
+        self.references = self.dataset  # the parent's captions, for the cross-entropy term
         self.dataset = _Images(train_records, store)
+        # each image's caption indices in self.references (grouped by cache row)
+        by_row: Dict[int, List[int]] = {}
+        for c, row in enumerate(self.references.rows.tolist()):
+            by_row.setdefault(row, []).append(c)
+        self.image_captions = [by_row.get(int(row), []) for row in self.dataset.rows]
         self.cider = CiderD(_references(train_records, vocab, cfg.max_caption_len, cfg.scst_reward_end), len(vocab),
                             device=device)
         self.val_cider = CiderD(_references(val_records, vocab, cfg.max_caption_len), len(vocab))
@@ -109,7 +122,15 @@ class SCSTTask(CaptionTask):
         return self.cfg.scst_samples  # sequences per image (the loss divides by the sampled tokens instead)
 
     def collate(self, items, rows) -> ImageBatch:
-        return ImageBatch(torch.stack([x for x, _ in items]), torch.tensor([i for _, i in items]))
+        feats, image = torch.stack([x for x, _ in items]), torch.tensor([i for _, i in items])
+        if not self.cfg.scst_xe_weight:
+            return ImageBatch(feats, image)
+        ids, offsets = self.references.ids, self.references.offsets  # every caption's ids, end to end
+        refs = [(b, torch.from_numpy(ids[offsets[c]:offsets[c + 1]].astype(np.int64)))
+                for b, (_, i) in enumerate(items) for c in self.image_captions[i]]
+        refs.sort(key=lambda r: -len(r[1]))
+        _, captions, lengths = collate_captions([(torch.zeros(0), ids) for _, ids in refs], self.vocab.pad)
+        return ImageBatch(feats, image, captions, torch.tensor([b for b, _ in refs]), lengths.tolist())
 
     def _sample(self, annotations: torch.Tensor, samples: int, greedy: bool, generator=None):
         """(tokens (B·k, T), lengths (B·k,), words before <end> (B·k,)) drawn from the decoder."""
@@ -157,9 +178,24 @@ class SCSTTask(CaptionTask):
             dist.all_reduce(n_tokens)
         loss, _ = scst_loss(out.logits, captions[:, 1:], out.mask, reward.view(-1)[idx], baseline.reshape(-1)[idx],
                             self.banned, n_tokens)
+        sums = {}
+        if cfg.scst_xe_weight:  # λ x the cross-entropy of the batch images' references, per word
+            refs, ref_image, ref_lengths = batch.captions, batch.caption_image, batch.caption_lengths
+            ref_out = model(x[ref_image], refs, ref_lengths) if self.encoder is None else \
+                model(x, ref_image, refs, ref_lengths)
+            local = torch.tensor([float(sum(ref_lengths) - len(ref_lengths)), float(len(ref_lengths))],
+                                 device=x.device)  # predicted words and captions of this process's share
+            total = local.clone()
+            if ctx.world > 1:
+                dist.all_reduce(total)
+            ref_words = local[0]
+            xe, ce, _ = caption_loss(ref_out, refs, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation,
+                                     words=total[0], num_captions=total[1])
+            loss = loss + cfg.scst_xe_weight * xe
+            sums = {"xe": ce * total[0], "xe_words": ref_words}  # summed over processes in the logs
         model.train(was_training)
-        sums = {"reward": reward.sum(), "samples": torch.full((), float(B * k), device=x.device),
-                "tokens": lengths.sum().float()}
+        sums.update({"reward": reward.sum(), "samples": torch.full((), float(B * k), device=x.device),
+                     "tokens": lengths.sum().float()})
         if greedy is not None:
             sums["greedy"] = greedy.sum() * k
         return loss, sums
@@ -170,6 +206,8 @@ class SCSTTask(CaptionTask):
                "train_loss": sums["loss"] / max(steps, 1)}
         if "greedy" in sums:
             out["train_greedy_reward"] = 100 * sums["greedy"] / n
+        if "xe" in sums:
+            out["train_ce"] = sums["xe"] / max(sums["xe_words"], 1e-9)
         return out
 
     def validate(self) -> float:

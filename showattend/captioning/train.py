@@ -82,6 +82,8 @@ class TrainConfig(EngineConfig):
             "greedy", the reward of its greedy caption (Rennie et al. 2017).
         scst_reward_end: count `<end>` as a word of the samples and the references in the CIDEr-D reward (as in
             Luo's self-critical.pytorch), so that how a caption ends is rewarded.
+        scst_xe_weight: λ of a cross-entropy term on the batch images' reference captions added to the SCST loss
+            (0: SCST alone); it holds the captions' length and wording near the references'.
     """
 
     data: Tuple[str, ...] = ("../shared/data/flickr8k/dataset_flickr8k.json",)
@@ -109,6 +111,7 @@ class TrainConfig(EngineConfig):
     scst_samples: int = 5
     scst_baseline: SCSTBaseline = "mean"
     scst_reward_end: bool = True
+    scst_xe_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -127,6 +130,8 @@ class TrainConfig(EngineConfig):
         super().validate(("hard_samples", "val_beam_size", "val_max_len", "max_caption_len", "scst_samples"))
         if self.scst_baseline not in SCST_BASELINES:
             raise ValueError(f"--scst-baseline {self.scst_baseline!r}: choose one of {', '.join(SCST_BASELINES)}")
+        if self.scst_xe_weight < 0:
+            raise ValueError(f"--scst-xe-weight must not be negative, got {self.scst_xe_weight}")
         if self.scst and not self.init:
             raise ValueError("--scst trains a captioner that has learnt with cross-entropy: pass --init CHECKPOINT "
                              "(its best.pt, or a bundled model's name)")
