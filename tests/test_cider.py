@@ -31,6 +31,10 @@ def test_hand_computed():
     # cos_1 = min(2,1)·1 / (‖(2)‖·‖(1)‖) = 1/2; the hypothesis's bigram (0,0) is unseen: its norm counts, no overlap
     expect = 10 * (1 / 4) * (0.5 + 0.0) * torch.exp(torch.tensor(-delta ** 2 / 72.0, dtype=torch.float64))
     assert one.item() == pytest.approx(expect.item(), abs=1e-12)
+    # a word no reference holds has df 0 -> idf log N: it counts in the hypothesis's norm (cos_1 = 1/√2, not 1)
+    unseen = CiderD([[[0]], [[1]]], vocab_size=3).score_lists([[0, 2]], [0])
+    expect = 10 * (1 / 4) * (1 / 2 ** 0.5) * torch.exp(torch.tensor(-1 / 72.0, dtype=torch.float64))
+    assert unseen.item() == pytest.approx(expect.item(), abs=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -45,6 +45,16 @@ def test_samples_follow_the_model_and_the_seed_fixes_them():
     assert torch.equal(tokens, again)
 
 
+def test_when_the_host_checks_does_not_change_the_samples():
+    """Samples that end early and late: checking for completion every step or only at the end gives the same."""
+    runs = [sample_table(TableModel(5, seed=4, eos_prob=0.15), B=3, samples=8, max_len=12, sync_every=s,
+                         generator=torch.Generator().manual_seed(5)) for s in (1, 4, 12)]
+    lengths = runs[0][1]
+    assert lengths.min() < 4 and lengths.max() > 8  # some end before the first check, some run long
+    for tokens, n in runs[1:]:
+        assert torch.equal(tokens[:, :runs[0][0].size(1)], runs[0][0]) and torch.equal(n, lengths)
+
+
 def test_a_sample_without_end_is_cut_at_max_len():
     m = TableModel(4, seed=0, eos_prob=0.0)  # <end> never drawn
     tokens, lengths = sample_table(m, B=2, samples=3, max_len=5, generator=torch.Generator().manual_seed(1))
@@ -59,6 +69,19 @@ def test_baselines_exact():
         self_critical_baseline(r[:, :1], "mean")
     with pytest.raises(ValueError, match="unknown"):
         self_critical_baseline(r, "average")
+
+
+def test_the_loss_is_per_sampled_token():
+    """By default the surrogate is divided by the sampled tokens (mask.sum()), not by the sequences."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 6, generator=g, requires_grad=True)
+    targets = torch.randint(0, 6, (3, 4), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    r, b = torch.tensor([1.0, 0.5, 2.0]), torch.tensor([0.2, 0.9, 1.0])
+    loss, seq_lp = scst_loss(logits, targets, mask, r, b)
+    lp = torch.log_softmax(logits, -1).gather(2, targets.unsqueeze(2)).squeeze(2)
+    assert torch.allclose(seq_lp, (lp * mask).sum(1).detach())
+    assert torch.allclose(loss, -((r - b) * (lp * mask).sum(1)).sum() / 7)
 
 
 def test_the_estimator_is_unbiased():
