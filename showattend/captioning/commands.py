@@ -63,8 +63,8 @@ class Train(TrainingCommand):
         if self.train.init and not self.resume:
             from .train import check_same_model, init_checkpoint
 
-            path, _, init_cfg, _ = init_checkpoint(self.train.init)
-            check_same_model(self.model, init_cfg, path)
+            init_cfg = init_checkpoint(self.train.init)[2]
+            check_same_model(self.model, init_cfg, self.train.init)
 
     @staticmethod
     def _train(*args, **kwargs):

@@ -241,12 +241,13 @@ def init_checkpoint(init: str):
     return (path, ckpt, *checkpoint_config(ckpt, path))
 
 
-def check_same_model(model_cfg: ModelConfig, init_cfg: ModelConfig, path: str) -> None:
-    """Raises ValueError: the model options given differ from the --init checkpoint's architecture."""
+def check_same_model(model_cfg: ModelConfig, init_cfg: ModelConfig, init: str) -> None:
+    """Raises ValueError: the model options given differ from the architecture of the --init checkpoint (``init``,
+    as the user named it)."""
     differ = [f"--{k.replace('_', '-')} {v!r} (the checkpoint: {getattr(init_cfg, k)!r})"
               for k, v in vars(model_cfg).items() if k != "dropout" and v != getattr(init_cfg, k)]
     if differ:
-        raise ValueError(f"--init {path} fixes the model's settings; these options differ: {'; '.join(differ)}")
+        raise ValueError(f"--init {init} fixes the model's settings; these options differ: {'; '.join(differ)}")
 
 
 def _seed_all(seed: int) -> None:
@@ -282,7 +283,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     init = None
     if ckpt is None and cfg.init:
         init = init_checkpoint(cfg.init)
-        check_same_model(model_cfg, init[2], init[0])
+        check_same_model(model_cfg, init[2], cfg.init)
         model_cfg = init[2]
     records = load_records(cfg)
     train_recs = [r for r in records if r.split == "train"]
