@@ -218,6 +218,13 @@ class Captioner:
         save_checkpoint(path, {**self.state(half), **extra})
 
     # -- inference --------------------------------------------------------------------------------------
+    def banned_tokens(self, allow_unk: bool = False) -> torch.Tensor:
+        """(V,) bool on the device: the tokens never generated (``<pad>``, ``<start>``, and ``<unk>`` unless
+        ``allow_unk``), made once per search and applied by :meth:`_step`."""
+        banned = torch.zeros(len(self.vocab), dtype=torch.bool, device=self.device)
+        banned[[self.vocab.pad, self.vocab.start] + ([] if allow_unk else [self.vocab.unk])] = True
+        return banned
+
     def _step(self, tokens, state, context, hard: bool = False, banned=None, weights=None, generator=None):
         """The search's step function (``functools.partial`` binds ``hard``, the (V,) mask of the tokens never
         generated, the decoder's :meth:`~showattend.captioning.decoder.Decoder.step_weights`, both made once
@@ -274,9 +281,7 @@ class Captioner:
     def _decode(self, annotations, beam_size, max_len, length_penalty, allow_unk, generator):
         """One search; ``generator`` is given for hard attention's sampled locations, None for soft."""
         self.decoder.eval()
-        banned = torch.zeros(len(self.vocab), dtype=torch.bool, device=self.device)  # <pad>, <start>, <unk>
-        banned[[self.vocab.pad, self.vocab.start] + ([] if allow_unk else [self.vocab.unk])] = True
-        step = functools.partial(self._step, hard=generator is not None, banned=banned,
+        step = functools.partial(self._step, hard=generator is not None, banned=self.banned_tokens(allow_unk),
                                  weights=self.decoder.step_weights(), generator=generator)
         annotations = annotations.to(self.device, torch.float32)
         if torch.is_autocast_enabled(self.device.type):  # cast once, not at every step's context read

@@ -110,8 +110,7 @@ class SCSTTask(CaptionTask):
         self.cider = CiderD(_references(train_records, vocab, cfg.max_caption_len, cfg.scst_reward_end), len(vocab),
                             device=device)
         self.val_cider = CiderD(_references(val_records, vocab, cfg.max_caption_len), len(vocab))
-        self.banned = torch.zeros(len(vocab), dtype=torch.bool, device=device)  # never drawn, as in decoding
-        self.banned[[vocab.pad, vocab.start, vocab.unk]] = True
+        self.banned = self.captioner.banned_tokens()  # never drawn, as in decoding
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)).tolist()
