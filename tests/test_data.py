@@ -1,5 +1,6 @@
 """Caption data: Karpathy JSON, COCO via pycocotools, vocabulary, the feature cache (resume, workers)."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import shared_path
-from showattend.captioning.cache import FeatureStore, build_feature_cache, check_disk
+from showattend.captioning.cache import FeatureStore, build_feature_cache, check_disk, image_stats
 from showattend.captioning.data import (CaptionDataset, CaptionRecord, collate_captions, load_coco, load_karpathy,
                                         tokenize)
 from showattend.captioning.encoders import Encoder
@@ -209,6 +210,39 @@ def test_a_cache_is_reused_only_for_the_same_images_encoder_weights_and_size(tmp
     assert again.folder == first.folder and "1 images changed since the cache was built" in caplog.text  # a warning
     assert not torch.allclose(before, again.get(keys[0]))
     assert again.meta["stats"][0][1] == 1
+
+
+def test_a_cache_serves_files_whose_times_changed_but_not_their_bytes(tmp_path, caplog):
+    """A dataset copied or provisioned again (same bytes, new modification times) keeps its cache: the files are
+    hashed, the cache records their new times, and nothing is encoded again. A file of the same size but other
+    bytes is an image changed: the cache is encoded again. A cache without digests (older showattend) gains
+    them when its files are unchanged."""
+    caplog.set_level(logging.INFO)
+    a = tmp_path / "a"
+    a.mkdir()
+    keys = _images(a, 4)
+    Image.open(a / keys[0]).save(a / keys[0], comment=b"aaaa")  # a JPEG comment: bytes that are not pixels
+    first = _prepare(tmp_path, a, keys)
+    index, features = os.path.join(first.folder, "index.json"), os.path.join(first.folder, "features.npy")
+    encoded_at = os.stat(features).st_mtime_ns
+    assert len(first.meta["digests"]) == 4
+    for k in keys:
+        os.utime(a / k, ns=(10 ** 18, 10 ** 18))
+    again = _prepare(tmp_path, a, keys)
+    assert again.folder == first.folder and os.stat(features).st_mtime_ns == encoded_at
+    assert "4 images have new modification times since the cache was built" in caplog.text
+    assert json.loads(open(index).read())["stats"] == image_stats(str(a), keys)  # not hashed at the next start
+    caplog.clear()
+    _prepare(tmp_path, a, keys)
+    assert "new modification times" not in caplog.text
+    data = (a / keys[0]).read_bytes()
+    (a / keys[0]).write_bytes(data.replace(b"aaaa", b"bbbb"))  # the same size, other bytes
+    _prepare(tmp_path, a, keys)
+    assert "1 images changed since the cache was built" in caplog.text and os.stat(features).st_mtime_ns != encoded_at
+    meta = json.loads(open(index).read())
+    del meta["digests"]
+    open(index, "w").write(json.dumps(meta))
+    assert "digests" in _prepare(tmp_path, a, keys).meta and "digests" in json.loads(open(index).read())
 
 
 def test_progress_is_checked_against_the_rows_written(tmp_path):

@@ -6,9 +6,12 @@ read it), and an ``index.json`` naming the image of each row. It is written to `
 resumed after an interruption, and is renamed into place only when complete.
 
 A cache is keyed by everything that determines its content: the encoder's fingerprint (its weights), the image
-transform and size, and the list of images, each with its file size and modification time (not a content hash,
-which would be too slow at COCO size). A cache is reused only when all of these match; an image that changed
-since makes it be built again, and an ``index.json`` whose fields do not match its fingerprint is refused.
+transform and size, and the list of images, each with its file size and modification time, and a content digest
+(BLAKE2b) of each file taken when the cache is finished. A cache is reused only when all of these match. The
+sizes and times are compared first (hashing every image at each start would be slow at COCO size); a file whose
+time alone changed (a copied or re-provisioned dataset) is hashed and still serves if its content is the same,
+and the cache then records the new times. An image that changed makes the cache be built again, and an
+``index.json`` whose fields do not match its fingerprint is refused.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from .images import TRANSFORM, ImageError, load_image
 log = logging.getLogger(__name__)
 
 __all__ = ["FeatureStore", "ImageStore", "build_feature_cache", "find_cache", "cache_meta", "image_stats", "cache_id",
-           "check_disk"]
+           "check_disk", "file_digests"]
 
 
 class FeatureStore:
@@ -153,6 +156,53 @@ def image_stats(folder: str, keys: Sequence[str]) -> List[List[int]]:
     return stats
 
 
+def file_digests(folder: str, keys: Sequence[str]) -> List[str]:
+    """BLAKE2b (128-bit, hex) of each image file's bytes: what identifies a file whose modification time changed
+    (about 1 s per GB read).
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    import hashlib
+
+    out = []
+    for k in keys:
+        h = hashlib.blake2b(digest_size=16)
+        with open(os.path.join(folder, k), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out.append(h.hexdigest())
+    return out
+
+
+def changed_images(meta: dict, image_folder: str, keys: Sequence[str], stats: Sequence) -> List[str]:
+    """The images of ``keys`` that a cache (its ``index.json`` ``meta``) was not made from: absent from it, or
+    of another size, or of another modification time and (when the cache records digests) other bytes.
+
+    Files whose time alone changed are hashed here, and when none of ``keys`` changed, ``meta["stats"]`` takes
+    their new times (the caller may save it, so they are not hashed again).
+
+    Args:
+        stats: :func:`image_stats` of ``keys`` under ``image_folder``.
+    """
+    row = {k: i for i, k in enumerate(meta["keys"])}
+    digests = meta.get("digests")
+    changed, retimed = [], []
+    for k, st in zip(keys, stats):
+        i = row.get(k)
+        if i is None or list(meta["stats"][i]) != list(st):
+            (retimed if i is not None and digests and meta["stats"][i][0] == st[0] else changed).append((k, i, st))
+    if retimed:
+        log.info(f"{len(retimed)} images have new modification times since the cache was built; comparing "
+                 f"their content")
+        now = file_digests(image_folder, [k for k, _, _ in retimed])
+        changed += [r for r, d in zip(retimed, now) if d != digests[r[1]]]
+    if not changed:
+        for _, i, st in retimed:
+            meta["stats"][i] = list(st)
+    return [k for k, _, _ in changed]
+
+
 def cache_id(encoder_fingerprint: str, image_size: Optional[int], keys: Sequence[str], image_folder: str = "") -> str:
     """SHA-256 (hex) of what a cache folder is built for: the encoder's fingerprint, the transform, the image
     size, the image folder and the image list. (The files' sizes and times are checked separately: a changed
@@ -184,14 +234,18 @@ def _stats_hash(stats: Sequence) -> str:
 
 
 def find_cache(cache_dir: str, encoder_fingerprint: str, image_size: int, keys: Sequence[str],
-               stats: Sequence, prefer: str = "") -> Optional[FeatureStore]:
+               stats: Sequence, prefer: str = "", image_folder: str = "") -> Optional[FeatureStore]:
     """A finished cache under ``cache_dir`` that holds every image of ``keys``, made by the same encoder weights,
-    transform and size from the same files (equal sizes and modification times); None if there is none.
+    transform and size from the same files (equal sizes and modification times, or equal content: see
+    :func:`changed_images`); None if there is none.
 
     A cache of more images serves too (``evaluate`` on one split reuses the training cache). Caches that are
-    inconsistent, or made by an older showattend without a fingerprint, are never used.
+    inconsistent, or made by an older showattend without a fingerprint, are never used. A cache found through
+    its digests saves the files' new times in its ``index.json``; one made before digests were recorded gains
+    them (the files are hashed once).
 
     Args:
+        stats: :func:`image_stats` of ``keys``; image_folder: where they are (to hash files whose time changed).
         prefer: the folder to look at first (the one this request would build).
     """
     if not os.path.isdir(cache_dir):
@@ -204,14 +258,19 @@ def find_cache(cache_dir: str, encoder_fingerprint: str, image_size: int, keys: 
             if (meta.get("encoder_fingerprint"), meta.get("image_size"), meta.get("transform")) != \
                     (encoder_fingerprint, image_size, TRANSFORM):
                 continue
-            made_from = dict(zip(meta["keys"], map(tuple, meta["stats"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if all(made_from.get(k) == tuple(st) for k, st in zip(keys, stats)):
-            try:
-                return FeatureStore(folder)
-            except (FileNotFoundError, ValueError):
+            before = json.dumps(meta["stats"])
+            if changed_images(meta, image_folder, keys, stats):
                 continue
+            store = FeatureStore(folder)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+        if json.dumps(meta["stats"]) != before or "digests" not in meta:
+            if "digests" not in meta:
+                log.info(f"{folder}: recording the content digests of its {len(meta['keys']):,} images")
+                meta["digests"] = file_digests(image_folder, meta["keys"])
+            atomic_write_text(os.path.join(folder, "index.json"), json.dumps(meta))
+            store.meta = meta
+        return store
     return None
 
 
@@ -292,8 +351,10 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
         if store.meta.get("id") != meta["id"]:
             raise ValueError(f"{out_folder} holds a different feature cache (other images, encoder weights or "
                              f"size); choose another folder")
-        changed = [k for k, a, b in zip(keys, store.meta["stats"], stats) if list(a) != b]
+        changed = changed_images(store.meta, image_folder, keys, stats)
         if not changed:
+            if rank == 0 and store.meta["stats"] != FeatureStore(out_folder).meta["stats"]:  # new times, same bytes
+                atomic_write_text(os.path.join(out_folder, "index.json"), json.dumps(store.meta))
             return store
         barrier()  # every process has read the old cache before rank 0 removes it
         if rank == 0:
@@ -344,7 +405,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     barrier()  # every share is written
     if rank == 0:
         os.replace(partial, final)
-        meta.update(L=int(L), D=int(D))
+        meta.update(L=int(L), D=int(D), digests=file_digests(image_folder, keys))
         atomic_write_text(os.path.join(out_folder, "index.json"), json.dumps(meta))
         for f in os.listdir(out_folder):
             if f.startswith("progress"):
