@@ -119,6 +119,42 @@ def test_gate_scales_the_context_by_a_scalar_beta():
     assert torch.allclose(out.betas[out.mask], torch.full((int(out.mask.sum()),), 0.25))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_word_table_gives_the_steps_of_the_product_and_follows_the_weights(precision):
+    """Decoding looks up W_e E_v + b in a (V, 4n) table instead of multiplying each embedding: every step's
+    logits equal those of the product (fp32: to rounding; bf16: to bf16's), the table is made once, and it is
+    made again when the embedding or the LSTM's input weights change in place (an optimizer step) or are
+    loaded; it is refused where gradients are needed."""
+    torch.manual_seed(0)
+    dec = Decoder(12, 8, embed_dim=8, hidden_dim=8, attention_dim=5).eval()
+    feats, caps, _ = tiny_batch()
+    keys = dec.attention.project_keys(feats)
+
+    def logits(word_table):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            w = dec.step_weights(word_table=word_table)
+            return dec.step(caps[:, 1], dec.init_state(feats), feats, keys, weights=w)[0].float(), w.word_table
+
+    plain, no_table = logits(False)
+    looked_up, table = logits(True)
+    assert no_table is None and table.shape == (12, 32)
+    assert torch.allclose(plain, looked_up, atol=1e-5 if precision == "fp32" else 2e-2)
+    assert logits(True)[1] is table  # cached
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "fp32"):
+        dec.step_weights(word_table=True)  # a search in the other precision does not replace it
+    assert logits(True)[1] is table
+    with torch.no_grad():
+        dec.lstm.bias_ih[0] += 1.0  # in place, as an optimizer does
+    assert logits(True)[1] is not table
+    assert torch.allclose(logits(False)[0], logits(True)[0], atol=1e-5 if precision == "fp32" else 2e-2)
+    table = logits(True)[1]
+    dec.load_state_dict({k: v + 0.1 for k, v in dec.state_dict().items()})
+    assert logits(True)[1] is not table and torch.allclose(logits(False)[0], logits(True)[0],
+                                                           atol=1e-5 if precision == "fp32" else 2e-2)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        dec.step_weights(word_table=True)
+
+
 def test_unsorted_batch_is_rejected():
     feats, caps, lengths = tiny_batch()
     with pytest.raises(ValueError, match="sorted"):

@@ -282,7 +282,7 @@ class Captioner:
         """One search; ``generator`` is given for hard attention's sampled locations, None for soft."""
         self.decoder.eval()
         step = functools.partial(self._step, hard=generator is not None, banned=self.banned_tokens(allow_unk),
-                                 weights=self.decoder.step_weights(), generator=generator)
+                                 weights=self.decoder.step_weights(word_table=True), generator=generator)
         annotations = annotations.to(self.device, torch.float32)
         if torch.is_autocast_enabled(self.device.type):  # cast once, not at every step's context read
             annotations = annotations.to(torch.get_autocast_dtype(self.device.type))
