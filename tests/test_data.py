@@ -1,4 +1,5 @@
 """Caption data: Karpathy JSON, COCO via pycocotools, vocabulary, the feature cache (resume, workers)."""
+import hashlib
 import json
 import logging
 import os
@@ -10,7 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import shared_path
-from showattend.captioning.cache import FeatureStore, build_feature_cache, check_disk, image_stats
+from showattend.captioning.cache import (FeatureStore, build_feature_cache, changed_images, check_disk, file_digests,
+                                         image_stats)
 from showattend.captioning.data import (CaptionDataset, CaptionRecord, collate_captions, load_coco, load_karpathy,
                                         tokenize)
 from showattend.captioning.encoders import Encoder
@@ -243,6 +245,59 @@ def test_a_cache_serves_files_whose_times_changed_but_not_their_bytes(tmp_path, 
     del meta["digests"]
     open(index, "w").write(json.dumps(meta))
     assert "digests" in _prepare(tmp_path, a, keys).meta and "digests" in json.loads(open(index).read())
+
+
+def test_build_feature_cache_keeps_a_retimed_cache_and_saves_its_times(tmp_path):
+    """build_feature_cache called again on files with new times and the same bytes returns the cache as it is
+    and records the times; a cache without digests (an older showattend) is encoded again when its files' times
+    changed."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    keys, enc, out = _images(imgs, 3), Encoder("efficientnet_lite0"), str(tmp_path / "c")
+
+    def build():
+        return build_feature_cache(enc, str(imgs), keys, out, num_workers=0, progress=False, image_size=64)
+
+    build()
+    index, feats = os.path.join(out, "index.json"), os.path.join(out, "features.npy")
+    encoded_at = os.stat(feats).st_mtime_ns
+    for k in keys:
+        os.utime(imgs / k, ns=(10 ** 18, 10 ** 18))
+    build()
+    assert os.stat(feats).st_mtime_ns == encoded_at
+    meta = json.loads(open(index).read())
+    assert meta["stats"] == image_stats(str(imgs), keys)
+    del meta["digests"]
+    open(index, "w").write(json.dumps(meta))
+    for k in keys:
+        os.utime(imgs / k, ns=(2 * 10 ** 18, 2 * 10 ** 18))
+    assert "digests" in build().meta and os.stat(feats).st_mtime_ns != encoded_at
+
+
+def test_file_digests_hash_whole_files(tmp_path):
+    data = os.urandom(3 << 20)
+    (tmp_path / "a").write_bytes(data)
+    (tmp_path / "b").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the last byte of 3 MB differs
+    a, b = file_digests(str(tmp_path), ["a", "b"])
+    assert a == hashlib.blake2b(data, digest_size=16).hexdigest() and a != b
+
+
+def test_changed_images_hashes_only_files_of_the_same_size(tmp_path, monkeypatch):
+    """A file of another size is changed without being read; one with a new time is hashed; when an image
+    changed, the times in the cache's meta are left as they were."""
+    from showattend.captioning import cache
+
+    (tmp_path / "a").write_bytes(b"aaaa")
+    (tmp_path / "b").write_bytes(b"bbbb")
+    keys = ["a", "b"]
+    old = image_stats(str(tmp_path), keys)
+    meta = {"keys": keys, "stats": [list(st) for st in old], "digests": file_digests(str(tmp_path), keys)}
+    os.utime(tmp_path / "a", ns=(10 ** 18, 10 ** 18))
+    (tmp_path / "b").write_bytes(b"bbbbb")
+    hashed, real = [], cache.file_digests
+    monkeypatch.setattr(cache, "file_digests", lambda folder, ks: hashed.extend(ks) or real(folder, ks))
+    assert changed_images(meta, str(tmp_path), keys, image_stats(str(tmp_path), keys)) == ["b"]
+    assert hashed == ["a"] and meta["stats"] == [list(st) for st in old]
 
 
 def test_progress_is_checked_against_the_rows_written(tmp_path):

@@ -75,7 +75,7 @@ def test_doubly_stochastic_penalty_by_hand(normalisation):
 @pytest.mark.parametrize("normalisation", sorted(DS_EXPECTED))
 def test_caption_loss_matches_each_definition(normalisation):
     """The loss (nats per word) times N is eq. 14 summed over the batch; times N/B it is capgen's cost."""
-    V, lam = 5, 0.7
+    lam = 0.7
     logits = torch.tensor([[[2.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0]], [[0, 0, 3.0, 0, 0], [9.0, 9, 9, 9, 9]]])
     mask = torch.tensor([[True, True], [True, False]])
     captions = torch.tensor([[1, 0, 1], [1, 2, 0]])  # targets: caption 0 -> (0, 1), caption 1 -> (2,)
@@ -153,6 +153,47 @@ def test_the_word_table_gives_the_steps_of_the_product_and_follows_the_weights(p
                                                            atol=1e-5 if precision == "fp32" else 2e-2)
     with pytest.raises(RuntimeError, match="no_grad"):
         dec.step_weights(word_table=True)
+
+
+def _word_table_of(dec):
+    """W_e E + b computed directly, (V, 4n) fp32."""
+    m = dec.embedding.embedding_dim
+    return F.linear(dec.embedding.weight, dec.lstm.weight_ih[:, :m], dec.lstm.bias_ih + dec.lstm.bias_hh).detach()
+
+
+@pytest.mark.parametrize("part", ["embedding.weight", "lstm.weight_ih", "lstm.bias_ih", "lstm.bias_hh"])
+def test_the_word_table_follows_each_tensor_it_is_made_of(part):
+    torch.manual_seed(0)
+    dec = Decoder(12, 8, embed_dim=8, hidden_dim=8, attention_dim=5).eval()
+    with torch.no_grad():
+        table = dec.step_weights(word_table=True).word_table
+        dec.get_parameter(part)[0] += 1.0
+        new = dec.step_weights(word_table=True).word_table
+    assert new is not table and torch.allclose(new, _word_table_of(dec), atol=1e-6)
+
+
+def test_the_word_table_is_made_in_fp32_and_cast_per_dtype():
+    """A bf16 search gets the fp32 table rounded to bf16 (not a bf16 product), and a later fp32 search gets the
+    fp32 table (not the bf16 one)."""
+    torch.manual_seed(0)
+    dec = Decoder(12, 8, embed_dim=8, hidden_dim=8, attention_dim=5).eval()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            t16 = dec.step_weights(word_table=True).word_table
+        t32 = dec.step_weights(word_table=True).word_table
+    assert t16.dtype == torch.bfloat16 and torch.equal(t16, _word_table_of(dec).to(torch.bfloat16))
+    assert t32.dtype == torch.float32 and torch.allclose(t32, _word_table_of(dec), atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_captioner_decoding_uses_the_word_table(monkeypatch, precision):
+    calls, real = [], Decoder._word_table
+    monkeypatch.setattr(Decoder, "_word_table", lambda self, dtype: calls.append(dtype) or real(self, dtype))
+    torch.manual_seed(0)
+    vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(8)])
+    cap = Captioner(Decoder(12, 8, embed_dim=8, hidden_dim=8, attention_dim=5), vocab, ModelConfig(), device="cpu")
+    cap.decode(torch.randn(2, 6, 8), beam_size=2, max_len=4, precision=precision)
+    assert calls == [torch.bfloat16 if precision == "bf16" else torch.float32]
 
 
 def test_unsorted_batch_is_rejected():

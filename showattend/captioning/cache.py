@@ -31,7 +31,7 @@ from .images import TRANSFORM, ImageError, load_image
 log = logging.getLogger(__name__)
 
 __all__ = ["FeatureStore", "ImageStore", "build_feature_cache", "find_cache", "cache_meta", "image_stats", "cache_id",
-           "check_disk", "file_digests"]
+           "check_disk", "file_digests", "changed_images"]
 
 
 class FeatureStore:
