@@ -274,6 +274,24 @@ def test_build_feature_cache_keeps_a_retimed_cache_and_saves_its_times(tmp_path)
     assert "digests" in build().meta and os.stat(feats).st_mtime_ns != encoded_at
 
 
+def test_a_retimed_cache_on_a_read_only_disk_still_serves(tmp_path, monkeypatch, caplog):
+    from showattend.captioning import cache
+
+    a = tmp_path / "a"
+    a.mkdir()
+    keys = _images(a, 2)
+    first = _prepare(tmp_path, a, keys)
+    for k in keys:
+        os.utime(a / k, ns=(10 ** 18, 10 ** 18))
+
+    def read_only(path, text):
+        raise PermissionError(13, "Read-only file system", path)
+
+    monkeypatch.setattr(cache, "atomic_write_text", read_only)
+    assert _prepare(tmp_path, a, keys).folder == first.folder
+    assert "could not record the images' new times" in caplog.text
+
+
 def test_file_digests_hash_whole_files(tmp_path):
     data = os.urandom(3 << 20)
     (tmp_path / "a").write_bytes(data)

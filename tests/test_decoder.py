@@ -170,6 +170,9 @@ def test_the_word_table_follows_each_tensor_it_is_made_of(part):
         dec.get_parameter(part)[0] += 1.0
         new = dec.step_weights(word_table=True).word_table
     assert new is not table and torch.allclose(new, _word_table_of(dec), atol=1e-6)
+    dec.get_parameter(part).data = dec.get_parameter(part).data + 1.0  # new storage, the same Parameter object
+    with torch.no_grad():
+        assert torch.allclose(dec.step_weights(word_table=True).word_table, _word_table_of(dec), atol=1e-6)
 
 
 def test_the_word_table_is_made_in_fp32_and_cast_per_dtype():

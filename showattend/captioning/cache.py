@@ -268,10 +268,20 @@ def find_cache(cache_dir: str, encoder_fingerprint: str, image_size: int, keys: 
             if "digests" not in meta:
                 log.info(f"{folder}: recording the content digests of its {len(meta['keys']):,} images")
                 meta["digests"] = file_digests(image_folder, meta["keys"])
-            atomic_write_text(os.path.join(folder, "index.json"), json.dumps(meta))
+            _save_index(folder, meta)
             store.meta = meta
         return store
     return None
+
+
+def _save_index(folder: str, meta: dict) -> None:
+    """Write a cache's ``index.json`` again with new times or digests; a cache on a read-only disk still serves
+    (a warning: the files will be compared again next time)."""
+    try:
+        atomic_write_text(os.path.join(folder, "index.json"), json.dumps(meta))
+    except OSError as err:
+        log.warning(f"{folder}: could not record the images' new times or digests ({err}); they will be compared "
+                    f"again next time")
 
 
 def check_disk(folder: str, shape: Sequence[int], partial: Optional[str] = None) -> int:
@@ -354,7 +364,7 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
         changed = changed_images(store.meta, image_folder, keys, stats)
         if not changed:
             if rank == 0 and store.meta["stats"] != FeatureStore(out_folder).meta["stats"]:  # new times, same bytes
-                atomic_write_text(os.path.join(out_folder, "index.json"), json.dumps(store.meta))
+                _save_index(out_folder, store.meta)
             return store
         barrier()  # every process has read the old cache before rank 0 removes it
         if rank == 0:

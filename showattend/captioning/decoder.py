@@ -158,13 +158,16 @@ class Decoder(nn.Module):
                                "torch.no_grad()")
         lstm, E = self.lstm, self.embedding.weight
         made_of = (E, lstm.weight_ih, lstm.bias_ih, lstm.bias_hh)
-        key = tuple((t.data_ptr(), t._version) for t in made_of) + (E.device,)
         cached = self.__dict__.get("_word_table_cache")
-        if cached is None or cached[0] != key:
+        # valid while each tensor has the same storage (the cache holds a view of it, so no new tensor can get
+        # its address) and has not been written in place since (its version counter)
+        if cached is None or any(t.data_ptr() != view.data_ptr() or t._version != version
+                                 for t, (view, version) in zip(made_of, cached[0])):
             with torch.autocast(E.device.type, enabled=False):
                 table = F.linear(E.float(), lstm.weight_ih[:, :E.size(1)].float(),
                                  (lstm.bias_ih + lstm.bias_hh).float())
-            self.__dict__["_word_table_cache"] = cached = (key, {torch.float32: table})
+            made = tuple((t.detach(), t._version) for t in made_of)
+            self.__dict__["_word_table_cache"] = cached = (made, {torch.float32: table})
         tables = cached[1]  # by dtype: fp32 and bf16 searches in turn reuse theirs
         if dtype not in tables:
             tables[dtype] = tables[torch.float32].to(dtype)
