@@ -55,7 +55,11 @@ class TrainingCommand:
         model_cls, train_cls = cls._SETTINGS
         values = {**cls.base_settings(argv),
                   **layered_settings(argv, cls._SETTINGS, train_cls.out_dir, ignore=cls._DERIVED)}
-        return cls(model=settings_instance(model_cls, values), train=settings_instance(train_cls, values))
+        model = settings_instance(model_cls, values)
+        for name, auto in getattr(model_cls, "AUTO_DEFAULTS", {}).items():
+            if name not in values:  # resolved from the final options when the command line is parsed
+                setattr(model, name, auto)
+        return cls(model=model, train=settings_instance(train_cls, values))
 
     @classmethod
     def base_settings(cls, argv: Sequence[str]) -> dict:

@@ -64,6 +64,20 @@ def test_the_native_size_is_the_default():
     assert ModelConfig(encoder="efficientnet_lite2", image_size=224).image_size == 224
 
 
+def test_the_command_line_gives_the_chosen_encoders_native_size(tmp_path):
+    """`train --encoder efficientnet_lite2` trains at 260 px (the default size follows the encoder given on the
+    command line, not the default encoder's); a size given, on the command line or in --config, wins."""
+    from showattend.cli import parse
+
+    def size(*argv):
+        return parse(["train", "--out-dir", str(tmp_path / "run"), *argv])[1].model.image_size
+
+    assert size() == 224 and size("--encoder", "efficientnet_lite2") == 260
+    assert size("--encoder", "efficientnet_lite2", "--image-size", "300") == 300
+    (tmp_path / "c.yaml").write_text("image_size: 224\n")
+    assert size("--encoder", "efficientnet_lite2", "--config", str(tmp_path / "c.yaml")) == 224
+
+
 def test_unknown_encoder_and_missing_weights(tmp_path):
     with pytest.raises(KeyError, match="unknown encoder"):
         Encoder("alexnet")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import List, Literal, Optional, Sequence, Union
+from typing import ClassVar, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ class ModelConfig:
     score: Literal["additive", "general", "dot"] = "additive"
     selector: bool = True
     attention: Literal["soft", "hard"] = "soft"
+    #: settings whose default depends on others (``image_size`` on ``encoder``): the value that means "resolve
+    #: me", kept in the command line's defaults so that ``--encoder`` alone gives that encoder's size
+    AUTO_DEFAULTS: ClassVar[dict] = {"image_size": 0}
 
     def __post_init__(self):
         if self.attention not in ("soft", "hard"):
