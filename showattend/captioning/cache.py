@@ -258,20 +258,28 @@ def find_cache(cache_dir: str, encoder_fingerprint: str, image_size: int, keys: 
             if (meta.get("encoder_fingerprint"), meta.get("image_size"), meta.get("transform")) != \
                     (encoder_fingerprint, image_size, TRANSFORM):
                 continue
-            before = json.dumps(meta["stats"])
-            if changed_images(meta, image_folder, keys, stats):
-                continue
             store = FeatureStore(folder)
+            if _changed_since(folder, store.meta, image_folder, keys, stats):
+                continue
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             continue
-        if json.dumps(meta["stats"]) != before or "digests" not in meta:
-            if "digests" not in meta:
-                log.info(f"{folder}: recording the content digests of its {len(meta['keys']):,} images")
-                meta["digests"] = file_digests(image_folder, meta["keys"])
-            _save_index(folder, meta)
-            store.meta = meta
         return store
     return None
+
+
+def _changed_since(folder: str, meta: dict, image_folder: str, keys: Sequence[str], stats: Sequence,
+                   save: bool = True) -> List[str]:
+    """:func:`changed_images` of the cache in ``folder``; when none changed and ``save``, its ``index.json``
+    records the files' new times and, for a cache made before digests were recorded, their digests (``meta`` is
+    updated in place)."""
+    before = json.dumps(meta["stats"])
+    changed = changed_images(meta, image_folder, keys, stats)
+    if not changed and save and (json.dumps(meta["stats"]) != before or "digests" not in meta):
+        if "digests" not in meta:
+            log.info(f"{folder}: recording the content digests of its {len(meta['keys']):,} images")
+            meta["digests"] = file_digests(image_folder, meta["keys"])
+        _save_index(folder, meta)
+    return changed
 
 
 def _save_index(folder: str, meta: dict) -> None:
@@ -361,10 +369,8 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
         if store.meta.get("id") != meta["id"]:
             raise ValueError(f"{out_folder} holds a different feature cache (other images, encoder weights or "
                              f"size); choose another folder")
-        changed = changed_images(store.meta, image_folder, keys, stats)
+        changed = _changed_since(out_folder, store.meta, image_folder, keys, stats, save=rank == 0)
         if not changed:
-            if rank == 0 and store.meta["stats"] != FeatureStore(out_folder).meta["stats"]:  # new times, same bytes
-                _save_index(out_folder, store.meta)
             return store
         barrier()  # every process has read the old cache before rank 0 removes it
         if rank == 0:

@@ -146,7 +146,7 @@ class Decoder(nn.Module):
             dtype = torch.get_autocast_dtype(device)
             weights = tuple(w.to(dtype) for w in weights)
         hidden, context, words, bias = weights
-        table = self._word_table(weights[2].dtype) if word_table else None
+        table = self._word_table(words.dtype) if word_table else None
         return StepWeights(RecurrentWeight(hidden), RecurrentWeight(context), words, bias,
                            0 if query is None else query.size(0), table)
 

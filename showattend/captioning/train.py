@@ -194,9 +194,9 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
 
     With ``model_cfg.fine_tune_blocks`` N > 0 the cache holds the activations below the top N blocks (the frozen
     trunk's, :meth:`~showattend.captioning.encoders.Encoder.trunk`), which training then runs through the top
-    blocks. A finished cache under ``cfg.cache_dir`` is reused when it holds all these images, made from the same files
-    (sizes and modification times, or content digests) by the same encoder weights, transform and size; otherwise the cache is
-    built in ``{dataset}-{encoder}-{size}-{id}``, ``id`` the start of
+    blocks. A finished cache under ``cfg.cache_dir`` is reused when it holds all these images, made from the same
+    files (sizes and modification times, or content digests) by the same encoder weights, transform and size;
+    otherwise the cache is built in ``{dataset}-{encoder}-{size}-{id}``, ``id`` the start of
     :func:`~showattend.captioning.cache.cache_id`. ``batch_size`` images go through the encoder at once.
 
     Raises:
