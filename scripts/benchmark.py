@@ -25,6 +25,9 @@ Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 
   - ``baseline_0.5``: showattend's search before it moved onto the device, kept in the same run for the ratio;
   - ``fp32``/``bf16``: today's :meth:`Captioner.decode`, and with ``precision="bf16"``.
   The variants alternate batch by batch (``--repeat``/2 rounds after a warm-up round).
+  With ``--compiled-decode``, also ``fp32_compiled``/``bf16_compiled``: the same searches with the captioner's
+  step function under ``torch.compile`` (inductor fuses the score's elementwise work and the LSTM cell's), the
+  seconds its first call took to compile, and how many of the 50 fp32 captions equal the eager search's.
 * **attention**: 20 attention steps with the keys projected once vs at every step.
 * **scst**: one self-critical step (``train --scst``: 16 images x 5 samples, 49×1280) in its three parts, in ms:
   sampling the 80 captions (no gradients), their CIDEr-D rewards against a corpus of 6,000 images x 5 references
@@ -177,7 +180,7 @@ def bench_other(device, sync, out, sections):
         out["attention_20_steps_ms_keys_every_step"] = round(1000 * every, 1)
 
 
-def bench_decode(device, sync, out, repeat: int, shapes):
+def bench_decode(device, sync, out, repeat: int, shapes, compiled: bool = False):
     """Beam 3, 50 images, 13 steps: the per-image anchor, showattend 0.5's search, today's fp32 and bf16,
     alternating image batch by image batch; greedy for today's."""
     from decode_baselines import old_decode, per_image_decode
@@ -198,16 +201,29 @@ def bench_decode(device, sync, out, repeat: int, shapes):
             "greedy_fp32": lambda: cap.decode(x, beam_size=1, max_len=13),
             "greedy_bf16": lambda: cap.decode(x, beam_size=1, max_len=13, precision="bf16"),
         }
+        res = {}
+        if compiled:  # a second captioner on the same decoder, its step function compiled (one graph per dtype)
+            fast = Captioner(dec, vocab, ModelConfig(), device=device)
+            fast._step = torch.compile(fast._step, dynamic=False)
+            for prec in ("fp32", "bf16"):
+                t0 = time.perf_counter()
+                fast.decode(x, beam_size=3, max_len=13, precision=prec)
+                res[f"compile_{prec}_s"] = round(time.perf_counter() - t0, 1)
+            same = zip(fast.decode(x, beam_size=3, max_len=13), cap.decode(x, beam_size=3, max_len=13))
+            res["compiled_fp32_same_captions"] = sum(a.words == b.words for a, b in same)
+            variants["fp32_compiled"] = lambda: fast.decode(x, beam_size=3, max_len=13)
+            variants["bf16_compiled"] = lambda: fast.decode(x, beam_size=3, max_len=13, precision="bf16")
         seconds = {k: 0.0 for k in variants}
         for r in range(repeat + 1):  # the first round warms up
             for k, fn in variants.items():
                 s = timed(fn, 1, warmup=0, sync=sync)
                 if r:
                     seconds[k] += s
-        res = {f"{k}_images_per_s": round(50 * repeat / v, 1) for k, v in seconds.items()}
+        res.update({f"{k}_images_per_s": round(50 * repeat / v, 1) for k, v in seconds.items()})
+        beam3 = [k for k in seconds if k in ("fp32", "bf16", "fp32_compiled", "bf16_compiled")]
         res["beam3_ratio_to_anchor"] = {k: round(seconds["anchor_per_image"] / seconds[k], 2)
-                                        for k in ("baseline_0.5", "fp32", "bf16")}
-        res["beam3_ratio_to_baseline"] = {k: round(seconds["baseline_0.5"] / seconds[k], 2) for k in ("fp32", "bf16")}
+                                        for k in ["baseline_0.5"] + beam3}
+        res["beam3_ratio_to_baseline"] = {k: round(seconds["baseline_0.5"] / seconds[k], 2) for k in beam3}
         out[f"decode_{L}x{D}"] = res
 
 
@@ -278,6 +294,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=6, help="training steps timed per variant at 49x1280")
     ap.add_argument("--vocab-size", type=int, default=V, help="V (2539: Flickr8k's; COCO's is about 10,000)")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--compiled-decode", action="store_true",
+                    help="decode section: also time the search with its step under torch.compile")
     args = ap.parse_args()
     V = args.vocab_size
     if args.threads:
@@ -295,7 +313,7 @@ def main():
     bench_other(dev, sync, out, sections)
     if "decode" in sections:
         bench_decode(dev, sync, out, max(1, args.repeat // 2),
-                     [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")])
+                     [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")], args.compiled_decode)
     if "scst" in sections:
         bench_scst(dev, sync, out)
     print(json.dumps(out, indent=2))
