@@ -290,7 +290,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--only", default="train,encoder,decode,attention,scst", help="comma-separated sections")
-    ap.add_argument("--shapes", default="49x1280,196x2048", help="LxD grids of the training section")
+    ap.add_argument("--shapes", default="49x1280,196x2048", help="LxD grids of the training and decode sections")
     ap.add_argument("--repeat", type=int, default=6, help="training steps timed per variant at 49x1280")
     ap.add_argument("--vocab-size", type=int, default=V, help="V (2539: Flickr8k's; COCO's is about 10,000)")
     ap.add_argument("--json", default=None, help="also write the figures here")
