@@ -16,15 +16,18 @@ Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 
   - MFU: the model's FLOPs per second divided by the measured throughput of a 2048×2048 matrix product of the
     same dtype, in this process, on the same threads. FLOPs are counted from the layer shapes
     (:func:`training_flops`): 2 per multiply-add of every matrix product, the backward pass twice the forward
-    except where one input needs no gradient (the key projection U a_i and the context read Σ_i α_i a_i: the
-    annotation vectors are inputs), elementwise work not counted.
+    except where one input needs no gradient (the key projection U a_i, h_0 and c_0 of the mean annotation
+    vector, and the context read Σ_i α_i a_i: the annotation vectors are inputs), elementwise work not counted.
+    ``tests/test_benchmark.py`` checks the count against ``torch.utils.flop_counter``.
 * **encoder**: frozen EfficientNet-Lite0 images/s (batch 32, 224 px).
 * **decode**: images/s of beam 3 (and greedy), 50 images per batch, 13 steps, at each grid of ``--shapes``:
   - ``anchor_per_image``: the per-image loop of the most used public implementation (sgrvinod's tutorial),
     driving showattend's decoder step (``scripts/decode_baselines.py``);
   - ``baseline_0.5``: showattend's search before it moved onto the device, kept in the same run for the ratio;
   - ``fp32``/``bf16``: today's :meth:`Captioner.decode`, and with ``precision="bf16"``.
-  The variants alternate batch by batch (``--repeat``/2 rounds after a warm-up round).
+  The variants alternate batch by batch (``--repeat``/2 rounds after a warm-up round). ``beam3_mfu``: each of
+  today's beam-3 searches' FLOPs per second (:func:`decode_flops`, counted as for training) over the
+  2048×2048 product's in its dtype: the share of this machine's matrix-product speed it reaches.
   With ``--compiled-decode``, also ``fp32_compiled``/``bf16_compiled``: the same searches with the captioner's
   step function under ``torch.compile`` (inductor fuses the score's elementwise work and the LSTM cell's), the
   seconds its first call took to compile, and how many of the 50 fp32 captions equal the eager search's.
@@ -87,17 +90,34 @@ def matmul_peak(dtype, device, sync) -> float:
     return 2 * 2048 ** 3 / timed(lambda: a @ b, 5, sync=sync) / 1e9
 
 
+def matmul_peaks(device, sync, out) -> dict:
+    """{"fp32": GFLOP/s, "bf16": GFLOP/s} of :func:`matmul_peak`, measured once per run (kept in ``out``)."""
+    if "matmul_2048_gflops" not in out:
+        out["matmul_2048_gflops"] = {p: round(matmul_peak(dt, device, sync), 1)
+                                     for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    return out["matmul_2048_gflops"]
+
+
 def training_flops(lengths, L: int, D: int) -> float:
     """FLOPs of one training step of the decoder (see the module docstring for what is counted)."""
     B, T = len(lengths), max(lengths)
     tokens = sum(n - 1 for n in lengths)  # predicted words, <end> included
     positions = B * (T - 1)  # the word gates and the deep output are computed at padded positions too
-    inputs_only = B * L * D * A + tokens * L * D  # key projection, context read: backward once
-    full = (2 * B * D * N  # h_0, c_0
-            + positions * M * 4 * N  # word part of the LSTM input
+    # key projection, h_0 and c_0 (of the mean annotation vector), context read: backward once
+    inputs_only = B * L * D * A + 2 * B * D * N + tokens * L * D
+    full = (positions * M * 4 * N  # word part of the LSTM input
             + tokens * (N * (A + 1 + 4 * N) + D * 4 * N + L * A)  # products of h_{t-1}, of ẑ_t, the score v
             + positions * (N * M + D * M + M * V))  # deep output
     return 2 * (3 * full + 2 * inputs_only)
+
+
+def decode_flops(L: int, D: int, k: int, steps: int) -> float:
+    """FLOPs per image of :meth:`Captioner.decode` (beam ``k``, every beam run for ``steps`` steps), counted as
+    in :func:`training_flops`: the key projection and h_0, c_0 once per image; per beam and step the products of
+    h_{t-1} (attention query, β, W_hh), of ẑ_t (W_z), the score v, the context read and the deep output. The
+    word part of the LSTM input is a table lookup (no product)."""
+    per_step = N * (A + 1 + 4 * N) + D * 4 * N + L * A + L * D + N * M + D * M + M * V
+    return 2 * (L * D * A + 2 * D * N + k * steps * per_step)
 
 
 def make_batch(B: int, L: int, D: int, device, seed: int = 0):
@@ -131,8 +151,7 @@ def train_steps(L: int, D: int, B: int, device, precision: str, baseline: bool =
 
 
 def bench_train(device, sync, out, repeat: int, shapes):
-    peak = {p: matmul_peak(dt, device, sync) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    out["matmul_2048_gflops"] = {k: round(v, 1) for k, v in peak.items()}
+    peak = matmul_peaks(device, sync, out)
     for L, D in shapes:
         shape, reps = f"{L}x{D}", repeat if L == 49 else max(2, repeat // 2)
         res = out.setdefault("train", {}).setdefault(shape, {})
@@ -224,6 +243,12 @@ def bench_decode(device, sync, out, repeat: int, shapes, compiled: bool = False)
         res["beam3_ratio_to_anchor"] = {k: round(seconds["anchor_per_image"] / seconds[k], 2)
                                         for k in ["baseline_0.5"] + beam3}
         res["beam3_ratio_to_baseline"] = {k: round(seconds["baseline_0.5"] / seconds[k], 2) for k in beam3}
+        # the share of the matrix-product peak each of today's beam-3 searches reaches (its FLOPs per second
+        # over the 2048x2048 product's in the same dtype): how far the hardware leaves it to go
+        peak, flops = matmul_peaks(device, sync, out), decode_flops(L, D, 3, 13)
+        res["beam3_gflop_per_image"] = round(flops / 1e9, 3)
+        res["beam3_mfu"] = {k: round(flops * 50 * repeat / seconds[k] / 1e9 / peak["bf16" if "bf16" in k else "fp32"],
+                                     3) for k in beam3}
         out[f"decode_{L}x{D}"] = res
 
 
