@@ -97,6 +97,12 @@ class Export:
     output: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="OUTPUT")]
     half: Annotated[bool, flag] = False
 
+    def validate(self) -> None:
+        """Raises ValueError: OUTPUT cannot be written (named), checked before the checkpoint is read."""
+        from .runs import check_output_file
+
+        check_output_file(self.output, "OUTPUT")
+
     def run(self) -> int:
         from .checkpoint import export_checkpoint
 

@@ -32,10 +32,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def check_output_file(path: str, option: str) -> None:
-    """Check, before any work, that a file can be written at ``path`` (an output option's value).
+    """Check, before any work, that a file can be written at ``path`` (an output option's value): its folder,
+    or the nearest one of its parents that exists (the write makes the rest), must take a new file.
 
     Raises:
-        ValueError: ``path`` is a folder, or a parent of it is a file (named as ``option``).
+        ValueError: ``path`` is a folder, a parent of it is a file, or no file can be made there (named as
+            ``option``, with the system's reason: permissions, a read-only or special file system).
     """
     if os.path.isdir(path):
         raise ValueError(f"{option} {path}: a folder; give a file name")
@@ -44,19 +46,35 @@ def check_output_file(path: str, option: str) -> None:
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+    _check_writable(parent, path, option)
 
 
 def check_output_folder(path: str, option: str) -> None:
-    """Check, before any work, that ``path`` is a folder or can be made one.
+    """Check, before any work, that ``path`` is a folder or can be made one, and that files can be written in
+    it (or, when it does not exist yet, in the nearest of its parents that does).
 
     Raises:
-        ValueError: ``path`` or a parent of it is a file (named as ``option``).
+        ValueError: ``path`` or a parent of it is a file, or nothing can be written there (named as ``option``).
     """
     probe = os.path.abspath(path)
     while probe and not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if probe and not os.path.isdir(probe):
         raise ValueError(f"{option} {path}: {probe} is a file, not a folder")
+    _check_writable(probe, path, option)
+
+
+def _check_writable(folder: str, path: str, option: str) -> None:
+    """Make and remove an empty file in ``folder``: the one sure test that a write there will work (os.access
+    answers from the permission bits, and says yes to root in /proc)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".showattend-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -384,6 +384,21 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
         ("caption --attention-dir given a file", ["--attention-dir", good], 2, "photo.jpg is a file, not a folder"),
         ("caption --alphas without --format jsonl", ["--alphas"], 2, "--alphas needs --format jsonl"),
     ]]
+    cases.append(Case("option", "translate --alignment given a folder",
+                      ["translate", "x", "--checkpoint", translator, "--alignment", str(d / "a_folder")], 2,
+                      "--alignment " + str(d / "a_folder") + ": a folder; give a file name"))
+    if os.path.isdir("/proc/self"):  # Linux: a folder where no file can be made, even by root
+        cases += [Case("option", what, argv, 2, message) for what, argv, message in [
+            ("caption --attention-dir where nothing can be written (/proc)",
+             [*cap, "--attention-dir", "/proc/overlays"], "--attention-dir /proc/overlays: cannot write in /proc"),
+            ("translate --html where nothing can be written (/proc)",
+             ["translate", "x", "--checkpoint", translator, "--html", "/proc/r/a.html"],
+             "--html /proc/r/a.html: cannot write in /proc"),
+            ("export to where nothing can be written (/proc)", ["export", tiny, "/proc/tiny.pt"],
+             "OUTPUT /proc/tiny.pt: cannot write in /proc"),
+            ("train --out-dir where nothing can be written (/proc)", ["train", "--out-dir", "/proc/run"],
+             "--out-dir /proc/run: cannot write in /proc"),
+        ]]
     cases.append(Case("option", "caption - with nothing on stdin", ["caption", "-", "--checkpoint", tiny], 1,
                       "no images given (standard input was empty)"))
     cases.append(Case("option", "translate --model: no such bundled translator",

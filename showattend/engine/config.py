@@ -9,7 +9,7 @@ from typing import Literal, Optional, Sequence, get_args
 
 import torch
 
-from ..runs import resolve_device
+from ..runs import check_output_folder, resolve_device
 from .distributed import main_process
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class EngineConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         resolve_device(self.device)
+        check_output_folder(self.out_dir, "--out-dir")
 
 
 #: the files a run writes into its folder

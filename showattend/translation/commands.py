@@ -69,9 +69,14 @@ class Translate:
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
+        from ..runs import check_output_file
+
         self.decoding.validate()
         if self.max_len < 2:
             raise ValueError(f"--max-len must be at least 2 (a subword and </s>), got {self.max_len}")
+        for option, value in (("--alignment", self.alignment), ("--html", self.html)):
+            if value:
+                check_output_file(value, option)
 
     def run(self) -> int:
         from .plot import plot_alignment
@@ -153,7 +158,11 @@ class TranslateEvaluate:
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
+        from ..runs import check_output_file
+
         self.decoding.validate()
+        if self.output:
+            check_output_file(self.output, "--output")
 
     def run(self) -> int:
         from .train import evaluate_translator
