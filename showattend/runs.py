@@ -32,43 +32,41 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def check_output_file(path: str, option: str) -> None:
-    """Check, before any work, that a file can be written at ``path`` (an output option's value): its folder,
-    or the nearest one of its parents that exists (the write makes the rest), must take a new file.
+    """Check, before any work, that a file can be written at ``path`` (an output option's value; "" is an unset
+    option and passes): its folder, or the nearest one of its parents that exists (the write makes the rest),
+    must take a new file.
 
     Raises:
         ValueError: ``path`` is a folder, a parent of it is a file, or no file can be made there (named as
             ``option``, with the system's reason: permissions, a read-only or special file system).
     """
-    if os.path.isdir(path):
+    if path and os.path.isdir(path):
         raise ValueError(f"{option} {path}: a folder; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
-        raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
-    _check_writable(parent, path, option)
+    if path:
+        _check_folder_takes_files(os.path.dirname(os.path.abspath(path)), path, option)
 
 
 def check_output_folder(path: str, option: str) -> None:
     """Check, before any work, that ``path`` is a folder or can be made one, and that files can be written in
-    it (or, when it does not exist yet, in the nearest of its parents that does).
+    it (or, when it does not exist yet, in the nearest of its parents that does); "" passes (an unset option).
 
     Raises:
         ValueError: ``path`` or a parent of it is a file, or nothing can be written there (named as ``option``).
     """
-    probe = os.path.abspath(path)
-    while probe and not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if probe and not os.path.isdir(probe):
-        raise ValueError(f"{option} {path}: {probe} is a file, not a folder")
-    _check_writable(probe, path, option)
+    if path:
+        _check_folder_takes_files(os.path.abspath(path), path, option)
 
 
-def _check_writable(folder: str, path: str, option: str) -> None:
-    """Make and remove an empty file in ``folder``: the one sure test that a write there will work (os.access
-    answers from the permission bits, and says yes to root in /proc)."""
+def _check_folder_takes_files(folder: str, path: str, option: str) -> None:
+    """``folder`` (absolute) exists or can be made, and a file can be made in it or in the nearest of its parents
+    that exists: an empty file is made and removed there, the one sure test (os.access answers from the
+    permission bits, and says yes to root in /proc). Errors name ``option`` and its value ``path``."""
     import tempfile
 
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if folder and not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: {folder} is a file, not a folder")
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".showattend-probe-")
         os.close(fd)

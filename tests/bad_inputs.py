@@ -357,8 +357,8 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
         (["--device", "tpu"], "--device 'tpu'"),
         (["--beam-size", "three"], "--beam-size"),
     ]]
-    cases += [Case("option", f"translate {' '.join(extra)}", ["translate", "x", "--checkpoint", translator, *extra],
-                   2, message) for extra, message in [
+    tr = ["translate", "x", "--checkpoint", translator]
+    cases += [Case("option", f"translate {' '.join(extra)}", [*tr, *extra], 2, message) for extra, message in [
         (["--beam-size", "0"], "--beam-size must be at least 1"),
         (["--max-len", "0"], "--max-len must be at least 2"),
     ]]
@@ -384,16 +384,14 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
         ("caption --attention-dir given a file", ["--attention-dir", good], 2, "photo.jpg is a file, not a folder"),
         ("caption --alphas without --format jsonl", ["--alphas"], 2, "--alphas needs --format jsonl"),
     ]]
-    cases.append(Case("option", "translate --alignment given a folder",
-                      ["translate", "x", "--checkpoint", translator, "--alignment", str(d / "a_folder")], 2,
-                      "--alignment " + str(d / "a_folder") + ": a folder; give a file name"))
+    cases.append(Case("option", "translate --alignment given a folder", [*tr, "--alignment", str(d / "a_folder")],
+                      2, "--alignment " + str(d / "a_folder") + ": a folder; give a file name"))
     if os.path.isdir("/proc/self"):  # Linux: a folder where no file can be made, even by root
         cases += [Case("option", what, argv, 2, message) for what, argv, message in [
             ("caption --attention-dir where nothing can be written (/proc)",
              [*cap, "--attention-dir", "/proc/overlays"], "--attention-dir /proc/overlays: cannot write in /proc"),
             ("translate --html where nothing can be written (/proc)",
-             ["translate", "x", "--checkpoint", translator, "--html", "/proc/r/a.html"],
-             "--html /proc/r/a.html: cannot write in /proc"),
+             [*tr, "--html", "/proc/r/a.html"], "--html /proc/r/a.html: cannot write in /proc"),
             ("export to where nothing can be written (/proc)", ["export", tiny, "/proc/tiny.pt"],
              "OUTPUT /proc/tiny.pt: cannot write in /proc"),
             ("train --out-dir where nothing can be written (/proc)", ["train", "--out-dir", "/proc/run"],

@@ -203,10 +203,8 @@ class Caption:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.alphas and self.format != "jsonl":
             raise ValueError("--alphas needs --format jsonl")
-        if self.html:
-            check_output_file(self.html, "--html")
-        if self.attention_dir:
-            check_output_folder(self.attention_dir, "--attention-dir")
+        check_output_file(self.html, "--html")
+        check_output_folder(self.attention_dir, "--attention-dir")
 
     def run(self) -> int:
         from tqdm import tqdm
@@ -321,8 +319,7 @@ class Evaluate:
         if self.limit < 0:
             raise ValueError(f"--limit must not be negative, got {self.limit}")
         for option, value in (("--html", self.html), ("--output", self.output), ("--captions-out", self.captions_out)):
-            if value:
-                check_output_file(value, option)
+            check_output_file(value, option)
 
     def run(self) -> int:
         from .evaluate import evaluate

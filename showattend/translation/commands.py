@@ -74,9 +74,8 @@ class Translate:
         self.decoding.validate()
         if self.max_len < 2:
             raise ValueError(f"--max-len must be at least 2 (a subword and </s>), got {self.max_len}")
-        for option, value in (("--alignment", self.alignment), ("--html", self.html)):
-            if value:
-                check_output_file(value, option)
+        check_output_file(self.alignment, "--alignment")
+        check_output_file(self.html, "--html")
 
     def run(self) -> int:
         from .plot import plot_alignment
@@ -161,8 +160,7 @@ class TranslateEvaluate:
         from ..runs import check_output_file
 
         self.decoding.validate()
-        if self.output:
-            check_output_file(self.output, "--output")
+        check_output_file(self.output, "--output")
 
     def run(self) -> int:
         from .train import evaluate_translator
