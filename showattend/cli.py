@@ -214,6 +214,7 @@ def _run(cls, name: str, argv: List[str]) -> int:
     """Parse one command's options, check them, run it; errors become one line on stderr and an exit code."""
     from .captioning.images import ImageError
     from .checkpoint import CheckpointError
+    from .engine import SettingsError
 
     try:
         command = _parse(cls, name, argv)
@@ -222,6 +223,9 @@ def _run(cls, name: str, argv: List[str]) -> int:
         return 2
     try:
         return command.run()
+    except SettingsError as err:  # a setting refused once the run's checkpoint was read (--resume)
+        print(f"showattend {name}: error: {err}", file=sys.stderr)
+        return 2
     except (CheckpointError, ImageError, OSError, ValueError, KeyError) as err:  # OSError: e.g. a full disk
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         if "Original Traceback" in str(msg):  # an error raised in a DataLoader worker: its own last line

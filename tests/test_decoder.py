@@ -175,6 +175,34 @@ def test_the_word_table_follows_each_tensor_it_is_made_of(part):
         assert torch.allclose(dec.step_weights(word_table=True).word_table, _word_table_of(dec), atol=1e-6)
 
 
+@pytest.mark.parametrize("update", ["adam-fused", "adam-foreach", "adam-for-loop", "sgd", "data-write"])
+def test_the_word_table_follows_every_kind_of_parameter_update(update):
+    """An optimizer step between two searches, whatever the optimizer: the fused Adam of the engine writes the
+    parameters without bumping their version counters (a cache keyed on them kept a stale table), and so does
+    a write through ``.data``."""
+    torch.manual_seed(0)
+    dec = Decoder(12, 8, embed_dim=8, hidden_dim=8, attention_dim=5)
+    params = list(dec.parameters())
+    kind = update.split("-")[-1]
+    opt = (torch.optim.SGD(params, lr=0.5) if update == "sgd" else
+           torch.optim.Adam(params, lr=0.1, fused=kind == "fused", foreach=kind == "foreach"))
+    feats, caps, lengths = tiny_batch()
+    for _ in range(3):
+        with torch.no_grad():
+            table = dec.step_weights(word_table=True).word_table.clone()
+        if update == "data-write":
+            dec.embedding.weight.data.add_(0.1)
+        else:
+            out = dec(feats, caps, lengths)
+            out.logits.square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():
+            new = dec.step_weights(word_table=True).word_table
+        assert not torch.allclose(new, table, atol=1e-4)  # the weights moved, and the table with them
+        assert torch.allclose(new, _word_table_of(dec), atol=1e-6)
+
+
 def test_the_word_table_is_made_in_fp32_and_cast_per_dtype():
     """A bf16 search gets the fp32 table rounded to bf16 (not a bf16 product), and a later fp32 search gets the
     fp32 table (not the bf16 one)."""

@@ -17,6 +17,7 @@ from showattend.captioning.data import CaptionRecord
 from showattend.captioning.model import ModelConfig
 from showattend.captioning.task import CaptionTask
 from showattend.captioning.train import TrainConfig
+from showattend.checkpoint import load_checkpoint
 from showattend.engine import DistInfo, StepContext, Trainer
 from showattend.vocab import Vocab
 
@@ -46,7 +47,7 @@ def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", **cf
                                                    "keys": keys, "L": 4, "D": 1280}))
     store = FeatureStore(str(folder))
     records = [CaptionRecord(k, "train" if i < n_images - 2 else "val",
-                             [list(rng.choice(WORDS, size=2 + (i + j) % 5)) for j in range(3)])
+                             [[str(w) for w in rng.choice(WORDS, size=2 + (i + j) % 5)] for j in range(3)])
                for i, k in enumerate(keys)]
     vocab = Vocab.build([t for r in records for t in r.tokens], 1)
     model_cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=0.0, attention=attention)
@@ -370,7 +371,7 @@ def test_resume_keeps_the_runs_settings_and_a_new_run_does_not_overwrite_one(toy
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", *data, "--resume", "--epochs", "2", "--max-steps", "1"]) == 0
     out, err = capsys.readouterr()
-    assert "resuming with changed settings: epochs 1 -> 2" in err and "min count 1" in err  # messages: stderr
+    assert "resuming with changed settings (applied): epochs 1 -> 2" in err and "min count 1" in err  # messages: stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert (saved["batch_size"], saved["min_count"], saved["save_every"], saved["epochs"]) == (4, 1, 3, 2)
     # a checkpoint inside an epoch: its batches must not change
@@ -386,6 +387,92 @@ def test_resume_keeps_the_runs_settings_and_a_new_run_does_not_overwrite_one(toy
     assert "holds best.pt but no last.pt" in capsys.readouterr().err and (tmp_path / "run" / "best.pt").exists()
 
 
+def _resumed_trainer(tmp_path, make, **changes):
+    """Train one epoch, then build the Trainer a --resume with ``changes`` builds (the loop is not run)."""
+    task, cfg = make(tmp_path)
+    cfg.epochs = 1
+    Trainer(task, cfg, DistInfo(), torch.device("cpu")).fit()
+    ckpt = load_checkpoint(str(tmp_path / "run" / "last.pt"), None)
+    task, cfg = make(tmp_path)
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return Trainer(task, cfg, DistInfo(), torch.device("cpu"), ckpt), ckpt
+
+
+def test_optimizer_settings_given_on_resume_are_applied(tmp_path):
+    """--lr, --weight-decay and --lr-decay given on --resume reach the optimizer and the scheduler that last.pt
+    restored (they won before); settings left alone keep the run's state (a decayed learning rate stays)."""
+    trainer, ckpt = _resumed_trainer(tmp_path, toy_caption_task, lr=0.01, weight_decay=0.5, lr_decay=0.1)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.01]
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.5]
+    assert trainer.scheduler.factor == 0.1 and trainer.scheduler.get_last_lr() == [0.01]
+    (tmp_path / "same").mkdir()
+    trainer, ckpt = _resumed_trainer(tmp_path / "same", toy_caption_task)
+    assert trainer.optimizer.state_dict()["param_groups"] == ckpt["optimizer"]["param_groups"]
+    assert trainer.scheduler.factor == ckpt["scheduler"]["factor"]
+
+
+def test_the_encoder_learning_rate_given_on_resume_reaches_its_group(tmp_path, monkeypatch):
+    """With a fine-tuned encoder the optimizer has two groups; --encoder-lr sets the second only."""
+    monkeypatch.setattr(CaptionTask, "lr_settings", lambda self: ["lr", "encoder_lr"])
+    real = CaptionTask.param_groups
+
+    def two_groups(self, lr):  # the decoder split in two groups, standing in for decoder + encoder top
+        params = list(self.decoder.parameters())
+        return [{"params": params[:3], "lr": lr}, {"params": params[3:], "lr": self.cfg.encoder_lr}]
+
+    monkeypatch.setattr(CaptionTask, "param_groups", two_groups)
+    trainer, _ = _resumed_trainer(tmp_path, toy_caption_task, encoder_lr=0.02)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [TrainConfig.lr, 0.02]
+    monkeypatch.setattr(CaptionTask, "param_groups", real)
+
+
+def test_settings_that_cannot_change_on_resume_are_refused_with_exit_2(toy_images, tmp_path, capsys):
+    """Model options, the vocabulary's settings and, inside an epoch, the data: exit 2 naming each, never
+    reported as changed and then ignored."""
+    from showattend.cli import main
+
+    data = ["--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
+            "--cache-dir", str(toy_images / "cache"), "--out-dir", str(tmp_path / "run"), "--no-progress",
+            "--device", "cpu"]
+    first = ["--min-count", "1", "--batch-size", "4", "--embed-dim", "16", "--hidden-dim", "16",
+             "--attention-dim", "8", "--val-beam-size", "1", "--epochs", "1", "--max-steps", "1"]
+    assert main(["train", *data, *first]) == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    capsys.readouterr()
+    for extra, named in [(["--embed-dim", "32"], "--embed-dim 32"), (["--dropout", "0.1"], "--dropout 0.1"),
+                         (["--encoder", "efficientnet_lite2"], "--encoder 'efficientnet_lite2'"),
+                         (["--min-count", "2"], "--min-count (1 -> 2)")]:
+        assert main(["train", *data, "--resume", "--epochs", "2", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert named in err and "Start a new run" in err, err
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before  # nothing was trained or written
+    # at an epoch's end the data may change (and is applied); inside an epoch it may not
+    assert main(["train", *data, "--resume", "--epochs", "2", "--max-steps", "0", "--save-every", "1",
+                 "--max-caption-len", "30"]) == 0
+    assert "max_caption_len 40 -> 30" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["max_caption_len"] == 30
+
+
+def test_translation_settings_that_cannot_change_on_resume_are_refused(tmp_path, capsys):
+    from showattend.cli import main
+
+    data = tmp_path / "mt_data"
+    write_toy_parallel(data)
+    args = ["translate", "train", "--data", str(data), "--out-dir", str(tmp_path / "mt"), "--vocab-size", "40",
+            "--embed-dim", "8", "--encoder-hidden", "8", "--decoder-hidden", "16", "--attention-dim", "8",
+            "--batch-size", "12", "--epochs", "1", "--max-steps", "1", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    capsys.readouterr()
+    for extra, named in [(["--vocab-size", "30"], "--vocab-size (40 -> 30)"),
+                         (["--decoder", "bahdanau"], "--decoder 'bahdanau'")]:
+        assert main(args + ["--resume", "--epochs", "2", *extra]) == 2, extra
+        assert named in capsys.readouterr().err
+    assert main(args + ["--resume", "--epochs", "2", "--lr", "0.5"]) == 0
+    assert torch.load(tmp_path / "mt" / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] in \
+        (0.5, 0.25)  # applied (and halved after the epoch if validation did not improve)
+
+
 def test_resuming_inside_an_epoch_needs_the_same_batches(toy_images, tmp_path, capsys):
     from showattend.cli import main
 
@@ -396,8 +483,13 @@ def test_resuming_inside_an_epoch_needs_the_same_batches(toy_images, tmp_path, c
     p = _cli(["train", *data, "--batch-size", "4", "--save-every", "2"], env={"SHOWATTEND_KILL_AT_STEP": "3"},
              check=False)
     assert p.returncode == -signal.SIGKILL
-    assert main(["train", *data, "--resume", "--batch-size", "2"]) == 1
-    assert "needs the same --batch-size" in capsys.readouterr().err
+    assert main(["train", *data, "--resume", "--batch-size", "2"]) == 2
+    assert "needs the same batches and data, but these settings changed: --batch-size (4 -> 2)" in \
+        capsys.readouterr().err
+    other = tmp_path / "other.json"
+    shutil.copy(toy_images / "dataset_toy.json", other)
+    assert main(["train", *data, "--resume", "--data", str(other)]) == 2
+    assert "--data" in capsys.readouterr().err
     assert main(["train", *data, "--resume"]) == 0
 
 

@@ -82,3 +82,31 @@ def test_training_from_the_images_matches_training_from_the_cache(tmp_path):
     for a, b in zip(rows["cache"], rows["images"]):
         assert a["train_ce"] == pytest.approx(b["train_ce"], abs=2e-3)
     assert Captioner.from_checkpoint(str(tmp_path / "images" / "best.pt"), device="cpu").config.fine_tune_blocks == 1
+
+
+def _top_grads(encoder, trunk, weights):
+    """Gradients of the top blocks' parameters for the loss Σ_b weights[b] · <top(trunk)_b, R>."""
+    encoder.zero_grad()
+    out = encoder.top(trunk)
+    r = torch.linspace(-1, 1, out[0].numel()).view_as(out[0])
+    (out * r * weights.view(-1, 1, 1)).sum().backward()
+    return {k: p.grad.clone() for k, p in encoder.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_top_block_gradients_are_right_for_one_image_and_for_several(encoder):
+    """The top blocks' gradients for one image equal that image's share of a two-image batch (a batch of 2 is
+    computed right), and a global batch of two images on one process equals the sum over two processes of one
+    image each. CPU batch norm once got the one-image case wrong from a transposed view's gradient."""
+    torch.manual_seed(0)
+    tuned = Encoder(encoder, fine_tune_blocks=2).train()
+    with torch.no_grad():
+        trunk = tuned.trunk(torch.rand(2, 3, 96, 96))
+    pair = _top_grads(tuned, trunk, torch.tensor([1.0, 0.0]))  # image 0's share, in a batch of two
+    alone = _top_grads(tuned, trunk[:1], torch.tensor([1.0]))  # image 0 alone (a shard of one image)
+    other = _top_grads(tuned, trunk[1:], torch.tensor([1.0]))
+    both = _top_grads(tuned, trunk, torch.tensor([1.0, 1.0]))
+    for k in pair:
+        scale = pair[k].norm() + 1e-12
+        assert (alone[k] - pair[k]).norm() / scale < 1e-4, k
+        assert (alone[k] + other[k] - both[k]).norm() / (both[k].norm() + 1e-12) < 1e-4, k

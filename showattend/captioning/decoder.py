@@ -151,23 +151,26 @@ class Decoder(nn.Module):
                            0 if query is None else query.size(0), table)
 
     def _word_table(self, dtype: torch.dtype) -> torch.Tensor:
-        """(V, 4n) W_e E + b in ``dtype``, cached (made in fp32, cast once per dtype) until one of the four
-        tensors it is made of changes."""
+        """(V, 4n) W_e E + b in ``dtype``, cached (made in fp32, cast once per dtype) while the values it is made
+        of are the same.
+
+        The cache keeps a copy of E, W_e and b and compares the live tensors with it at every call (a V·m + 4n·m
+        element comparison, 1/4n of the table's multiply-adds; on a GPU one host read per search): the only rule
+        that no parameter update can escape. Version counters and storage addresses cannot serve: a fused
+        optimizer (``torch.optim.Adam(fused=True)``, the engine's) writes the parameters in place without
+        bumping their version, and a table kept across such a step decoded every validation after the first
+        with stale word weights."""
         if torch.is_grad_enabled():
             raise RuntimeError("the word table is for decoding: call step_weights(word_table=True) under "
                                "torch.no_grad()")
         lstm, E = self.lstm, self.embedding.weight
-        made_of = (E, lstm.weight_ih, lstm.bias_ih, lstm.bias_hh)
+        made_of = (E, lstm.weight_ih[:, :E.size(1)], lstm.bias_ih + lstm.bias_hh)
         cached = self.__dict__.get("_word_table_cache")
-        # valid while each tensor has the same storage (the cache holds a view of it, so no new tensor can get
-        # its address) and has not been written in place since (its version counter)
-        if cached is None or any(t.data_ptr() != view.data_ptr() or t._version != version
-                                 for t, (view, version) in zip(made_of, cached[0])):
+        if cached is None or not _all_equal(made_of, cached[0]):
             with torch.autocast(E.device.type, enabled=False):
-                table = F.linear(E.float(), lstm.weight_ih[:, :E.size(1)].float(),
-                                 (lstm.bias_ih + lstm.bias_hh).float())
-            made = tuple((t.detach(), t._version) for t in made_of)
-            self.__dict__["_word_table_cache"] = cached = (made, {torch.float32: table})
+                table = F.linear(E.float(), made_of[1].float(), made_of[2].float())
+            copies = tuple(t.detach().clone() for t in made_of)
+            self.__dict__["_word_table_cache"] = cached = (copies, {torch.float32: table})
         tables = cached[1]  # by dtype: fp32 and bf16 searches in turn reuse theirs
         if dtype not in tables:
             tables[dtype] = tables[torch.float32].to(dtype)
@@ -302,6 +305,13 @@ class Decoder(nn.Module):
         # The deep output of all steps at once (one large matrix product instead of T-1 small ones).
         logits = self.deep_output(embedded[:, :-1], hs, zs)  # (B, T-1, V)
         return DecoderOutput(logits, alphas, mask, chosen, betas)
+
+
+def _all_equal(tensors: Sequence[torch.Tensor], copies: Sequence[torch.Tensor]) -> bool:
+    """Whether each tensor equals its copy (same shape, dtype, device and values): one host read."""
+    if any(t.shape != c.shape or t.dtype != c.dtype or t.device != c.device for t, c in zip(tensors, copies)):
+        return False
+    return bool(torch.stack([(t == c).all() for t, c in zip(tensors, copies)]).all())
 
 
 def reference_forward(decoder: Decoder, annotations: torch.Tensor, captions: torch.Tensor, lengths: Sequence[int],

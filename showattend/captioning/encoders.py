@@ -271,7 +271,11 @@ class Encoder(nn.Module):
         x = trunk.transpose(1, 2).reshape(B, C, side, side)
         for stage in self._stages[self.split:]:
             x = stage(x)
-        return x.flatten(2).transpose(1, 2)
+        # A contiguous (B, L, D), not the view x.flatten(2).transpose(1, 2): that view's backward hands the top
+        # blocks a gradient whose batch stride is C, not C·L, and for a batch of one image CPU batch norm (eval
+        # mode) computes a wrong input gradient from it (relative error ~1.4, torch 2.13). Any step whose shard
+        # holds one distinct image would train the blocks below the last norm on it. (tests/test_finetune.py)
+        return x.permute(0, 2, 3, 1).reshape(B, -1, x.size(1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encode a batch.

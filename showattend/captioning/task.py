@@ -118,6 +118,8 @@ class CaptionTask(Task):
     """
 
     kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_ce", "val_bleu4", "captions"
+    fixed_settings = ("min_count", "init", "scst", "from_images")  # the vocabulary, the start, the task, the model
+    data_settings = ("data", "images", "karpathy_split", "max_caption_len")
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
                  val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
@@ -154,6 +156,9 @@ class CaptionTask(Task):
         top = [p for p in self.encoder.parameters() if p.requires_grad]
         return [{"params": list(self.decoder.parameters()), "lr": lr},
                 {"params": top, "lr": self.cfg.encoder_lr}]
+
+    def lr_settings(self):
+        return ["lr", "encoder_lr"] if self.model_cfg.fine_tune_blocks else ["lr"]
 
     def words(self, index: int) -> int:
         return self.dataset.length(index) - 1  # predicted tokens: the words and <end>

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint, load_weights
-from ..engine import DistInfo, EngineConfig, Trainer, check_out_dir, resolve_precision, setup_distributed
+from ..engine import (DistInfo, EngineConfig, SettingsError, Trainer, check_out_dir, resolve_precision,
+                      setup_distributed)
 from ..vocab import Vocab
 from .cache import FeatureStore, ImageStore, build_feature_cache, cache_meta, find_cache
 from .data import CaptionRecord, load_coco, load_karpathy
@@ -241,13 +242,18 @@ def init_checkpoint(init: str):
     return (path, ckpt, *checkpoint_config(ckpt, path))
 
 
-def check_same_model(model_cfg: ModelConfig, init_cfg: ModelConfig, init: str) -> None:
-    """Raises ValueError: the model options given differ from the architecture of the --init checkpoint (``init``,
-    as the user named it)."""
+def check_same_model(model_cfg: ModelConfig, init_cfg: ModelConfig, init: str, resume: bool = False) -> None:
+    """Raises SettingsError (a ValueError): the model options given differ from the architecture of the --init
+    checkpoint (``init``, as the user named it), or with ``resume`` from the run's own (``init`` is then its
+    last.pt; dropout counts too, since a resumed run goes on with its model as it was)."""
     differ = [f"--{k.replace('_', '-')} {v!r} (the checkpoint: {getattr(init_cfg, k)!r})"
-              for k, v in vars(model_cfg).items() if k != "dropout" and v != getattr(init_cfg, k)]
+              for k, v in vars(model_cfg).items() if (resume or k != "dropout") and v != getattr(init_cfg, k)]
+    if differ and resume:
+        raise SettingsError(f"--resume continues the model of {init}; these model options differ from it: "
+                            f"{'; '.join(differ)}. Start a new run (another --out-dir, or --init from its "
+                            f"best.pt) to change them")
     if differ:
-        raise ValueError(f"--init {init} fixes the model's settings; these options differ: {'; '.join(differ)}")
+        raise SettingsError(f"--init {init} fixes the model's settings; these options differ: {'; '.join(differ)}")
 
 
 def _seed_all(seed: int) -> None:
@@ -279,7 +285,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     last = os.path.join(cfg.out_dir, "last.pt")
     ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=("config", "vocab", "model")) if resume else None
     if ckpt is not None:
-        model_cfg, _ = checkpoint_config(ckpt, last)
+        saved_cfg, _ = checkpoint_config(ckpt, last)
+        check_same_model(model_cfg, saved_cfg, f"{last}", resume=True)
+        model_cfg = saved_cfg
     init = None
     if ckpt is None and cfg.init:
         init = init_checkpoint(cfg.init)

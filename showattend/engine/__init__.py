@@ -27,9 +27,9 @@ The package, by what each part does: :mod:`~showattend.engine.config` (settings,
 :mod:`~showattend.engine.distributed` (processes, slices of a batch, devices), :mod:`~showattend.engine.state`
 (RNG states and the heartbeat a resume restores) and :mod:`~showattend.engine.trainer` (the loop).
 """
-from .config import PRECISIONS, RUN_FILES, EngineConfig, Precision, check_out_dir, resolve_precision
+from .config import PRECISIONS, RUN_FILES, EngineConfig, Precision, SettingsError, check_out_dir, resolve_precision
 from .distributed import DistInfo, main_process, setup_distributed, shard, to_device
 from .trainer import StepContext, Task, Trainer
 
-__all__ = ["EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir", "DistInfo",
+__all__ = ["SettingsError", "EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir", "DistInfo",
            "setup_distributed", "main_process", "shard", "to_device", "StepContext", "Task", "Trainer"]

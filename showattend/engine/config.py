@@ -14,10 +14,15 @@ from .distributed import main_process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir"]
+__all__ = ["SettingsError", "EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir"]
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS = get_args(Precision)
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be applied as given (e.g. a model setting changed on ``--resume``): the command
+    line exits with code 2, as for any bad option."""
 
 
 @dataclass
@@ -151,16 +156,19 @@ def _alive(pid: int) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of ``--precision`` on ``device``: bfloat16, or None for fp32.
+    """The autocast dtype of ``--precision`` on ``device``: bfloat16, or None for fp32. ``auto`` chooses bf16 on
+    a CUDA device that computes it natively (compute capability 8.0 and later), fp32 elsewhere.
 
     Raises:
-        ValueError: unknown precision, or bf16 on a CUDA device without bf16 support.
+        ValueError: unknown precision, or bf16 on a CUDA device without native bf16 support.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    # native bf16 only (Ampere and later): pre-Ampere cards (V100, T4) report support through emulation, which is
+    # slower than fp32 there
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "auto":
         return torch.bfloat16 if cuda_bf16 else None
     if device.type == "cuda" and not cuda_bf16:

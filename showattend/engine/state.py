@@ -20,21 +20,28 @@ __all__ = ["rng_state", "set_rng_state", "Heartbeat"]
 
 
 def rng_state() -> Dict[str, Any]:
+    """The states of Python's, NumPy's and torch's generators, and of the current CUDA device's (each process
+    of a DDP run saves its own)."""
     np_state = np.random.get_state()
     state = {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's device only: a resume may see another number of GPUs
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states (the CUDA one into the current device)."""
     random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
     n = state["numpy"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # saved by an older version: every visible device's state
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 class Heartbeat:

@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import save_checkpoint
 from ..runs import atomic_write_text, plot_curves, write_metrics
-from .config import EngineConfig, resolve_precision
+from .config import EngineConfig, SettingsError, resolve_precision
 from .distributed import DistInfo, _LocalBatches, _Positioned, shard, to_device
 from .state import Heartbeat, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StepContext", "Task", "Trainer"]
+__all__ = ["StepContext", "Task", "Trainer", "buffers_trained"]
 
 
 class StepContext(NamedTuple):
@@ -60,6 +60,10 @@ class Task:
     loss_key: str = "train_loss"
     score_key: str = "val_score"
     item_name: str = "items"
+    #: settings a resumed run cannot change (they made the model or its vocabulary): refused on --resume
+    fixed_settings: tuple = ()
+    #: settings of the training data: they may change between epochs, not inside one
+    data_settings: tuple = ()
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
         """The global batches of ``epoch`` (lists of dataset indices), a function of the seed and the epoch only."""
@@ -107,6 +111,22 @@ class Task:
         gives parts of its model other learning rates here, e.g. a fine-tuned encoder)."""
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
 
+    def lr_settings(self) -> List[str]:
+        """The setting that gives each of :meth:`param_groups`' learning rates (a resume that changes it sets
+        that group's learning rate)."""
+        return ["lr"]
+
+
+def buffers_trained(model: torch.nn.Module) -> bool:
+    """Whether a training step of ``model`` (in training mode) can change one of its buffers: a batch norm that
+    tracks running statistics and is in training mode once ``model.train()`` has run."""
+    was = model.training
+    model.train()
+    trained = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+                  for m in model.modules())
+    model.train(was)
+    return trained
+
 
 class Trainer:
     """Runs a :class:`Task`: the loop, written once for both applications.
@@ -139,8 +159,12 @@ class Trainer:
                                                                     factor=cfg.lr_decay, patience=0)
         if cfg.compile:
             task.compile()
+        # broadcast_buffers re-sends every buffer from rank 0 before each forward pass; only a buffer that training
+        # changes (batch norm's running statistics in training mode) needs it. The frozen encoder's batch norms
+        # stay in eval mode (Encoder.train), so a captioner's step would send their statistics for nothing.
         self.ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.world > 1 else model
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=buffers_trained(model)) if dist_info.world > 1 else model
         # the loop's state (all of it goes into last.pt)
         self.epoch, self.pos, self.step_count, self.best, self.bad = 1, 0, 0, -math.inf, 0
         self.history: List[Dict] = []
@@ -196,16 +220,7 @@ class Trainer:
         if e is None:  # a checkpoint from before the engine: resume at the next epoch
             self.epoch = ckpt["epoch"] + 1
             return
-        before = json.loads(json.dumps(ckpt.get("train_config", {})))  # tuples and lists compare equal as JSON
-        now = json.loads(json.dumps(asdict(self.cfg)))
-        changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
-        if e["pos"] and any(k in changed for k in ("batch_size", "seed", "max_steps")):
-            raise ValueError(f"last.pt was saved inside epoch {e['epoch']}: resuming there needs the same "
-                             f"--batch-size, --seed and --max-steps (the epoch's batches depend on them); changed: "
-                             f"{', '.join(sorted(k for k in changed if k in ('batch_size', 'seed', 'max_steps')))}")
-        if changed and self.dist.main:
-            log.info("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in
-                                                                    sorted(changed.items())))
+        self._apply_changed_settings(ckpt.get("train_config", {}), e)
         self.epoch, self.pos, self.step_count = e["epoch"], e["pos"], e["step"]
         self.epoch_sums, self.epoch_steps, self.epoch_s = dict(e["epoch_sums"]), e["epoch_steps"], e["epoch_s"]
         lost = Heartbeat.lost_seconds(self.cfg.out_dir, e["spent_s"], e["step"])
@@ -219,6 +234,50 @@ class Trainer:
         elif self.dist.main:
             log.warning(f"resuming {len(rngs)} processes' run with {self.dist.world}: the dropout streams differ "
                         f"from an uninterrupted run")
+
+    #: the engine's settings that fix an epoch's batches: they may change between epochs, not inside one
+    BATCH_SETTINGS = ("batch_size", "seed", "max_steps")
+
+    def _apply_changed_settings(self, saved: Dict[str, Any], engine: Dict[str, Any]) -> None:
+        """The settings given on ``--resume`` that differ from the run's are applied, and so recorded in
+        ``config.json`` and the checkpoints, or refused: never reported and ignored.
+
+        Applied: the learning rates, ``weight_decay`` and ``lr_decay`` (into the optimizer's and scheduler's
+        state that last.pt restored); every other setting is read where it is used (epochs, budgets, clipping,
+        loss weights, validation, devices, logging). Refused: the task's :attr:`Task.fixed_settings` always, and
+        inside an epoch the settings of its batches (:attr:`BATCH_SETTINGS`) and data (:attr:`Task.data_settings`).
+
+        Raises:
+            SettingsError: a refused change, naming the settings and why.
+        """
+        before = json.loads(json.dumps(saved))  # tuples and lists compare equal as JSON
+        now = json.loads(json.dumps(asdict(self.cfg)))
+        changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
+
+        def options(names):
+            return ", ".join(f"--{k.replace('_', '-')} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in names)
+
+        fixed = sorted(k for k in changed if k in self.task.fixed_settings)
+        if fixed:
+            raise SettingsError(f"--resume continues a run whose model and vocabulary these settings made; they "
+                                f"cannot change: {options(fixed)}. Start a new run (another --out-dir, or --init "
+                                f"from its best.pt) to change them")
+        inside = sorted(k for k in changed if k in self.BATCH_SETTINGS + tuple(self.task.data_settings))
+        if engine["pos"] and inside:
+            raise SettingsError(f"last.pt was saved inside epoch {engine['epoch']}: resuming there needs the same "
+                                f"batches and data, but these settings changed: {options(inside)}. Resume with "
+                                f"them as they were, and change them once the epoch has ended")
+        for group, setting in zip(self.optimizer.param_groups, self.task.lr_settings()):
+            if setting in changed:
+                group["lr"] = getattr(self.cfg, setting)
+            if "weight_decay" in changed:
+                group["weight_decay"] = self.cfg.weight_decay
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        if "lr_decay" in changed:
+            self.scheduler.factor = self.cfg.lr_decay
+        if changed and self.dist.main:
+            log.info("resuming with changed settings (applied): " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
 
     # -- one step ---------------------------------------------------------------------------------------
     def step(self, batch, ctx: StepContext) -> None:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, load_weights
 from ..runs import atomic_write_text
-from ..engine import (EngineConfig, StepContext, Task, Trainer, check_out_dir, resolve_precision,
-                        setup_distributed)
+from ..engine import (EngineConfig, SettingsError, StepContext, Task, Trainer, check_out_dir, resolve_precision,
+                      setup_distributed)
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
 from .model import Seq2Seq, TranslatorConfig
 from .translator import CHECKPOINT_KIND, REQUIRED, Translator, checkpoint_parts
@@ -112,6 +112,8 @@ class TranslationTask(Task):
     """
 
     kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_loss", "val_bleu", "sentences"
+    fixed_settings = ("vocab_size", "src", "tgt")  # the subword models and the language pair
+    data_settings = ("data", "train_split", "max_len")
 
     def __init__(self, bundle: Translator, cfg: TranslationTrainConfig, pairs, val_src: List[str],
                  val_tgt: List[str]):
@@ -175,7 +177,14 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     last = os.path.join(cfg.out_dir, "last.pt")
     ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=REQUIRED) if resume else None
     if ckpt is not None:
-        model_cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, last)
+        saved_cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, last)
+        derived = ("src_vocab_size", "tgt_vocab_size")  # set from the subword models, not options
+        differ = [f"--{k.replace('_', '-')} {v!r} (the checkpoint: {getattr(saved_cfg, k)!r})"
+                  for k, v in vars(model_cfg).items() if k not in derived and v != getattr(saved_cfg, k)]
+        if differ:
+            raise SettingsError(f"--resume continues the model of {last}; these model options differ from it: "
+                                f"{'; '.join(differ)}. Start a new run (another --out-dir) to change them")
+        model_cfg = saved_cfg
     else:  # subword models from the training split only (each process trains the same ones)
         src_tok = SubwordTokenizer.train(tr_src, cfg.vocab_size)
         tgt_tok = SubwordTokenizer.train(tr_tgt, cfg.vocab_size)
