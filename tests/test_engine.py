@@ -273,6 +273,14 @@ def test_kill_and_resume_gives_the_uninterrupted_run(toy_images, tmp_path, app):
     hist_b = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")]
     key = "val_bleu" if app == "translation" else "val_bleu4"
     assert [(r["epoch"], r[key]) for r in hist_b] == [(r["epoch"], r[key]) for r in hist_a]
+    assert loop_state(tmp_path / "b" / "last.pt") == loop_state(tmp_path / "a" / "last.pt")
+
+
+def loop_state(path):
+    """What the loop decided from its raw validation scores (metrics.jsonl rounds them to 2 decimals): the best
+    score, the epochs without a new best, the scheduler's state and the optimizer's hyperparameters."""
+    ckpt = torch.load(path, weights_only=True)
+    return (ckpt["best_score"], ckpt["bad_epochs"], ckpt["scheduler"], ckpt["optimizer"]["param_groups"])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -127,4 +127,9 @@ def test_training_killed_ten_times_anywhere_resumes_to_the_uninterrupted_run(toy
     a = torch.load(ref / "last.pt", weights_only=True)["model"]
     b = torch.load(run / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the raw validation scores and what the loop decided from them (metrics.jsonl rounds to 2 decimals)
+    a, b = torch.load(ref / "last.pt", weights_only=True), torch.load(run / "last.pt", weights_only=True)
+    for key in ("best_score", "bad_epochs", "scheduler"):
+        assert a[key] == b[key], key
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert _stray(run) == [] and _stray(cache) == []

@@ -110,3 +110,20 @@ def test_top_block_gradients_are_right_for_one_image_and_for_several(encoder):
         scale = pair[k].norm() + 1e-12
         assert (alone[k] - pair[k]).norm() / scale < 1e-4, k
         assert (alone[k] + other[k] - both[k]).norm() / (both[k].norm() + 1e-12) < 1e-4, k
+
+
+def test_from_images_decodes_each_image_once_per_batch(tmp_path, monkeypatch):
+    """An image comes with several captions; --from-images decodes its JPEG once per batch that holds it, not
+    once per caption. Toy: 6 training images with 2 captions each, batches of 4 captions (2 whole images), and
+    2 validation images: one epoch decodes 6 + 2 images (it decoded 12 + 2 before)."""
+    from showattend.captioning.cache import ImageStore
+
+    reads = []
+    real = ImageStore.read
+    monkeypatch.setattr(ImageStore, "read", lambda self, row, half=False: reads.append(row) or real(self, row, half))
+    data = write_toy_images(tmp_path / "toy")
+    assert main(["train", "--data", str(data / "dataset_toy.json"), "--images", str(data / "images"),
+                 "--out-dir", str(tmp_path / "run"), "--min-count", "1", "--batch-size", "4", "--embed-dim", "16",
+                 "--hidden-dim", "16", "--attention-dim", "8", "--epochs", "1", "--val-beam-size", "1",
+                 "--no-progress", "--device", "cpu", "--image-size", "64", "--from-images"]) == 0
+    assert sorted(reads) == sorted(list(range(6)) + [6, 7])

@@ -142,17 +142,20 @@ class CaptionDataset(Dataset):
         max_len: captions longer than this many words are truncated.
         half: return the annotation vectors as stored, float16 (training casts them on the device), instead
             of float32.
+        read: read each item's features (or image); False: an item holds None in their place, for a collate
+            function that reads each distinct image of a batch once (an ImageStore decodes a JPEG per read, and
+            an image comes with five captions).
 
     Raises:
         KeyError: images that are not in the cache (how many, and the first few).
     """
 
     def __init__(self, records: Sequence[CaptionRecord], store: FeatureStore, vocab: Vocab, max_len: int = 40,
-                 half: bool = False):
+                 half: bool = False, read: bool = True):
         missing = [r.key for r in records if r.key not in store]
         if missing:
             raise KeyError(f"{len(missing)} images are not in the feature cache, e.g. {missing[:3]}")
-        self.store, self.half = store, half
+        self.store, self.half, self.read = store, half, read
         rows, ids, lengths = [], [], []
         for r in records:
             for tokens in r.tokens:
@@ -176,7 +179,7 @@ class CaptionDataset(Dataset):
         """(features (L, D) or, from an :class:`~showattend.captioning.cache.ImageStore`, the image (3, H, W);
         caption ids (n,) long; the image's row in the store)."""
         row = int(self.rows[i])
-        return self.store.read(row, self.half), torch.from_numpy(self.ids[self.offsets[i]:self.offsets[i + 1]]
+        return self.store.read(row, self.half) if self.read else None, torch.from_numpy(self.ids[self.offsets[i]:self.offsets[i + 1]]
                                                                  .astype(np.int64)), row
 
 
@@ -184,11 +187,12 @@ def collate_captions(batch, pad: int = 0):
     """Stack features and pad captions, sorted by caption length (longest first). Items are (features, ids, ...).
 
     Returns:
-        annotations (B, L, D) (the items' dtype), captions (B, T) long padded with ``pad``, lengths (B,) long
-        (including ``<start>`` and ``<end>``).
+        annotations (B, L, D) (the items' dtype; None for items without features, see CaptionDataset's
+        ``read``), captions (B, T) long padded with ``pad``, lengths (B,) long (including ``<start>`` and
+        ``<end>``).
     """
     batch = sorted(batch, key=lambda x: len(x[1]), reverse=True)
-    feats = torch.stack([b[0] for b in batch])  # (B, L, D)
+    feats = torch.stack([b[0] for b in batch]) if batch[0][0] is not None else None  # (B, L, D)
     lengths = torch.tensor([len(b[1]) for b in batch])
     captions = torch.full((len(batch), int(lengths[0])), pad, dtype=torch.long)  # (B, T)
     for i, item in enumerate(batch):  # (features, ids, ...)

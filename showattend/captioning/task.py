@@ -132,7 +132,8 @@ class CaptionTask(Task):
         self.model = FineTuned(self.decoder, self.encoder, cfg.from_images) if self.encoder is not None \
             else self.decoder
         self.captioner = Captioner(self.decoder, vocab, model_cfg, encoder=self.encoder, device=device)
-        self.dataset = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True)
+        self.dataset = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True,
+                                      read=not isinstance(store, ImageStore))  # images: once per batch (collate)
         self.baseline = MovingAverageBaseline(cfg.baseline_decay)
         self.hard = model_cfg.attention == "hard"
 
@@ -171,7 +172,7 @@ class CaptionTask(Task):
         for k in order:
             if items[k][2] not in distinct:
                 distinct[items[k][2]] = len(feats)
-                feats.append(items[k][0])
+                feats.append(items[k][0] if items[k][0] is not None else self.store.read(items[k][2], True))
             image.append(distinct[items[k][2]])
         return CaptionBatch(torch.stack(feats), torch.tensor(image), caps, lengths.tolist(),
                             torch.tensor([rows[k] for k in order]))

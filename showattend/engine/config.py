@@ -155,22 +155,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_WARNED: set = set()  # devices whose emulated bf16 was warned about (once per process)
+
+
 def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of ``--precision`` on ``device``: bfloat16, or None for fp32. ``auto`` chooses bf16 on
     a CUDA device that computes it natively (compute capability 8.0 and later), fp32 elsewhere.
 
     Raises:
-        ValueError: unknown precision, or bf16 on a CUDA device without native bf16 support.
+        ValueError: unknown precision, or bf16 on a CUDA device without bf16 support (emulated bf16 is allowed
+            when asked for, with a warning).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
-    # native bf16 only (Ampere and later): pre-Ampere cards (V100, T4) report support through emulation, which is
-    # slower than fp32 there
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cuda":
+        return None if precision == "auto" else torch.bfloat16
+    # native bf16 only for "auto" (compute capability 8.0 and later): pre-Ampere cards (V100, T4) report support
+    # through emulation, slower than fp32 there
     if precision == "auto":
-        return torch.bfloat16 if cuda_bf16 else None
-    if device.type == "cuda" and not cuda_bf16:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    if not torch.cuda.is_bf16_supported():
         raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16")
+    if not torch.cuda.is_bf16_supported(including_emulation=False) and device not in _WARNED:
+        _WARNED.add(device)
+        log.warning(f"--precision bf16: {torch.cuda.get_device_name(device)} only emulates bfloat16 (slower than "
+                    f"fp32 there)")
     return torch.bfloat16
