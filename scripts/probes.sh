@@ -1,32 +1,56 @@
 #!/usr/bin/env bash
-# Mutation probes for the tests of issue "Trust first": each probe breaks one behaviour in a scratch copy of the
-# tracked tree and runs the suite there; the tests that fail are listed. Every probe must make some test fail.
-# Usage: scripts/probes.sh   (needs the .venv that scripts/test.sh creates; about 1 min per probe on 2 cores)
+# Mutation probes: each probe breaks one behaviour in a scratch copy of the tracked tree and runs the tests that
+# guard it there (not the whole suite: a few seconds to a minute each on 2 cores); the tests that fail are
+# listed. Every probe must make some test fail: a line "SURVIVED" is a gap in the tests.
+# Usage: scripts/probes.sh [NAME-SUBSTRING]   (needs the .venv that scripts/test.sh creates)
 set -u
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 PY="$SRC/.venv/bin/python"
+ONLY="${1:-}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+SURVIVED=0
 probe() {  # name, file, python patch script (gets the file as argv[1]), pytest arguments
     local name="$1" file="$2" script="$3"; shift 3
+    [[ -n "$ONLY" && "$name" != *"$ONLY"* ]] && return
     rm -rf "$WORK/copy"; mkdir -p "$WORK/copy"
     (cd "$SRC" && git ls-files | tar -cf - -T - | tar -xf - -C "$WORK/copy")
-    (cd "$WORK/copy" && python3 -c "$script" "$file") || { echo "PROBE $name: patch did not apply"; return; }
+    (cd "$WORK/copy" && python3 -c "$script" "$file") || { echo "PROBE $name: patch did not apply"; SURVIVED=1; return; }
     echo "PROBE $name"
-    (cd "$WORK/copy" && PYTHONPATH="$WORK/copy" "$PY" -m pytest -q -p no:cacheprovider "$@" 2>&1 \
-        | grep -E "^FAILED|^ERROR| passed| failed" | sed 's/^/    /')
+    local out
+    out="$(cd "$WORK/copy" && PYTHONPATH="$WORK/copy" "$PY" -m pytest -q -p no:cacheprovider "$@" 2>&1)"
+    echo "$out" | grep -E "^FAILED|^ERROR| passed| failed" | sed 's/^/    /'
+    if ! echo "$out" | grep -qE "^FAILED|^ERROR"; then echo "    SURVIVED"; SURVIVED=1; fi
 }
 sub() {  # a patch script replacing the one occurrence of $1 by $2
     echo "import sys; p = sys.argv[1]; s = open(p).read(); old, new = $1, $2; assert s.count(old) == 1, old; open(p, 'w').write(s.replace(old, new))"
 }
 DEC=showattend/captioning/decoder.py
-BOUND="'bound = _normalise(best_live, max_len, length_penalty) if best_live < 0 else best_live'"
-probe "REINFORCE sign flipped" $DEC "$(sub "'objective = -fit.sum() + reinforce_weight'" "'objective = -fit.sum() - reinforce_weight'")" tests
-probe "detach removed from the reward (both places)" $DEC "$(sub "'reward = log_lik.detach() / words'" "'reward = log_lik / words'"); t = open(p).read(); open(p, 'w').write(t.replace('return (reward.detach() - baseline)', 'return (reward - baseline)'))" tests
-probe "detach removed in hard_attention_loss only" $DEC "$(sub "'reward = log_lik.detach() / words'" "'reward = log_lik / words'")" tests
-probe "detach removed in reinforce_surrogate only" $DEC "$(sub "'return (reward.detach() - baseline)'" "'return (reward - baseline)'")" tests
-probe "Luong input feeding removed" showattend/translation/model.py "$(sub "'self.rnn(torch.cat([e, h_tilde], dim=-1), (h, cell))'" "'self.rnn(torch.cat([e, torch.zeros_like(h_tilde)], dim=-1), (h, cell))'")" tests
-probe "beta gate replaced by 1" $DEC "$(sub "'z = beta * att.context'" "'z = att.context'")" tests
-probe "early-stopping bound loosened (never stops early)" showattend/search.py "$(sub "$BOUND" "'bound = 0.0'")" tests
-probe "early-stopping bound tightened (current length)" showattend/search.py "$(sub "$BOUND" "'bound = _normalise(best_live, t + 1, length_penalty) if best_live < 0 else best_live'")" tests
-probe "<end> not forced at max_len (beam and greedy)" showattend/search.py "$(sub "'            log_probs = _force_end(log_probs, eos)\n'" "'            pass\n'"); t = open(p).read(); open(p, 'w').write(t.replace('        if t == max_len - 1:  # the last allowed token is <end>', '        if False:'))" tests
+LOSSES=showattend/captioning/losses.py
+SEARCH=showattend/search.py
+TRAINER=showattend/engine/trainer.py
+
+# -- the attention models and their search
+probe "REINFORCE sign flipped" $LOSSES "$(sub "'objective = -fit.sum() + reinforce_weight'" "'objective = -fit.sum() - reinforce_weight'")" tests/test_hard_attention.py
+probe "detach removed from the hard-attention reward" $LOSSES "$(sub "'reward = log_lik.detach() / per_caption'" "'reward = log_lik / per_caption'")" tests/test_hard_attention.py
+probe "detach removed in reinforce_surrogate" $LOSSES "$(sub "'return (reward.detach() - baseline)'" "'return (reward - baseline)'")" tests/test_hard_attention.py tests/test_scst.py
+probe "Luong input feeding removed" showattend/translation/model.py "$(sub "'self.rnn(torch.cat([e, h_tilde], dim=-1), (h, cell))'" "'self.rnn(torch.cat([e, torch.zeros_like(h_tilde)], dim=-1), (h, cell))'")" tests/test_translation.py
+probe "beta gate replaced by 1" $DEC "$(sub "'z = beta.unsqueeze(1) * att.context  # (B, D)'" "'z = att.context  # (B, D)'")" tests/test_decoder.py
+probe "<end> not forced at max_len (beam)" $SEARCH "$(sub "'        log_probs = _force_end(log_probs, eos)\n'" "'        pass\n'")" tests/test_search.py
+
+# -- issue "Trust the path users train on"
+probe "word table kept across a parameter update (the old cache rule)" $DEC "$(sub "'    return bool(torch.stack([(t == c).all() for t, c in zip(tensors, copies)]).all())'" "'    return True'")" tests/test_validation.py tests/test_decoder.py
+probe "resume: a changed learning rate not applied" $TRAINER "$(sub "'                group[\"lr\"] = getattr(self.cfg, setting)'" "'                pass'")" tests/test_engine.py -k "applied or encoder_learning or refused"
+probe "resume: weight decay not applied" $TRAINER "$(sub "'                group[\"weight_decay\"] = self.cfg.weight_decay'" "'                pass'")" tests/test_engine.py -k "applied"
+probe "resume: lr decay not applied" $TRAINER "$(sub "'            self.scheduler.factor = self.cfg.lr_decay'" "'            pass'")" tests/test_engine.py -k "applied"
+probe "resume: vocabulary settings not refused" $TRAINER "$(sub "'fixed = sorted(k for k in changed if k in self.task.fixed_settings)'" "'fixed = []'")" tests/test_engine.py -k "refused"
+probe "resume: model options not refused" showattend/captioning/train.py "$(sub "'        check_same_model(model_cfg, saved_cfg, f\"{last}\", resume=True)\n'" "''")" tests/test_engine.py -k "refused"
+probe "resume: data changed inside an epoch not refused" $TRAINER "$(sub "'self.BATCH_SETTINGS + tuple(self.task.data_settings)'" "'self.BATCH_SETTINGS'")" tests/test_engine.py -k "inside_an_epoch"
+probe "every GPU's RNG state saved" showattend/engine/state.py "$(sub "'state[\"cuda\"] = torch.cuda.get_rng_state()'" "'state[\"cuda\"] = torch.cuda.get_rng_state_all()'")" tests/test_devices.py
+probe "precision auto takes emulated bf16" showattend/engine/config.py "$(sub "'return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None'" "'return torch.bfloat16 if torch.cuda.is_bf16_supported() else None'")" tests/test_devices.py
+probe "DDP broadcasts buffers always" $TRAINER "$(sub "'        sync = buffers_trained(model)'" "'        sync = True'")" tests/test_engine.py -k "two_gloo_processes_train_like_one and soft"
+probe "batch norm in eval mode counted as trained" $TRAINER "$(sub "'m.training and m.track_running_stats'" "'m.track_running_stats'")" tests/test_devices.py
+probe "top() returns the transposed view again" showattend/captioning/encoders.py "$(sub "'        return x.permute(0, 2, 3, 1).reshape(B, -1, x.size(1))'" "'        return x.flatten(2).transpose(1, 2)'")" tests/test_finetune.py -k "gradients"
+probe "--from-images reads the image once per caption" showattend/captioning/task.py "$(sub "'read=not isinstance(store, ImageStore)'" "'read=True'")" tests/test_finetune.py -k "once_per_batch"
+
+exit $SURVIVED

@@ -207,6 +207,8 @@ def test_two_gloo_processes_train_like_one(toy_images, tmp_path, attention):
     init = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["engine"]
     assert init["step"] == 8 and init["world"] == 1
     assert torch.load(tmp_path / "two" / "last.pt", weights_only=True)["engine"]["world"] == 2
+    # nothing in a captioner trains a buffer: DDP does not re-send the frozen batch norms' statistics each step
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["resolved"]["ddp_broadcast_buffers"] is False
     # Summation order differs between one and two processes (fp32 rounding, ~1e-7 relative in the gradients);
     # Adam divides each gradient element by its own running RMS, so on elements with near-zero gradients such a
     # rounding difference can move a weight by a little more: 2e-6 at most was seen, against 8 steps of lr 3e-3.

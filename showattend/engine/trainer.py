@@ -2,6 +2,7 @@
 :class:`Trainer` does the rest (see :mod:`showattend.engine`)."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -159,12 +160,16 @@ class Trainer:
                                                                     factor=cfg.lr_decay, patience=0)
         if cfg.compile:
             task.compile()
-        # broadcast_buffers re-sends every buffer from rank 0 before each forward pass; only a buffer that training
-        # changes (batch norm's running statistics in training mode) needs it. The frozen encoder's batch norms
-        # stay in eval mode (Encoder.train), so a captioner's step would send their statistics for nothing.
-        self.ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=buffers_trained(model)) if dist_info.world > 1 else model
+        # DDP's forward_sync_buffers (broadcast_buffers before torch 2.13) re-sends every buffer from rank 0 before
+        # each forward pass; only a buffer that training changes (batch norm's running statistics in training mode)
+        # needs it. The frozen encoder's batch norms stay in eval mode (Encoder.train), so a captioner's step would
+        # send their statistics for nothing.
+        DDP = torch.nn.parallel.DistributedDataParallel
+        sync = buffers_trained(model)
+        sync_option = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else "broadcast_buffers": sync}
+        self.ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                       **sync_option) if dist_info.world > 1 else model
         # the loop's state (all of it goes into last.pt)
         self.epoch, self.pos, self.step_count, self.best, self.bad = 1, 0, 0, -math.inf, 0
         self.history: List[Dict] = []
@@ -338,7 +343,9 @@ class Trainer:
             atomic_write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(
                 {"model": task.payload().get("config"), "train": asdict(cfg), "world": self.dist.world,
                  "resumed_at_step": self.step_count,
-                 "resolved": {"device": str(self.device), "precision": "bf16" if self.amp_dtype else "fp32"}},
+                 "resolved": {"device": str(self.device), "precision": "bf16" if self.amp_dtype else "fp32",
+                              **({"ddp_broadcast_buffers": self.ddp.broadcast_buffers} if self.dist.world > 1
+                                 else {})}},
                 indent=2))
         self._truncate_step_log()
         kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_STEP", "0"))  # fault injection for the resume tests
