@@ -13,7 +13,7 @@ import io
 import shutil
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["caption_metrics", "bleu4", "check_java", "java_available", "JavaMissing", "METRICS"]
+__all__ = ["caption_metrics", "bleu4", "cider", "check_java", "java_available", "JavaMissing", "METRICS"]
 
 #: the metric names ``caption_metrics`` takes
 METRICS = ("bleu", "meteor", "rouge", "cider")
@@ -25,11 +25,32 @@ class JavaMissing(ValueError):
 SPICE_NOTE = "SPICE not computed: it needs Stanford CoreNLP models that cannot be downloaded here"
 
 
+_SENTINEL = ("\x00showattend-last-line", "showattendsentinel")  # a last line whose place is checked
+
+
 def _ptb_tokenize(captions: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    """pycocoevalcap's PTB tokenizer, checked: it writes one caption a line and reads the Java tokenizer's lines
+    back in order, so a caption that the tokenizer breaks in two (it breaks at ``\r`` and U+2028 as well as
+    ``\n``, which alone pycocoevalcap replaces) would shift every later image's captions by a line, silently.
+    A sentinel line after the last caption must come back in its place.
+
+    Raises:
+        RuntimeError: the tokenizer returned another number of lines than it was given."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    key, text = _SENTINEL
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+        out = PTBTokenizer().tokenize({**{k: [{"caption": c} for c in v] for k, v in captions.items()},
+                                       key: [{"caption": text}]})
+    if out.pop(key, None) != [text] or any(len(out.get(k, ())) != len(v) for k, v in captions.items()):
+        raise RuntimeError("coco-caption's PTB tokenizer returned its lines shifted (a caption held a line break "
+                           "it split at): the scores would pair captions with other images' references")
+    return out
+
+
+def _one_line(text: str) -> str:
+    """Whitespace of any kind (line and paragraph separators, tabs, runs of spaces) as single spaces."""
+    return " ".join(text.split())
 
 
 def _simple_tokenize(captions: Dict[str, List[str]]) -> Dict[str, List[str]]:
@@ -54,7 +75,8 @@ def check_java(metrics: Sequence[str]) -> None:
 def caption_metrics(references: Dict[str, Sequence[str]], hypotheses: Dict[str, str],
                     metrics: Sequence[str] = METRICS, per_image: Optional[dict] = None) -> Dict[str, float]:
     """Score generated captions with the coco-caption scorers after PTB tokenisation (Java), or, when Java is
-    missing and METEOR is not asked for, after showattend's own tokenisation.
+    missing and METEOR is not asked for, after showattend's own tokenisation. Line breaks and other whitespace
+    inside a caption are made single spaces first (the tokenizer works line by line).
 
     Args:
         references: image id -> reference captions (raw text).
@@ -69,14 +91,15 @@ def caption_metrics(references: Dict[str, Sequence[str]], hypotheses: Dict[str, 
     Raises:
         KeyError: a hypothesis id has no references.
         JavaMissing: METEOR asked for without Java (the message says how to get the other metrics).
+        RuntimeError: the PTB tokenizer's lines came back shifted (see :func:`_ptb_tokenize`).
     """
     missing = [k for k in hypotheses if k not in references]
     if missing:
         raise KeyError(f"{len(missing)} hypotheses have no references, e.g. {missing[:3]}")
     check_java(metrics)
     tok = _ptb_tokenize if java_available() else _simple_tokenize
-    gts = tok({k: list(references[k]) for k in hypotheses})
-    res = tok({k: [v] for k, v in hypotheses.items()})
+    gts = tok({k: [_one_line(r) for r in references[k]] for k in hypotheses})
+    res = tok({k: [_one_line(v)] for k, v in hypotheses.items()})
     return _score(gts, res, metrics, per_image)
 
 
@@ -130,3 +153,12 @@ def bleu4(references: Dict[str, Sequence[Sequence[str]]], hypotheses: Dict[str, 
     gts = {k: [" ".join(r) for r in references[k]] for k in hypotheses}
     res = {k: [" ".join(v)] for k, v in hypotheses.items()}
     return _score(gts, res, ("bleu",))["BLEU-4"]
+
+
+def cider(references: Dict[str, Sequence[Sequence[str]]], hypotheses: Dict[str, Sequence[str]]) -> float:
+    """coco-caption CIDEr-D (0-100, document frequencies of these references) of already tokenised text (no Java;
+    for SCST's validation): words, not vocabulary ids, so that rare reference words count as themselves and no
+    reference is cut, as in ``showattend evaluate``."""
+    gts = {k: [" ".join(r) for r in references[k]] for k in hypotheses}
+    res = {k: [" ".join(v)] for k, v in hypotheses.items()}
+    return _score(gts, res, ("cider",))["CIDEr"]

@@ -410,3 +410,30 @@ def test_training_and_evaluating_on_the_official_coco_files(tmp_path, capsys):
     assert report["images"] == 2 and report["references_per_image"] == 2 and len(report["data"]) == 2
     cache, = (root / "cache").iterdir()  # one cache, keyed by the image list, reused by evaluate
     assert cache.name.startswith("captions_train2014+captions_val2014-efficientnet_lite0-224-")
+
+
+def _coco_file(path, ids):
+    path.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.jpg"} for i in ids],
+                                "annotations": [{"id": 10 * i + j, "image_id": i, "caption": f"A dog number {i}."}
+                                                for i in ids for j in range(2)]}))
+    return str(path)
+
+
+def test_official_coco_files_keep_their_own_split(tmp_path):
+    """Without --karpathy-split, captions_train2014.json's images are "train" and captions_val2014.json's "val"
+    (every image was "val" before, so `evaluate --split val` scored the training images too); a file whose name
+    does not say its split is refused."""
+    from showattend.captioning.data import coco_file_split
+    from showattend.captioning.train import TrainConfig, load_records
+
+    train = _coco_file(tmp_path / "captions_train2014.json", [1, 2, 3])
+    val = _coco_file(tmp_path / "captions_val2014.json", [7, 8])
+    records = load_records(TrainConfig(data=(train, val), images=str(tmp_path)))
+    assert [(r.image_id, r.split) for r in records] == [("1", "train"), ("2", "train"), ("3", "train"),
+                                                         ("7", "val"), ("8", "val")]
+    assert [coco_file_split(p) for p in ("captions_val2017.json", "a/captions_test2015.json", "captions.json")] == \
+        ["val", "test", None]
+    other = _coco_file(tmp_path / "my_annotations.json", [4])
+    with pytest.raises(ValueError, match="my_annotations.json: its name does not say which split"):
+        load_records(TrainConfig(data=(other,), images=str(tmp_path)))
+    assert [r.split for r in load_coco(other, split="train")] == ["train"]

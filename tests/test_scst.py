@@ -222,3 +222,58 @@ def test_the_cross_entropy_term_trains_on_the_references(toy_xe):
                  "--out-dir", str(root / "mixed")]) == 0
     ce = [json.loads(x)["train_ce"] for x in open(root / "mixed" / "metrics.jsonl")]
     assert all(a > b for a, b in zip(ce, ce[1:])), ce
+
+
+def test_scst_keeps_the_model_it_starts_from_until_an_epoch_beats_it(toy_xe, capsys):
+    """The --init model's validation score is the best to beat: an SCST run whose every epoch is worse (a huge
+    learning rate wrecks the model) ends with the init's weights in best.pt, its score as the best, and every
+    epoch counted as bad (so early stopping ends the run after --patience epochs)."""
+    root, common = toy_xe
+    init = root / "xe" / "last.pt"
+    assert main(["train", *common, "--scst", "--init", str(init), "--lr", "5", "--batch-size", "9",
+                 "--epochs", "3", "--patience", "2", "--out-dir", str(root / "worse")]) == 0
+    start = float(capsys.readouterr().err.split("the starting model's validation val_cider: ")[1].split()[0])
+    rows = [json.loads(x) for x in open(root / "worse" / "metrics.jsonl")]
+    assert start > 0 and len(rows) == 2 and all(r["val_cider"] < start for r in rows), (start, rows)
+    best, last = (torch.load(root / "worse" / f, weights_only=True) for f in ("best.pt", "last.pt"))
+    xe = torch.load(init, weights_only=True)["model"]
+    assert all(torch.equal(best["model"][k], xe[k].to(best["model"][k].dtype)) for k in xe)
+    assert last["best_score"] == pytest.approx(start, abs=0.005) and last["bad_epochs"] == 2
+    assert not torch.equal(last["model"]["L_o.weight"], xe["L_o.weight"])
+
+
+def test_scst_validation_is_coco_captions_cider_on_words(tmp_path, monkeypatch):
+    """val_cider is pycocoevalcap's CIDEr-D of the words: a reference word rarer than --min-count counts as
+    itself (not <unk>) and a reference longer than --max-caption-len is not cut (the id-based score did both)."""
+    import numpy as np
+    from pycocoevalcap.cider.cider import Cider
+
+    from showattend.captioning import scst as scst_module
+    from showattend.captioning.cache import FeatureStore
+    from showattend.captioning.data import CaptionRecord
+    from showattend.captioning.model import CaptionResult, ModelConfig
+    from showattend.captioning.train import TrainConfig
+    from showattend.vocab import Vocab
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    keys = [f"{i}.jpg" for i in range(4)]
+    np.save(folder / "features.npy", np.zeros((4, 4, 1280), np.float16))
+    (folder / "index.json").write_text(json.dumps({"encoder": "efficientnet_lite0", "image_size": 224,
+                                                   "keys": keys, "L": 4, "D": 1280}))
+    long = ["a", "dog"] + ["and", "a", "cat"] * 5  # 17 words
+    records = [CaptionRecord("0.jpg", "train", [["a", "dog"], ["a", "cat"]]),
+               CaptionRecord("1.jpg", "train", [["a", "cat", "runs"], ["a", "dog"]]),
+               CaptionRecord("2.jpg", "val", [["a", "zebu", "grazes"], ["a", "dog", "runs"], long]),
+               CaptionRecord("3.jpg", "val", [["a", "cat", "sits"], ["a", "cat"]])]
+    vocab = Vocab.build([t for r in records[:2] for t in r.tokens], 1)  # no "zebu", "grazes", "sits"
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), scst=True, init="x", max_caption_len=10, progress=False,
+                      device="cpu")
+    task = scst_module.SCSTTask(ModelConfig(embed_dim=8, hidden_dim=8, attention_dim=4), cfg, records[:2],
+                                records[2:], FeatureStore(str(folder)), vocab, torch.device("cpu"))
+    hyps = {"2.jpg": ["a", "zebu", "grazes"], "3.jpg": long}
+    monkeypatch.setattr(scst_module, "evaluate_split", lambda *a, **k: {
+        key: CaptionResult(words, 0.0, torch.zeros(0), torch.zeros(0), (2, 2)) for key, words in hyps.items()})
+    gts = {r.key: [" ".join(t) for t in r.tokens] for r in records[2:]}
+    expected = 100 * Cider().compute_score(gts, {k: [" ".join(v)] for k, v in hyps.items()})[0]
+    assert task.validate() == pytest.approx(expected, rel=1e-9)

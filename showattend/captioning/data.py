@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 from ..vocab import Vocab, tokenize
 from .cache import FeatureStore
 
-__all__ = ["CaptionRecord", "tokenize", "load_karpathy", "load_coco", "CaptionDataset", "collate_captions"]
+__all__ = ["CaptionRecord", "tokenize", "load_karpathy", "load_coco", "coco_file_split", "CaptionDataset", "collate_captions"]
 
 
 @dataclass
@@ -82,8 +83,15 @@ def load_karpathy(path: str) -> List[CaptionRecord]:
     return records
 
 
+def coco_file_split(annotation_file: str) -> Optional[str]:
+    """The split of an official COCO captions file, from its name: ``captions_train2014.json`` -> "train",
+    ``captions_val2017.json`` -> "val" (``test``, too); None for a name that does not say."""
+    m = re.fullmatch(r"captions_(train|val|test)\d{4}\.json", os.path.basename(annotation_file))
+    return m.group(1) if m else None
+
+
 def load_coco(annotation_file: str, image_folder: str = "", karpathy_json: Optional[str] = None,
-              split: str = "val") -> List[CaptionRecord]:
+              split: Optional[str] = None) -> List[CaptionRecord]:
     """Read an official COCO caption annotation file with pycocotools.
 
     Args:
@@ -91,15 +99,26 @@ def load_coco(annotation_file: str, image_folder: str = "", karpathy_json: Optio
         image_folder: prefix of the record keys (e.g. ``val2017``), joined to each image's ``file_name``.
         karpathy_json: optional ``dataset_coco.json``; its ``split`` of each ``cocoid`` is used, and images it
             does not list are dropped.
-        split: the split given to every image when ``karpathy_json`` is None.
+        split: the split given to every image when ``karpathy_json`` is None; None: the file's own, from its name
+            (:func:`coco_file_split`: the images of ``captions_train2014.json`` are "train").
 
     Returns:
         one :class:`CaptionRecord` per image, sorted by image id.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: neither ``karpathy_json`` nor ``split`` given, and the file's
+            name does not say its split (every image would otherwise land in one split, training images too).
     """
     from pycocotools.coco import COCO
 
     if not os.path.isfile(annotation_file):
         raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+    if karpathy_json is None and split is None:
+        split = coco_file_split(annotation_file)
+        if split is None:
+            raise ValueError(f"{annotation_file}: its name does not say which split its images belong to "
+                             f"(captions_train2014.json: train, captions_val2014.json: val); pass "
+                             f"--karpathy-split dataset_coco.json, or rename the file")
     import contextlib
     import io
 

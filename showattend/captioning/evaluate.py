@@ -62,13 +62,21 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
     results = evaluate_split(captioner, store, records, beam_size, max_len, progress=True,
                              length_penalty=length_penalty, attention=attention, samples=samples,
                              precision=precision)
-    hyps = {r.image_id: results[r.key].text for r in records}
-    refs = {r.image_id: r.raw for r in records}
+    # keyed by the image's path, unique in the split: several Karpathy JSONs each number their images from 0, so
+    # image ids can collide (and one image would overwrite another)
+    hyps = {r.key: results[r.key].text for r in records}
+    refs = {r.key: r.raw for r in records}
+    if len(hyps) != len(records):
+        raise ValueError(f"{len(records)} images decoded but {len(hyps)} distinct keys to score: the split lists an "
+                         f"image twice")
     per_image: Dict[str, Dict] = {}
     scores = caption_metrics(refs, hyps, metrics, per_image=per_image)
+    if len(per_image) != len(records):
+        raise RuntimeError(f"{len(records)} images decoded, {len(per_image)} scored")
     lengths = [len(results[r.key].words) for r in records]
     report = {
         "checkpoint": checkpoint, "data": list(cfg.data), "split": split, "images": len(records),
+        "images_scored": len(per_image),
         "references_per_image": round(sum(len(r.raw) for r in records) / len(records), 2),
         "model_attention": captioner.config.attention,
         "inference_attention": attention if attention == "soft" else f"hard ({samples} sampled searches)",
@@ -86,11 +94,11 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         from ..report import write_caption_report
         from .overlay import report_item
 
-        items = [report_item(r.key, os.path.join(images, r.key), results[r.key], r.raw, per_image[r.image_id])
+        items = [report_item(r.key, os.path.join(images, r.key), results[r.key], r.raw, per_image[r.key])
                  for r in records]
         write_caption_report(html, items, f"showattend evaluate: {checkpoint}, {split} split, beam {beam_size}",
                              summary=report["metrics"])
     if captions_out:
-        atomic_write_text(captions_out, json.dumps([{"image": r.key, "caption": hyps[r.image_id]} for r in records],
+        atomic_write_text(captions_out, json.dumps([{"image": r.key, "caption": hyps[r.key]} for r in records],
                                                    indent=1))
     return report

@@ -23,8 +23,8 @@ One step:
 The policy is the network without dropout, in both passes (the network captions are decoded with), so the
 log-probabilities of step 3 are exactly those the samples were drawn from. The samples of a step come from a
 generator seeded by the run's seed and the step, so a resumed run draws the same captions. Validation selects
-on CIDEr-D of beam-search captions of the validation images (document frequencies of the validation references,
-as coco-caption computes them; on vocabulary ids, so rare reference words are ``<unk>``).
+on coco-caption's CIDEr-D of beam-search captions of the validation images (document frequencies of the
+validation references, on words: rare reference words count as themselves, as in ``showattend evaluate``).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from ..engine import StepContext
+from ..metrics import cider
 from ..search import sample_search
 from ..vocab import Vocab
 from .cache import FeatureStore, ImageStore
@@ -109,7 +110,6 @@ class SCSTTask(CaptionTask):
         self.image_captions = [by_row.get(int(row), []) for row in self.dataset.rows]
         self.cider = CiderD(_references(train_records, vocab, cfg.max_caption_len, cfg.scst_reward_end), len(vocab),
                             device=device)
-        self.val_cider = CiderD(_references(val_records, vocab, cfg.max_caption_len), len(vocab))
         self.banned = self.captioner.banned_tokens()  # never drawn, as in decoding
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
@@ -210,8 +210,8 @@ class SCSTTask(CaptionTask):
         return out
 
     def validate(self) -> float:
-        """CIDEr-D (× 100) of beam-search captions of the validation images."""
+        """coco-caption CIDEr-D (× 100) of beam-search captions of the validation images, on words (the
+        references as tokenised, rare words included and uncut), comparable with ``showattend evaluate``."""
         results = evaluate_split(self.captioner, self.store, self.val_records, self.cfg.val_beam_size,
                                  self.cfg.val_max_len)
-        hyps = [self.vocab.encode(results[r.key].words, add_specials=False) for r in self.val_records]
-        return 100 * float(self.val_cider.score_lists(hyps, range(len(hyps))).mean())
+        return cider({r.key: r.tokens for r in self.val_records}, {k: r.words for k, r in results.items()})

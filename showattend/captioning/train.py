@@ -318,8 +318,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
         load_weights(task.decoder, start["model"], start_path, "decoder")  # fp16 exports load as fp32
         if model_cfg.fine_tune_blocks:
             task.encoder.load_top_state_dict(start.get("encoder"), start_path)
-    if init is not None and cfg.scst and dist_info.main:
-        log.info(f"--init {init[0]}: validation {task.score_key} {task.validate():.2f} before SCST")
     if dist_info.main:
         source = f"from {init[0]}" if init is not None else f"min count {cfg.min_count}, train split"
         items = f"{cfg.scst_samples} samples each" if cfg.scst else f"{len(task.dataset)} captions"
@@ -333,4 +331,5 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     del records, train_recs
     gc.collect()
     gc.freeze()
-    return Trainer(task, cfg, dist_info, device, ckpt).fit()
+    # from --init, the starting model's validation score is the one to beat (and best.pt holds it until then)
+    return Trainer(task, cfg, dist_info, device, ckpt, validate_start=init is not None).fit()

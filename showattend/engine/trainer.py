@@ -137,13 +137,15 @@ class Trainer:
         cfg: an :class:`EngineConfig` (or an application's config derived from it).
         dist_info, device: from :func:`setup_distributed`.
         ckpt: the ``last.pt`` dict to resume from, or None.
+        validate_start: validate the model before the first step (a new run from trained weights, ``--init``):
+            its score is the best to beat, and ``best.pt`` holds the starting weights until an epoch beats it.
 
     Raises:
         ValueError: bad ``precision``.
     """
 
     def __init__(self, task: Task, cfg: EngineConfig, dist_info: DistInfo, device: torch.device,
-                 ckpt: Optional[Dict[str, Any]] = None):
+                 ckpt: Optional[Dict[str, Any]] = None, validate_start: bool = False):
         self.task, self.cfg, self.dist, self.device = task, cfg, dist_info, device
         self.amp_dtype = resolve_precision(cfg.precision, device)
         if cfg.batch_size < dist_info.world:
@@ -178,6 +180,7 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1000 + dist_info.rank)  # dropout streams differ between processes
         if ckpt is not None:
             self._load(ckpt)
+        self.validate_start = validate_start and ckpt is None
         self.saved_step = self.step_count
         self.interval: Dict[str, torch.Tensor] = {}
         self.interval_steps = 0
@@ -348,6 +351,8 @@ class Trainer:
                                  else {})}},
                 indent=2))
         self._truncate_step_log()
+        if self.validate_start and self.step_count == 0 and not self.history:
+            self._validate_start()
         kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_STEP", "0"))  # fault injection for the resume tests
         t_mark = time.time()
         if self.dist.main and self.history and self.pos == 0:
@@ -411,15 +416,30 @@ class Trainer:
             os.remove(self.beat.path)
         return self.best_path
 
+    def _validate(self) -> float:
+        """The task's validation score, computed on rank 0 and sent to every process."""
+        score = [self.task.validate() if self.dist.main else 0.0]
+        if self.dist.world > 1:
+            dist.broadcast_object_list(score, src=0)
+        return float(score[0])
+
+    def _validate_start(self) -> None:
+        """The starting model's score is the best so far (for best.pt, early stopping and the scheduler), and
+        best.pt holds the starting weights: an epoch replaces them only by beating them."""
+        t0 = time.time()
+        self.best = self.scheduler.best = self._validate()
+        self.spent_s += time.time() - t0
+        if self.dist.main:
+            log.info(f"the starting model's validation {self.task.score_key}: {self.best:.2f} (best.pt holds it "
+                     f"until an epoch beats it)")
+            save_checkpoint(self.best_path, {**self.task.payload(), **self._meta()})
+
     def _end_epoch(self, items: int) -> None:
         """Validate, decide (best, early stopping, learning rate), write checkpoints and logs; ``items`` is the
         number the epoch trained on (for the throughput)."""
         cfg, task = self.cfg, self.task
         train_s, t1 = self.epoch_s, time.time()
-        score = [task.validate() if self.dist.main else 0.0]
-        if self.dist.world > 1:
-            dist.broadcast_object_list(score, src=0)
-        score = float(score[0])
+        score = self._validate()
         val_s = time.time() - t1
         self.spent_s += val_s
         improved = score > self.best
