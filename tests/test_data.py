@@ -136,19 +136,20 @@ def test_feature_store_works_with_several_workers(tmp_path):
 
 
 def test_caption_dataset_gives_each_caption_with_its_image_row(tmp_path):
-    """The captions are stored end to end in numpy arrays: every item must still be its own caption (truncated
-    to max_len words, <start> and <end> added) with its own image's features."""
+    """The captions are stored end to end in numpy arrays: every item must still be its own caption (<start> and
+    <end> added) with its own image's features; captions longer than max_len words are dropped and counted (cut,
+    they ended with <end> after a fragment)."""
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     keys = _images(imgs, 3)
     store = build_feature_cache(Encoder("efficientnet_lite0"), str(imgs), keys, str(tmp_path / "c"),
                                 num_workers=0, progress=False)
     vocab = Vocab(["<pad>", "<start>", "<end>", "<unk>", "a", "b", "c"])
-    records = [CaptionRecord(keys[2], "train", [["a", "b", "c", "a"], [], ["zz"]]),
+    records = [CaptionRecord(keys[2], "train", [["a", "b", "c", "a"], [], ["zz"], ["a", "b", "c"]]),
                CaptionRecord(keys[0], "train", [["c"]])]
     ds = CaptionDataset(records, store, vocab, max_len=3, half=True)
-    expected = [(keys[2], [1, 4, 5, 6, 2]), (keys[2], [1, 3, 2]), (keys[0], [1, 6, 2])]  # the empty one dropped
-    assert len(ds) == len(expected)
+    expected = [(keys[2], [1, 3, 2]), (keys[2], [1, 4, 5, 6, 2]), (keys[0], [1, 6, 2])]  # the empty one dropped
+    assert len(ds) == len(expected) and ds.too_long == 1
     for i, (key, ids) in enumerate(expected):
         feats, caption, row = ds[i]
         assert caption.tolist() == ids and caption.dtype == torch.long and ds.length(i) == len(ids)

@@ -330,3 +330,38 @@ def test_resume_counts_the_time_of_an_interrupted_epoch(trained, tmp_path, capsy
         assert "lost" not in out and epochs == [1, 2, 3, 4]
         assert not (run / "running.json").exists()
         assert torch.load(run / "last.pt", weights_only=True)["engine"]["spent_s"] < 600
+
+
+def test_training_pairs_longer_than_max_len_are_dropped_not_cut():
+    """A cut pair would still end its target with </s> after a fragment: such pairs are dropped and counted."""
+    from showattend.translation.data import encode_pairs
+
+    class Words:  # one id per word
+        def encode(self, text):
+            return [4 + len(w) for w in text.split()]
+
+    dropped = {}
+    pairs = encode_pairs(["a b", "a b c d", "", "a"], ["x y", "x", "y", "w x y z"], Words(), Words(), max_len=3,
+                         dropped=dropped)
+    assert pairs == [([5, 5], [5, 5])] and dropped == {"empty": 1, "too_long": 2}
+
+
+def test_bleu_is_reported_in_the_three_forms_of_the_literature():
+    """Cased sacreBLEU (13a), lowercased sacreBLEU, and Moses-tokenised lowercased text scored as it is (the
+    multi-bleu.perl protocol): each with a signature that says which; a case difference costs only the first."""
+    import sacrebleu
+
+    from showattend.translation.train import corpus_scores
+
+    refs = ["A man rides a bike down the street.", "Two dogs play in the snow, don't they?"]
+    hyps = ["a man rides a bike down the street.", "Two dogs play in the snow, don't they?"]
+    s = corpus_scores(hyps, refs, "en")
+    assert s["BLEU"] < 100 and s["BLEU_lc"] == 100 and s["BLEU_tok_lc"] == 100
+    assert "case:mixed" in s["BLEU_signature"] and "tok:13a" in s["BLEU_signature"]
+    assert "case:lc" in s["BLEU_lc_signature"]
+    assert "tok:none" in s["BLEU_tok_lc_signature"] and "moses-tok+lc" in s["BLEU_tok_lc_signature"]
+    assert s["BLEU"] == round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
+    # the Moses form splits "don't" as "don 't" and keeps the stop as its own token
+    other = corpus_scores(["two dogs play in the snow"], ["two dogs play in the snow ."], "en")
+    assert other["BLEU_tok_lc"] == round(sacrebleu.metrics.BLEU(tokenize="none", force=True).corpus_score(
+        ["two dogs play in the snow"], [["two dogs play in the snow ."]]).score, 2)

@@ -158,7 +158,8 @@ class CaptionDataset(Dataset):
         records: caption records of one split.
         store: the feature cache (or an :class:`~showattend.captioning.cache.ImageStore`).
         vocab: vocabulary.
-        max_len: captions longer than this many words are truncated.
+        max_len: captions longer than this many words are dropped (counted in :attr:`too_long`): cut, they would
+            still end with ``<end>`` and teach the model to stop after a fragment.
         half: return the annotation vectors as stored, float16 (training casts them on the device), instead
             of float32.
         read: read each item's features (or image); False: an item holds None in their place, for a collate
@@ -176,10 +177,13 @@ class CaptionDataset(Dataset):
             raise KeyError(f"{len(missing)} images are not in the feature cache, e.g. {missing[:3]}")
         self.store, self.half, self.read = store, half, read
         rows, ids, lengths = [], [], []
+        self.too_long = 0  # captions dropped for their length
         for r in records:
             for tokens in r.tokens:
-                if tokens:
-                    encoded = vocab.encode(tokens[:max_len])
+                if len(tokens) > max_len:
+                    self.too_long += 1
+                elif tokens:
+                    encoded = vocab.encode(tokens)
                     rows.append(store.row[r.key])
                     ids.extend(encoded)
                     lengths.append(len(encoded))

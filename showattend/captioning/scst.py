@@ -80,9 +80,11 @@ class ImageBatch(NamedTuple):
 
 
 def _references(records: List[CaptionRecord], vocab: Vocab, max_len: int, end: bool = False) -> List[List[List[int]]]:
-    """Each record's references as ids (words, then ``<end>`` with ``end``)."""
+    """Each record's references as ids (words, then ``<end>`` with ``end``), without those longer than ``max_len``
+    words (as in training: cut, they would end with ``<end>`` after a fragment)."""
     tail = [vocab.end] if end else []
-    return [[vocab.encode(t[:max_len], add_specials=False) + tail for t in r.tokens if t] for r in records]
+    return [[vocab.encode(t, add_specials=False) + tail for t in r.tokens if t and len(t) <= max_len]
+            for r in records]
 
 
 class SCSTTask(CaptionTask):

@@ -63,7 +63,8 @@ class TrainConfig(EngineConfig):
         label_smoothing: ε of label-smoothed cross-entropy (0: plain likelihood, as in the paper); applied to
             the likelihood term of hard attention too.
         min_count: minimum training-split frequency of a vocabulary word.
-        max_caption_len: training captions are cut to this many words.
+        max_caption_len: training captions longer than this many words are dropped (and counted in the log):
+            cut, they would end with `<end>` after a fragment.
         val_beam_size: beam size of the validation decoding.
         val_max_len: maximum caption length when decoding.
         val_images: validate on the first N validation images (0: all).
@@ -318,6 +319,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
         load_weights(task.decoder, start["model"], start_path, "decoder")  # fp16 exports load as fp32
         if model_cfg.fine_tune_blocks:
             task.encoder.load_top_state_dict(start.get("encoder"), start_path)
+    too_long = getattr(task, "references", task.dataset).too_long
+    if dist_info.main and too_long:
+        log.warning(f"dropped {too_long} training captions longer than --max-caption-len {cfg.max_caption_len} "
+                    f"words")
     if dist_info.main:
         source = f"from {init[0]}" if init is not None else f"min count {cfg.min_count}, train split"
         items = f"{cfg.scst_samples} samples each" if cfg.scst else f"{len(task.dataset)} captions"

@@ -5,7 +5,7 @@ import gzip
 import os
 import random
 import zlib
-from typing import Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -75,13 +75,21 @@ def find_split(folder: str, split: str, lang: str) -> str:
 
 
 def encode_pairs(src: Sequence[str], tgt: Sequence[str], src_tok: SubwordTokenizer, tgt_tok: SubwordTokenizer,
-                 max_len: int = 100) -> List[Tuple[List[int], List[int]]]:
-    """Subword ids of each pair; pairs with an empty side are dropped, longer ones cut to ``max_len``."""
-    pairs = []
+                 max_len: int = 100, dropped: Optional[Dict[str, int]] = None) -> List[Tuple[List[int], List[int]]]:
+    """Subword ids of each pair. Pairs with an empty side are dropped, and so are pairs with a side longer than
+    ``max_len`` subwords (cut, the target would still end with ``</s>`` after a fragment of the translation of
+    a fragment); ``dropped``, a dict, receives the counts as ``{"empty": n, "too_long": n}``."""
+    pairs, empty, too_long = [], 0, 0
     for s, t in zip(src, tgt):
-        s_ids, t_ids = src_tok.encode(s)[:max_len], tgt_tok.encode(t)[:max_len]
-        if s_ids and t_ids:
+        s_ids, t_ids = src_tok.encode(s), tgt_tok.encode(t)
+        if not (s_ids and t_ids):
+            empty += 1
+        elif max(len(s_ids), len(t_ids)) > max_len:
+            too_long += 1
+        else:
             pairs.append((s_ids, t_ids))
+    if dropped is not None:
+        dropped.update(empty=empty, too_long=too_long)
     return pairs
 
 

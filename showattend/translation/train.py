@@ -45,7 +45,7 @@ class TranslationTrainConfig(EngineConfig):
         train_split: split the model and the subword vocabularies are trained on.
         val_split: split whose BLEU selects `best.pt` and drives early stopping.
         vocab_size: sentencepiece vocabulary size per language.
-        max_len: subword tokens kept per training sentence.
+        max_len: training pairs with a side longer than this many subwords are dropped (and counted in the log).
         label_smoothing: label smoothing of the cross-entropy.
         val_beam_size: beam size of the validation decoding.
         length_penalty: p of score / length^p when decoding.
@@ -77,15 +77,39 @@ class TranslationTrainConfig(EngineConfig):
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> Dict:
-    """sacreBLEU BLEU and chrF of detokenized text, with their signatures."""
-    import sacrebleu
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], lang: str = "en") -> Dict:
+    """sacreBLEU scores of detokenised text, each with its signature, in the three forms Multi30k results are
+    reported in, so that like can be compared with like:
 
-    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
-    b = bleu.corpus_score(list(hypotheses), [list(references)])
-    c = chrf.corpus_score(list(hypotheses), [list(references)])
-    return {"BLEU": round(b.score, 2), "chrF": round(c.score, 2), "BLEU_signature": str(bleu.get_signature()),
-            "chrF_signature": str(chrf.get_signature())}
+    * ``BLEU``: cased, sacreBLEU's own 13a tokenisation (the WMT convention; what validation selects on);
+    * ``BLEU_lc``: the same, lowercased (sacreBLEU ``lowercase=True``);
+    * ``BLEU_tok_lc``: lowercased text tokenised with the Moses tokenizer (sacremoses, ``lang``), then scored
+      without further tokenisation: the multi-bleu.perl protocol of the Multi30k papers (WMT16/17 multimodal
+      task) and of most tutorials;
+    * ``chrF``: cased character n-gram F-score.
+
+    Args:
+        hypotheses, references: one detokenised sentence each, in order. lang: the target language's code.
+    """
+    import sacrebleu
+    from sacremoses import MosesTokenizer
+
+    hyps, refs = list(hypotheses), list(references)
+    moses = MosesTokenizer(lang=lang)
+
+    def tokenised(lines):
+        return [moses.tokenize(x.lower(), escape=False, return_str=True) for x in lines]
+
+    out = {}
+    for name, metric, h, r in (
+            ("BLEU", sacrebleu.metrics.BLEU(), hyps, refs),
+            ("BLEU_lc", sacrebleu.metrics.BLEU(lowercase=True), hyps, refs),
+            ("BLEU_tok_lc", sacrebleu.metrics.BLEU(tokenize="none", force=True), tokenised(hyps), tokenised(refs)),
+            ("chrF", sacrebleu.metrics.CHRF(), hyps, refs)):
+        out[name] = round(metric.corpus_score(h, [r]).score, 2)
+        out[f"{name}_signature"] = str(metric.get_signature()) + ("|pre:moses-tok+lc" if name == "BLEU_tok_lc"
+                                                                   else "")
+    return out
 
 
 class TranslationBatch(NamedTuple):
@@ -146,7 +170,7 @@ class TranslationTask(Task):
     def validate(self) -> float:
         hyps = [r["text"] for r in self.bundle.translate(self.val_src, beam_size=self.cfg.val_beam_size,
                                                          length_penalty=self.cfg.length_penalty)]
-        return corpus_scores(hyps, self.val_tgt)["BLEU"]
+        return corpus_scores(hyps, self.val_tgt, self.cfg.tgt)["BLEU"]
 
     def payload(self) -> dict:
         return self.bundle.state()
@@ -198,10 +222,14 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     if ckpt is not None:
         load_weights(model, ckpt["model"], last)
     bundle = Translator(model, src_tok, tgt_tok, device)
-    pairs = encode_pairs(tr_src, tr_tgt, src_tok, tgt_tok, cfg.max_len)
-    if dist_info.main and len(pairs) < len(tr_src):
-        log.warning(f"dropped {len(tr_src) - len(pairs)} training pairs with an empty side (of {len(tr_src)} in "
+    dropped: Dict[str, int] = {}
+    pairs = encode_pairs(tr_src, tr_tgt, src_tok, tgt_tok, cfg.max_len, dropped)
+    if dist_info.main and dropped["empty"]:
+        log.warning(f"dropped {dropped['empty']} training pairs with an empty side (of {len(tr_src)} in "
                     f"{cfg.train_split}.{cfg.src}/{cfg.tgt})")
+    if dist_info.main and dropped["too_long"]:
+        log.warning(f"dropped {dropped['too_long']} training pairs with a side longer than --max-len "
+                    f"{cfg.max_len} subwords (of {len(tr_src)})")
     if dist_info.main:
         log.info(f"{cfg.src}->{cfg.tgt} {model_cfg.decoder}: {len(pairs)} training pairs, subword vocabularies "
                  f"{len(src_tok)}/{len(tgt_tok)}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
@@ -223,4 +251,4 @@ def evaluate_translator(checkpoint: str, data: str, src: str, tgt: str, split: s
         atomic_write_text(output, "\n".join(hyps) + "\n")
     return {"checkpoint": checkpoint, "direction": f"{src}->{tgt}", "split": split, "sentences": len(sources),
             "decoder": bundle.model.cfg.decoder, "beam_size": beam_size, "length_penalty": length_penalty,
-            **corpus_scores(hyps, refs), "wall_s": round(time.time() - t0, 1)}
+            **corpus_scores(hyps, refs, tgt), "wall_s": round(time.time() - t0, 1)}
