@@ -131,7 +131,8 @@ class CaptionDecoding(BundledOrFile):
         checkpoint: a captioner checkpoint file (from `showattend train` or `export`), used instead of --model.
         beam_size: beam size; 1 = greedy.
         max_len: maximum caption length in tokens, <end> included: the last one is always <end>.
-        length_penalty: rank hypotheses by log-prob / length^p (0: plain log-prob).
+        length_penalty: rank hypotheses by log-prob / length^p (0: plain log-prob). p > 0 makes the search slower
+            (exact, it can stop only once no live caption could win by growing to --max-len).
         device: "auto" (cuda when available), "cpu" or "cuda".
         attention: soft: the expected context Σ α_i a_i at every step (deterministic; the default, also for
             hard-attention models); hard: sample the attended location at every step, run the search --samples
