@@ -541,3 +541,10 @@ def test_the_feature_cache_is_encoded_at_the_models_image_size(toy_images, tmp_p
     assert main(["cache", *common, "--image-size", "96"]) == 1
     assert f"{folder}/index.json does not match its own fingerprint (edited or corrupt); remove {folder}" in \
         capsys.readouterr().err
+
+
+def test_a_baseline_decay_given_on_resume_is_applied(tmp_path):
+    """The REINFORCE baseline's state comes from last.pt, its decay from the settings (the saved one won)."""
+    trainer, ckpt = _resumed_trainer(tmp_path, lambda p: toy_caption_task(p, attention="hard"), baseline_decay=0.5)
+    assert ckpt["task_state"]["baseline"]["decay"] == 0.9 and trainer.task.baseline.decay == 0.5
+    assert trainer.task.baseline.steps == ckpt["task_state"]["baseline"]["steps"] > 0

@@ -229,6 +229,7 @@ class CaptionTask(Task):
     def load_state_dict(self, state: dict) -> None:
         if state.get("baseline"):
             self.baseline.load_state_dict(state["baseline"], self.captioner.device)
+            self.baseline.decay = self.cfg.baseline_decay  # a --baseline-decay given on --resume applies
 
     def compile(self) -> None:
         self.decoder.recurrence = torch.compile(self.decoder.recurrence, dynamic=True)
