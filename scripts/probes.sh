@@ -53,4 +53,15 @@ probe "batch norm in eval mode counted as trained" $TRAINER "$(sub "'m.training 
 probe "top() returns the transposed view again" showattend/captioning/encoders.py "$(sub "'        return x.permute(0, 2, 3, 1).reshape(B, -1, x.size(1))'" "'        return x.flatten(2).transpose(1, 2)'")" tests/test_finetune.py -k "gradients"
 probe "--from-images reads the image once per caption" showattend/captioning/task.py "$(sub "'read=not isinstance(store, ImageStore)'" "'read=True'")" tests/test_finetune.py -k "once_per_batch"
 
+# -- issue "Scores you can trust on any data"
+probe "SCST: the init's score not the one to beat" showattend/captioning/train.py "$(sub "'validate_start=init is not None'" "'validate_start=False'")" tests/test_scst.py -k "keeps_the_model"
+probe "SCST: validation CIDEr on vocabulary ids again" showattend/captioning/scst.py "$(sub "'        return cider({r.key: r.tokens for r in self.val_records}, {k: r.words for k, r in results.items()})'" "'        hyps = [self.vocab.encode(results[r.key].words, add_specials=False) for r in self.val_records]\n        refs = _references(self.val_records, self.vocab, self.cfg.max_caption_len)\n        return 100 * float(CiderD(refs, len(self.vocab)).score_lists(hyps, range(len(hyps))).mean())'")" tests/test_scst.py -k "coco_captions"
+probe "COCO: every image of an official file in val" showattend/captioning/data.py "$(sub "'        split = coco_file_split(annotation_file)'" "'        split = \"val\"'")" tests/test_data.py -k "coco"
+probe "evaluate: images keyed by id" showattend/captioning/evaluate.py "$(sub "'    hyps = {r.key: results[r.key].text for r in records}'" "'    hyps = {r.image_id: results[r.key].text for r in records}'")" tests/test_evaluate.py
+probe "scoring: references not made one line" showattend/metrics.py "$(sub "'    gts = tok({k: [_one_line(r) for r in references[k]] for k in hypotheses})'" "'    gts = tok({k: list(references[k]) for k in hypotheses})'")" tests/test_evaluate.py
+probe "scoring: the tokenizer's lines not checked" showattend/metrics.py "$(sub "'    if out.pop(key, None) != [text] or'" "'    if False and out.pop(key, None) != [text] or'")" tests/test_evaluate.py
+probe "training captions longer than the limit kept" showattend/captioning/data.py "$(sub "'                if len(tokens) > max_len:'" "'                if False:'")" tests/test_data.py -k "image_row"
+probe "training pairs longer than the limit kept" showattend/translation/data.py "$(sub "'        elif max(len(s_ids), len(t_ids)) > max_len:'" "'        elif False:'")" tests/test_translation.py -k "dropped_not_cut"
+probe "translation: lowercased BLEU not lowercased" showattend/translation/train.py "$(sub "'sacrebleu.metrics.BLEU(lowercase=True)'" "'sacrebleu.metrics.BLEU()'")" tests/test_translation.py -k "three_forms"
+
 exit $SURVIVED

@@ -104,11 +104,11 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], lang: st
     for name, metric, h, r in (
             ("BLEU", sacrebleu.metrics.BLEU(), hyps, refs),
             ("BLEU_lc", sacrebleu.metrics.BLEU(lowercase=True), hyps, refs),
-            ("BLEU_tok_lc", sacrebleu.metrics.BLEU(tokenize="none", force=True), tokenised(hyps), tokenised(refs)),
+            ("BLEU_tok_lc", sacrebleu.metrics.BLEU(tokenize="none", lowercase=True, force=True), tokenised(hyps),
+             tokenised(refs)),
             ("chrF", sacrebleu.metrics.CHRF(), hyps, refs)):
         out[name] = round(metric.corpus_score(h, [r]).score, 2)
-        out[f"{name}_signature"] = str(metric.get_signature()) + ("|pre:moses-tok+lc" if name == "BLEU_tok_lc"
-                                                                   else "")
+        out[f"{name}_signature"] = str(metric.get_signature()) + ("|pre:moses-tok" if name == "BLEU_tok_lc" else "")
     return out
 
 
