@@ -23,6 +23,9 @@ def _gpu(monkeypatch, native: bool, emulated: bool = True):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_auto_chooses_bf16_only_where_it_is_native(monkeypatch, caplog, native):
+    from showattend.engine import config
+
+    monkeypatch.setattr(config, "_WARNED", set())  # the warning is once per process
     _gpu(monkeypatch, native)
     assert resolve_precision("auto", CUDA) == (torch.bfloat16 if native else None)
     assert resolve_precision("fp32", CUDA) is None
@@ -98,3 +101,24 @@ def test_ddp_broadcasts_buffers_only_where_training_changes_them():
     assert not buffers_trained(FineTuned(decoder, Encoder(), from_images=True))
     trained = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
     assert buffers_trained(trained) and not trained.training  # asked without changing the mode
+
+
+def test_a_mid_epoch_resume_needs_the_training_set_it_was_saved_with():
+    """A last.pt saved inside an epoch records the training set's size: another size (other data, or captions
+    that another version dropped or kept) would give that epoch other batches, so it is refused; at an epoch's end
+    it is not, and a checkpoint without the record is not."""
+    from dataclasses import asdict
+
+    from showattend.engine import EngineConfig, SettingsError, check_resume_settings
+
+    cfg = EngineConfig()
+    ckpt = {"train_config": asdict(cfg), "engine": {"pos": 3, "epoch": 2, "items": 100}}
+    assert check_resume_settings(ckpt, cfg, items=100) == {}
+    with pytest.raises(SettingsError, match="training set of 100 items; it now has 99"):
+        check_resume_settings(ckpt, cfg, items=99)
+    assert check_resume_settings({**ckpt, "engine": {"pos": 0, "epoch": 3, "items": 100}}, cfg, items=99) == {}
+    assert check_resume_settings({**ckpt, "engine": {"pos": 3, "epoch": 2}}, cfg, items=99) == {}
+    changed = check_resume_settings(ckpt, EngineConfig(lr=0.1, batch_size=64), items=100)
+    assert changed == {"lr": (cfg.lr, 0.1)}
+    with pytest.raises(SettingsError, match="--batch-size"):
+        check_resume_settings(ckpt, EngineConfig(batch_size=32), items=100)

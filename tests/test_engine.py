@@ -36,21 +36,24 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
                                                                 reason="no CUDA device"))]
 
 
-def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", **cfg):
-    """A CaptionTask over a synthetic feature cache (L=4, D=1280, the Lite0 size): 10 train images, 2 val."""
+def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", fine_tune_blocks=0, **cfg):
+    """A CaptionTask over a synthetic feature cache (L=4, D=1280, the Lite0 size; with ``fine_tune_blocks`` 1,
+    Lite0's trunk activations below its head, D=320): 10 train images, 2 val."""
     rng = np.random.default_rng(0)
     folder = tmp_path / "cache"
     folder.mkdir(exist_ok=True)
     keys = [f"{i}.jpg" for i in range(n_images)]
-    np.save(folder / "features.npy", rng.standard_normal((n_images, 4, 1280)).astype(np.float16))
+    D = 320 if fine_tune_blocks else 1280
+    np.save(folder / "features.npy", rng.standard_normal((n_images, 4, D)).astype(np.float16))
     (folder / "index.json").write_text(json.dumps({"encoder": "efficientnet_lite0", "image_size": 224,
-                                                   "keys": keys, "L": 4, "D": 1280}))
+                                                   "keys": keys, "L": 4, "D": D}))
     store = FeatureStore(str(folder))
     records = [CaptionRecord(k, "train" if i < n_images - 2 else "val",
                              [[str(w) for w in rng.choice(WORDS, size=2 + (i + j) % 5)] for j in range(3)])
                for i, k in enumerate(keys)]
     vocab = Vocab.build([t for r in records for t in r.tokens], 1)
-    model_cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=0.0, attention=attention)
+    model_cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=0.0, attention=attention,
+                            fine_tune_blocks=fine_tune_blocks)
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), batch_size=6, val_beam_size=1, progress=False,
                       device=device, **cfg)
     torch.manual_seed(0)
@@ -422,19 +425,17 @@ def test_optimizer_settings_given_on_resume_are_applied(tmp_path):
     assert trainer.scheduler.factor == ckpt["scheduler"]["factor"]
 
 
-def test_the_encoder_learning_rate_given_on_resume_reaches_its_group(tmp_path, monkeypatch):
-    """With a fine-tuned encoder the optimizer has two groups; --encoder-lr sets the second only."""
-    monkeypatch.setattr(CaptionTask, "lr_settings", lambda self: ["lr", "encoder_lr"])
-    real = CaptionTask.param_groups
-
-    def two_groups(self, lr):  # the decoder split in two groups, standing in for decoder + encoder top
-        params = list(self.decoder.parameters())
-        return [{"params": params[:3], "lr": lr}, {"params": params[3:], "lr": self.cfg.encoder_lr}]
-
-    monkeypatch.setattr(CaptionTask, "param_groups", two_groups)
-    trainer, _ = _resumed_trainer(tmp_path, toy_caption_task, encoder_lr=0.02)
+def test_the_encoder_learning_rate_given_on_resume_reaches_its_group(tmp_path):
+    """Fine-tuning the encoder's top block: the optimizer has the decoder's group and the block's; --encoder-lr
+    given on resume sets the second only, --lr the first only, --weight-decay both."""
+    make = lambda p: toy_caption_task(p, fine_tune_blocks=1)  # noqa: E731
+    trainer, ckpt = _resumed_trainer(tmp_path, make, encoder_lr=0.02, weight_decay=0.1)
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [TrainConfig.lr, 0.02]
-    monkeypatch.setattr(CaptionTask, "param_groups", real)
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.1, 0.1]
+    assert len(trainer.optimizer.param_groups[1]["params"]) > 0
+    (tmp_path / "b").mkdir()
+    trainer, _ = _resumed_trainer(tmp_path / "b", make, lr=0.03)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.03, TrainConfig.encoder_lr]
 
 
 def test_settings_that_cannot_change_on_resume_are_refused_with_exit_2(toy_images, tmp_path, capsys):

@@ -204,10 +204,10 @@ def test_the_reward_counts_end_as_a_word():
     vocab = Vocab(list(Vocab.specials) + ["a", "dog", "runs", "cat", "sits"])
     recs = [CaptionRecord("1.jpg", "train", [["a", "dog", "runs"], ["a", "dog"]]),
             CaptionRecord("2.jpg", "train", [["a", "cat", "sits"]])]
-    refs = _references(recs, vocab, 40, end=True)
+    refs = _references(recs, vocab, end=True)
     a, dog, runs = (vocab.encode([w], False)[0] for w in ("a", "dog", "runs"))
     end = vocab.end
-    assert refs[0] == [[a, dog, runs, end], [a, dog, end]] and _references(recs, vocab, 40)[0][0] == [a, dog, runs]
+    assert refs[0] == [[a, dog, runs, end], [a, dog, end]] and _references(recs, vocab)[0][0] == [a, dog, runs]
     # "a dog runs <end>" scores above the same words cut at the length limit, before <end> was drawn
     full, cut = CiderD(refs, len(vocab)).score_lists([[a, dog, runs, end], [a, dog, runs]], [0, 0]).tolist()
     assert full > cut > 0
@@ -263,10 +263,11 @@ def test_scst_validation_is_coco_captions_cider_on_words(tmp_path, monkeypatch):
                                                    "keys": keys, "L": 4, "D": 1280}))
     long = ["a", "dog"] + ["and", "a", "cat"] * 5  # 17 words
     records = [CaptionRecord("0.jpg", "train", [["a", "dog"], ["a", "cat"]]),
-               CaptionRecord("1.jpg", "train", [["a", "cat", "runs"], ["a", "dog"]]),
+               CaptionRecord("1.jpg", "train", [long]),  # only over-long references: the reward keeps them
                CaptionRecord("2.jpg", "val", [["a", "zebu", "grazes"], ["a", "dog", "runs"], long]),
                CaptionRecord("3.jpg", "val", [["a", "cat", "sits"], ["a", "cat"]])]
     vocab = Vocab.build([t for r in records[:2] for t in r.tokens], 1)  # no "zebu", "grazes", "sits"
+    assert "runs" not in vocab.itos
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), scst=True, init="x", max_caption_len=10, progress=False,
                       device="cpu")
     task = scst_module.SCSTTask(ModelConfig(embed_dim=8, hidden_dim=8, attention_dim=4), cfg, records[:2],
@@ -277,3 +278,20 @@ def test_scst_validation_is_coco_captions_cider_on_words(tmp_path, monkeypatch):
     gts = {r.key: [" ".join(t) for t in r.tokens] for r in records[2:]}
     expected = 100 * Cider().compute_score(gts, {k: [" ".join(v)] for k, v in hyps.items()})[0]
     assert task.validate() == pytest.approx(expected, rel=1e-9)
+
+
+def test_an_init_run_killed_in_its_first_epoch_resumes(toy_xe):
+    """The start's validation writes best.pt, and last.pt with it: a run killed before its first epoch ended
+    resumes (a folder with best.pt and no last.pt cannot)."""
+    import os
+    import subprocess
+    import sys
+
+    root, common = toy_xe
+    args = [sys.executable, "-m", "showattend", "train", *common, "--scst", "--init", str(root / "xe" / "last.pt"),
+            "--batch-size", "3", "--epochs", "1", "--out-dir", str(root / "killed")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SHOWATTEND_KILL_AT_STEP": "1"}
+    assert subprocess.run(args, env=env, capture_output=True).returncode == -9
+    assert (root / "killed" / "best.pt").exists() and (root / "killed" / "last.pt").exists()
+    assert main(["train", *common, "--out-dir", str(root / "killed"), "--resume"]) == 0
+    assert [json.loads(x)["epoch"] for x in open(root / "killed" / "metrics.jsonl")] == [1]

@@ -149,7 +149,8 @@ def load_coco(annotation_file: str, image_folder: str = "", karpathy_json: Optio
 class CaptionDataset(Dataset):
     """(annotation vectors, caption ids) pairs, one per reference caption.
 
-    Each image's features are read from the cache once per caption it appears with, never re-encoded. The
+    Each image's features are read from the cache once per caption it appears with (or, with ``read=False``,
+    once per batch by the collate function), never re-encoded. The
     captions are held in three numpy arrays (cache row per caption, all word ids end to end, offsets), not as
     Python objects: at COCO size (616,767 captions) a list of lists would take ~100 MB per process, and
     DataLoader workers would copy it page by page as reference counts change (copy-on-write).

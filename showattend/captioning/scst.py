@@ -79,12 +79,12 @@ class ImageBatch(NamedTuple):
     caption_lengths: Optional[List[int]] = None
 
 
-def _references(records: List[CaptionRecord], vocab: Vocab, max_len: int, end: bool = False) -> List[List[List[int]]]:
-    """Each record's references as ids (words, then ``<end>`` with ``end``), without those longer than ``max_len``
-    words (as in training: cut, they would end with ``<end>`` after a fragment)."""
+def _references(records: List[CaptionRecord], vocab: Vocab, end: bool = False) -> List[List[List[int]]]:
+    """Each record's references as ids (words, then ``<end>`` with ``end``), whole: CIDEr-D takes any length (a
+    reference cut at the training limit would end with ``<end>`` after a fragment, and dropping the long ones
+    could leave an image without references)."""
     tail = [vocab.end] if end else []
-    return [[vocab.encode(t, add_specials=False) + tail for t in r.tokens if t and len(t) <= max_len]
-            for r in records]
+    return [[vocab.encode(t, add_specials=False) + tail for t in r.tokens if t] for r in records]
 
 
 class SCSTTask(CaptionTask):
@@ -110,7 +110,7 @@ class SCSTTask(CaptionTask):
         for c, row in enumerate(self.references.rows.tolist()):
             by_row.setdefault(row, []).append(c)
         self.image_captions = [by_row.get(int(row), []) for row in self.dataset.rows]
-        self.cider = CiderD(_references(train_records, vocab, cfg.max_caption_len, cfg.scst_reward_end), len(vocab),
+        self.cider = CiderD(_references(train_records, vocab, cfg.scst_reward_end), len(vocab),
                             device=device)
         self.banned = self.captioner.banned_tokens()  # never drawn, as in decoding
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint, load_weights
-from ..engine import (DistInfo, EngineConfig, SettingsError, Trainer, check_out_dir, resolve_precision,
-                      setup_distributed)
+from ..engine import (DistInfo, EngineConfig, SettingsError, Trainer, check_out_dir, check_resume_settings,
+                      resolve_precision, setup_distributed)
 from ..vocab import Vocab
 from .cache import FeatureStore, ImageStore, build_feature_cache, cache_meta, find_cache
 from .data import CaptionRecord, load_coco, load_karpathy
@@ -285,9 +285,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     resolve_precision(cfg.precision, device)
     last = os.path.join(cfg.out_dir, "last.pt")
     ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=("config", "vocab", "model")) if resume else None
-    if ckpt is not None:
+    if ckpt is not None:  # settings that cannot change are refused here, before the data and cache work
         saved_cfg, _ = checkpoint_config(ckpt, last)
         check_same_model(model_cfg, saved_cfg, f"{last}", resume=True)
+        check_resume_settings(ckpt, cfg, SCSTTask if cfg.scst else CaptionTask)
         model_cfg = saved_cfg
     init = None
     if ckpt is None and cfg.init:

@@ -29,7 +29,7 @@ The package, by what each part does: :mod:`~showattend.engine.config` (settings,
 """
 from .config import PRECISIONS, RUN_FILES, EngineConfig, Precision, SettingsError, check_out_dir, resolve_precision
 from .distributed import DistInfo, main_process, setup_distributed, shard, to_device
-from .trainer import StepContext, Task, Trainer
+from .trainer import StepContext, Task, Trainer, check_resume_settings
 
-__all__ = ["SettingsError", "EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir", "DistInfo",
-           "setup_distributed", "main_process", "shard", "to_device", "StepContext", "Task", "Trainer"]
+__all__ = ["EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir", "DistInfo",
+           "SettingsError", "check_resume_settings", "setup_distributed", "main_process", "shard", "to_device", "StepContext", "Task", "Trainer"]

@@ -47,8 +47,8 @@ class EngineConfig:
         log_every: read the running losses from the device every N steps (progress bar and `steps.jsonl`).
         seed: random seed (weights, batch order, dropout, hard-attention samples).
         device: "auto" (cuda when available), "cpu" or "cuda".
-        precision: "auto" (bf16 on a CUDA device that supports it, else fp32), "fp32" or "bf16" (torch.autocast;
-            the CPU runs bf16 too, fast where it has AMX or AVX-512 bf16).
+        precision: "auto" (bf16 on a CUDA device that computes it natively, Ampere and later; else fp32), "fp32"
+            or "bf16" (torch.autocast; the CPU runs bf16 too, fast where it has AMX or AVX-512 bf16).
         compile: torch.compile the decoder step (needs a C++ compiler on the CPU, Triton on CUDA).
         num_workers: DataLoader worker processes (persistent across epochs).
         progress: tqdm progress bars.

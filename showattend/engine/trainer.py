@@ -24,7 +24,7 @@ from .state import Heartbeat, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StepContext", "Task", "Trainer", "buffers_trained"]
+__all__ = ["StepContext", "Task", "Trainer", "BATCH_SETTINGS", "check_resume_settings", "buffers_trained"]
 
 
 class StepContext(NamedTuple):
@@ -118,6 +118,54 @@ class Task:
         return ["lr"]
 
 
+#: the engine's settings that fix an epoch's batches: they may change between epochs, not inside one
+BATCH_SETTINGS = ("batch_size", "seed", "max_steps")
+
+
+def check_resume_settings(ckpt: Dict[str, Any], cfg: EngineConfig, task_cls: type = Task,
+                          items: Optional[int] = None) -> Dict[str, tuple]:
+    """The training settings of ``cfg`` that differ from those ``last.pt`` was saved with, checked before any
+    long work: a resumed run cannot change its task's :attr:`Task.fixed_settings` (they made the model or its
+    vocabulary), and inside an epoch neither the settings of its batches (:data:`BATCH_SETTINGS`) nor its data
+    (:attr:`Task.data_settings`).
+
+    Args:
+        ckpt: the ``last.pt`` dict; cfg: the settings of this start; task_cls: the task's class;
+        items: the training set's size now, when known (a checkpoint saved inside an epoch records it: a data
+            set of another size would give the epoch other batches).
+
+    Returns:
+        {setting: (saved value, value now)} of the changes, which the run applies.
+
+    Raises:
+        SettingsError: a refused change, naming the settings and why.
+    """
+    before = json.loads(json.dumps(ckpt.get("train_config", {})))  # tuples and lists compare equal as JSON
+    now = json.loads(json.dumps(asdict(cfg)))
+    changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
+
+    def options(names):
+        return ", ".join(f"--{k.replace('_', '-')} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in names)
+
+    fixed = sorted(k for k in changed if k in task_cls.fixed_settings)
+    if fixed:
+        raise SettingsError(f"--resume continues a run whose model and vocabulary these settings made; they cannot "
+                            f"change: {options(fixed)}. Start a new run (another --out-dir, or --init from its "
+                            f"best.pt) to change them")
+    engine = ckpt.get("engine") or {"pos": 0}
+    inside = sorted(k for k in changed if k in BATCH_SETTINGS + tuple(task_cls.data_settings))
+    if engine["pos"] and inside:
+        raise SettingsError(f"last.pt was saved inside epoch {engine['epoch']}: resuming there needs the same "
+                            f"batches and data, but these settings changed: {options(inside)}. Resume with them "
+                            f"as they were, and change them once the epoch has ended")
+    if engine["pos"] and items is not None and engine.get("items", items) != items:
+        raise SettingsError(f"last.pt was saved inside epoch {engine['epoch']} of a training set of "
+                            f"{engine['items']} items; it now has {items} (another version of the data, or of "
+                            f"showattend's reading of it), so the epoch's batches would differ. Resume with the "
+                            f"version that saved it, or resume from an epoch's end")
+    return changed
+
+
 def buffers_trained(model: torch.nn.Module) -> bool:
     """Whether a training step of ``model`` (in training mode) can change one of its buffers: a batch norm that
     tracks running statistics and is in training mode once ``model.train()`` has run."""
@@ -141,7 +189,8 @@ class Trainer:
             its score is the best to beat, and ``best.pt`` holds the starting weights until an epoch beats it.
 
     Raises:
-        ValueError: bad ``precision``.
+        ValueError: bad ``precision``. SettingsError: a setting changed on resume that cannot change (see
+            :func:`check_resume_settings`).
     """
 
     def __init__(self, task: Task, cfg: EngineConfig, dist_info: DistInfo, device: torch.device,
@@ -211,7 +260,7 @@ class Trainer:
             return
         engine = {"epoch": self.epoch, "pos": self.pos, "step": self.step_count, "epoch_sums": self.epoch_sums,
                   "epoch_steps": self.epoch_steps, "epoch_s": self.epoch_s, "spent_s": self.spent_s, "rng": rngs,
-                  "world": self.dist.world}
+                  "world": self.dist.world, "items": len(self.task.dataset)}
         save_checkpoint(self.last_path, {**self.task.payload(), **self._meta(), "engine": engine,
                                          "optimizer": self.optimizer.state_dict(),
                                          "scheduler": self.scheduler.state_dict(),
@@ -224,11 +273,11 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.task.load_state_dict(ckpt.get("task_state", {}))
         self.best, self.bad, self.history = ckpt["best_score"], ckpt["bad_epochs"], ckpt["history"]
+        self._apply_changed_settings(ckpt)
         e = ckpt.get("engine")
         if e is None:  # a checkpoint from before the engine: resume at the next epoch
             self.epoch = ckpt["epoch"] + 1
             return
-        self._apply_changed_settings(ckpt.get("train_config", {}), e)
         self.epoch, self.pos, self.step_count = e["epoch"], e["pos"], e["step"]
         self.epoch_sums, self.epoch_steps, self.epoch_s = dict(e["epoch_sums"]), e["epoch_steps"], e["epoch_s"]
         lost = Heartbeat.lost_seconds(self.cfg.out_dir, e["spent_s"], e["step"])
@@ -243,39 +292,22 @@ class Trainer:
             log.warning(f"resuming {len(rngs)} processes' run with {self.dist.world}: the dropout streams differ "
                         f"from an uninterrupted run")
 
-    #: the engine's settings that fix an epoch's batches: they may change between epochs, not inside one
-    BATCH_SETTINGS = ("batch_size", "seed", "max_steps")
-
-    def _apply_changed_settings(self, saved: Dict[str, Any], engine: Dict[str, Any]) -> None:
+    def _apply_changed_settings(self, ckpt: Dict[str, Any]) -> None:
         """The settings given on ``--resume`` that differ from the run's are applied, and so recorded in
-        ``config.json`` and the checkpoints, or refused: never reported and ignored.
-
-        Applied: the learning rates, ``weight_decay`` and ``lr_decay`` (into the optimizer's and scheduler's
-        state that last.pt restored); every other setting is read where it is used (epochs, budgets, clipping,
-        loss weights, validation, devices, logging). Refused: the task's :attr:`Task.fixed_settings` always, and
-        inside an epoch the settings of its batches (:attr:`BATCH_SETTINGS`) and data (:attr:`Task.data_settings`).
+        ``config.json`` and the checkpoints, or refused (:func:`check_resume_settings`): never reported and
+        ignored. Applied here: the learning rates, ``weight_decay`` and ``lr_decay``, into the optimizer's and
+        scheduler's state that last.pt restored; every other setting is read where it is used (epochs, budgets,
+        clipping, loss weights, validation, devices, logging).
 
         Raises:
-            SettingsError: a refused change, naming the settings and why.
+            SettingsError: a refused change (see :func:`check_resume_settings`).
         """
-        before = json.loads(json.dumps(saved))  # tuples and lists compare equal as JSON
-        now = json.loads(json.dumps(asdict(self.cfg)))
-        changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
-
-        def options(names):
-            return ", ".join(f"--{k.replace('_', '-')} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in names)
-
-        fixed = sorted(k for k in changed if k in self.task.fixed_settings)
-        if fixed:
-            raise SettingsError(f"--resume continues a run whose model and vocabulary these settings made; they "
-                                f"cannot change: {options(fixed)}. Start a new run (another --out-dir, or --init "
-                                f"from its best.pt) to change them")
-        inside = sorted(k for k in changed if k in self.BATCH_SETTINGS + tuple(self.task.data_settings))
-        if engine["pos"] and inside:
-            raise SettingsError(f"last.pt was saved inside epoch {engine['epoch']}: resuming there needs the same "
-                                f"batches and data, but these settings changed: {options(inside)}. Resume with "
-                                f"them as they were, and change them once the epoch has ended")
-        for group, setting in zip(self.optimizer.param_groups, self.task.lr_settings()):
+        changed = check_resume_settings(ckpt, self.cfg, type(self.task), len(self.task.dataset))
+        lrs = self.task.lr_settings()
+        if len(lrs) != len(self.optimizer.param_groups):
+            raise RuntimeError(f"{type(self.task).__name__}.lr_settings() names {len(lrs)} settings for "
+                               f"{len(self.optimizer.param_groups)} parameter groups")
+        for group, setting in zip(self.optimizer.param_groups, lrs):
             if setting in changed:
                 group["lr"] = getattr(self.cfg, setting)
             if "weight_decay" in changed:
@@ -433,6 +465,7 @@ class Trainer:
             log.info(f"the starting model's validation {self.task.score_key}: {self.best:.2f} (best.pt holds it "
                      f"until an epoch beats it)")
             save_checkpoint(self.best_path, {**self.task.payload(), **self._meta()})
+        self._save_last()  # a run killed in its first epoch resumes (a folder with best.pt needs last.pt)
 
     def _end_epoch(self, items: int) -> None:
         """Validate, decide (best, early stopping, learning rate), write checkpoints and logs; ``items`` is the

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, load_weights
 from ..runs import atomic_write_text
-from ..engine import (EngineConfig, SettingsError, StepContext, Task, Trainer, check_out_dir, resolve_precision,
-                      setup_distributed)
+from ..engine import (EngineConfig, SettingsError, StepContext, Task, Trainer, check_out_dir, check_resume_settings,
+                      resolve_precision, setup_distributed)
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
 from .model import Seq2Seq, TranslatorConfig
 from .translator import CHECKPOINT_KIND, REQUIRED, Translator, checkpoint_parts
@@ -194,12 +194,14 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
     resume = check_out_dir(cfg.out_dir, resume, overwrite)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
+    last = os.path.join(cfg.out_dir, "last.pt")
+    ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=REQUIRED) if resume else None
+    if ckpt is not None:  # settings that cannot change are refused before the data is read
+        check_resume_settings(ckpt, cfg, TranslationTask)
     tr_src, tr_tgt = read_parallel(find_split(cfg.data, cfg.train_split, cfg.src),
                                    find_split(cfg.data, cfg.train_split, cfg.tgt))
     va_src, va_tgt = read_parallel(find_split(cfg.data, cfg.val_split, cfg.src),
                                    find_split(cfg.data, cfg.val_split, cfg.tgt))
-    last = os.path.join(cfg.out_dir, "last.pt")
-    ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=REQUIRED) if resume else None
     if ckpt is not None:
         saved_cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, last)
         derived = ("src_vocab_size", "tgt_vocab_size")  # set from the subword models, not options
