@@ -100,3 +100,32 @@ def test_local_weights_file_is_loaded(tmp_path):
     torch.save(full.state_dict(), tmp_path / "r101.pth")
     enc = Encoder("resnet101", weights=str(tmp_path / "r101.pth"))
     assert torch.equal(enc.net[0].weight, full.conv1.weight)
+
+
+@pytest.mark.parametrize("name,sizes", [("efficientnet_lite0", (224, 96, 65)), ("efficientnet_lite2", (260, 224, 97))])
+@pytest.mark.parametrize("n", [0, 1])
+def test_the_folded_trunk_gives_the_networks_annotation_vectors(name, sizes, n):
+    """The folded trunk (batch norms in the convolutions, channels-last) against the network's own modules, at the
+    native size, another even size and an odd one (where the static "SAME" padding of the native size applies):
+    equal within 1e-4 of the largest activation, fp32."""
+    torch.manual_seed(0)
+    enc = Encoder(name, fine_tune_blocks=n)
+    assert enc._folded is not None
+    for size in sizes:
+        x = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            fast, plain = enc.trunk(x), enc.trunk(x, folded=False)
+        assert fast.shape == plain.shape and fast.is_contiguous()
+        assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max(), (size, (fast - plain).abs().max())
+
+
+def test_the_folded_trunk_follows_loaded_weights():
+    """Loading other trunk weights (load_state_dict writes them in place) folds the trunk again."""
+    torch.manual_seed(0)
+    enc, other = Encoder(pretrained=False), Encoder(pretrained=False)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        before = enc.trunk(x)
+        enc.net.load_state_dict(other.net.state_dict())
+        after, expected = enc.trunk(x), other.trunk(x, folded=False)
+    assert not torch.allclose(before, after) and torch.allclose(after, expected, rtol=1e-4, atol=1e-4)

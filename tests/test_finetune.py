@@ -17,7 +17,9 @@ def test_trunk_then_top_is_the_whole_encoder(n):
     frozen, tuned = Encoder(), Encoder(fine_tune_blocks=n)
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
-        assert torch.equal(frozen(x), tuned.top(tuned.trunk(x)))
+        assert torch.equal(frozen.trunk(x, folded=False), tuned.top(tuned.trunk(x, folded=False)))  # the modules
+        whole, split = frozen(x), tuned.top(tuned.trunk(x))  # folded trunks of different lengths: fp32 rounding
+        assert (whole - split).abs().max() <= 1e-4 * whole.abs().max()
     assert tuned.trunk(x).shape[1:] == ((9, 320) if n == 1 else (9, 192))  # the input of the head / block 15
     assert frozen.fingerprint() != tuned.fingerprint() != Encoder(fine_tune_blocks=3 - n).fingerprint()
 
