@@ -308,3 +308,23 @@ def test_bundled_model_captions_sample_photos(tmp_path, capsys):
         words = line.split("\t")[1].split()
         assert 2 <= len(words) <= 20 and set(words) <= vocab
     assert len(list(tmp_path.glob("*_attention.png"))) == len(photos)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_caption_stream_keeps_the_order_and_a_bad_file_drops_only_itself(tmp_path, num_workers):
+    """Images read in worker processes, batches of 2: results come in the input order, a broken file yields its
+    error in its place, and each caption equals captioning that image alone."""
+    cap = _tiny_captioner()
+    paths = []
+    for i, colour in enumerate([(200, 30, 30), None, (30, 200, 30), (30, 30, 200), (90, 90, 90)]):
+        p = tmp_path / f"{i}.jpg"
+        if colour is None:
+            p.write_bytes(b"not a jpeg")
+        else:
+            Image.new("RGB", (40 + 7 * i, 30), colour).save(p)
+        paths.append(str(p))
+    out = list(cap.caption_stream(paths, batch_size=2, num_workers=num_workers, beam_size=2, max_len=5))
+    assert [p for p, _ in out] == paths
+    assert isinstance(out[1][1], str) and "1.jpg" in out[1][1]
+    for p, r in out[:1] + out[2:]:
+        assert r.words == cap.caption(p, beam_size=2, max_len=5)[0].words

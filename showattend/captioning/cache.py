@@ -407,7 +407,8 @@ def build_feature_cache(encoder, image_folder: str, keys: Sequence[str], out_fol
     row = done
     kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_CACHE_ROW", "0"))  # fault injection for the fault tests
     for images in loader:
-        feats = encoder.trunk(images.to(device))  # (b, L, D); a fine-tuned encoder's trunk activations
+        with torch.no_grad():
+            feats = encoder.trunk(images.to(device))  # (b, L, D); a fine-tuned encoder's trunk activations
         arr[row:row + len(feats)] = feats.cpu().numpy().astype(np.float16)
         row += len(feats)
         arr.flush()

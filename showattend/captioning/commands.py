@@ -225,22 +225,20 @@ class Caption:
         errors, items = {}, []
         several = len(sources) > 1 or sources != self.images
         bar = tqdm(total=len(sources), desc="captioning", unit="img", disable=None, leave=False)
-        for i in range(0, len(sources), self.batch_size):  # read lazily, a batch at a time
-            chunk = sources[i:i + self.batch_size]
-            results, failed = cap.caption_files(chunk, beam_size=d.beam_size, max_len=d.max_len,
-                                                length_penalty=d.length_penalty, attention=d.attention,
-                                                samples=d.samples, precision=d.precision)
-            errors.update(failed)
-            for source in chunk:
-                if source in results:
-                    self._emit(source, results[source], several, cap)
-                    if self.html:
-                        from .overlay import report_item
+        # images read and decoded in worker processes while the batch before is encoded and captioned
+        for source, result in cap.caption_stream(sources, batch_size=self.batch_size, beam_size=d.beam_size,
+                                                 max_len=d.max_len, length_penalty=d.length_penalty,
+                                                 attention=d.attention, samples=d.samples, precision=d.precision):
+            if isinstance(result, str):
+                errors[source] = result
+                log.error(f"error: {result}")
+            else:
+                self._emit(source, result, several, cap)
+                if self.html:
+                    from .overlay import report_item
 
-                        items.append(report_item(source, source, results[source]))
-                else:
-                    log.error(f"error: {failed[source]}")
-            bar.update(len(chunk))
+                    items.append(report_item(source, source, result))
+            bar.update(1)
         bar.close()
         for msg in arg_errors.values():  # folders and patterns holding no image
             log.error(f"error: {msg}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar, List, Literal, Optional, Sequence, Union
+from typing import ClassVar, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -136,6 +136,22 @@ class CaptionResult:
     @property
     def text(self) -> str:
         return " ".join(self.words)
+
+
+class _ImageReads(torch.utils.data.Dataset):
+    """(path, (3, size, size) image) for each path, or (path, error message) for one that cannot be read."""
+
+    def __init__(self, paths: List[str], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.paths[i], load_image(self.paths[i], self.size)
+        except ImageError as err:
+            return self.paths[i], str(err)
 
 
 def build_decoder(config: ModelConfig, vocab_size: int) -> Decoder:
@@ -308,6 +324,7 @@ class Captioner:
         return out
 
     @torch.no_grad()
+    @torch.no_grad()
     def encode(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """Images (any :data:`~showattend.captioning.images.ImageSource`: paths, URLs, PIL images, arrays,
         tensors) -> (B, L, D) annotation vectors."""
@@ -336,12 +353,38 @@ class Captioner:
         return results
 
     def caption_files(self, paths: Sequence[str], **kwargs):
-        """Caption each readable file; return (results by path, errors by path) without stopping at a bad file."""
-        good, errors = [], {}
-        for p in paths:
-            try:
-                good.append((p, load_image(p, self.config.image_size)))
-            except ImageError as err:
-                errors[p] = str(err)
-        results = self.caption([t for _, t in good], **kwargs) if good else []
-        return {p: r for (p, _), r in zip(good, results)}, errors
+        """Caption each readable file; return (results by path, errors by path) without stopping at a bad file.
+        Arguments as for :meth:`caption_stream`."""
+        results, errors = {}, {}
+        for p, r in self.caption_stream(paths, **kwargs):
+            (results if isinstance(r, CaptionResult) else errors)[p] = r
+        return results, errors
+
+    def caption_stream(self, paths: Sequence[str], batch_size: int = 32, num_workers: Optional[int] = None,
+                       **kwargs) -> Iterator[Tuple[str, Union[CaptionResult, str]]]:
+        """Caption files (or URLs) as they are read: worker processes read and decode the images (Pillow) while
+        the encoder and the search run on the batch before, a few batches ahead at most. Yields each path with its
+        :class:`CaptionResult`, or with the error message of an image that cannot be read (it drops itself
+        only), in the input order.
+
+        Args:
+            paths: image files or URLs. batch_size: images encoded and decoded at once.
+            num_workers: reading processes; None: one for each CPU core but one (at least 1, at most 4), none
+                for a single image.
+            kwargs: decoding options of :meth:`decode`.
+        """
+        from torch.utils.data import DataLoader
+
+        if num_workers is None:
+            num_workers = 0 if len(paths) < 2 else min(4, max(1, (os.cpu_count() or 1) - 1))
+        loader = DataLoader(_ImageReads(list(paths), self.config.image_size), batch_size=batch_size,
+                            num_workers=num_workers, collate_fn=list,
+                            prefetch_factor=2 if num_workers else None)
+        for batch in loader:  # [(path, (3, H, W) tensor or an error message)], in order
+            good = [(p, x) for p, x in batch if isinstance(x, torch.Tensor)]
+            if good:
+                with torch.no_grad():
+                    feats = self.encoder(torch.stack([x for _, x in good]).to(self.device))
+                results = dict(zip([p for p, _ in good], self.decode(feats, **kwargs)))
+            for p, x in batch:
+                yield p, results[p] if isinstance(x, torch.Tensor) else x
