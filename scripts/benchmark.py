@@ -19,7 +19,16 @@ Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 
     except where one input needs no gradient (the key projection U a_i, h_0 and c_0 of the mean annotation
     vector, and the context read Σ_i α_i a_i: the annotation vectors are inputs), elementwise work not counted.
     ``tests/test_benchmark.py`` checks the count against ``torch.utils.flop_counter``.
-* **encoder**: frozen EfficientNet-Lite0 images/s (batch 32, 224 px).
+* **encoder**: the frozen encoders, EfficientNet-Lite0 at 224 px and Lite2 at 260 px, batch 32, in images/s:
+  ``plain``, the PyPI model's own ``extract_features`` run eagerly; ``folded``, showattend's trunk (batch norms
+  folded into the convolutions, channels-last; the annotation vectors within 1e-5 relative); ``folded_bf16``,
+  the same under bf16 autocast (its largest relative deviation is reported). The variants alternate round by
+  round. GFLOP per image from ``torch.utils.flop_counter`` (a multiply-add counts 2), and the folded trunk's
+  share of the fp32 2048×2048 matrix product's speed. With ``../shared/data/flickr8k`` present, also end to end
+  on 100 Flickr8k photos: ``caption`` (the bundled captioner: read, encode, beam 3) as it was (images read one
+  by one in the process, the plain encoder) and as it is (read in a worker process while the batch before is
+  encoded, the folded encoder), the encoder's own time on the same images, and the feature-cache build of the
+  same 100 images before and after.
 * **decode**: images/s of beam 3 (and greedy), 50 images per batch, 13 steps, at each grid of ``--shapes``:
   - ``anchor_per_image``: the per-image loop of the most used public implementation (sgrvinod's tutorial),
     driving showattend's decoder step (``scripts/decode_baselines.py``);
@@ -181,12 +190,101 @@ def bench_train(device, sync, out, repeat: int, shapes):
                                             for p in ("fp32", "bf16")}
 
 
+def bench_encoder(device, sync, out, rounds: int = 3):
+    """The encoder section (see the module docstring)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    peak = matmul_peaks(device, sync, out)["fp32"]
+    for name, size in (("efficientnet_lite0", 224), ("efficientnet_lite2", 260)):
+        enc = Encoder(name).to(device).eval()
+        images = torch.rand(32, 3, size, size, device=device)
+        normed = (images - enc.mean) / enc.std
+
+        def bf16():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return enc.trunk(images)
+
+        variants = {"plain": lambda: enc.net.extract_features(normed), "folded": lambda: enc.trunk(images),
+                    "folded_bf16": bf16}
+        times = {k: 0.0 for k in variants}
+        with torch.no_grad():
+            ref = enc.trunk(images, folded=False)
+            dev16 = float((bf16().float() - ref).abs().max() / ref.abs().max())
+            for f in variants.values():  # warm-up
+                f()
+            for _ in range(rounds):
+                for k, f in variants.items():
+                    times[k] += timed(f, 1, warmup=0, sync=sync)
+            with FlopCounterMode(display=False) as fc:
+                enc.trunk(images[:1])
+        gflop = fc.get_total_flops() / 1e9
+        ips = {k: round(32 * rounds / t, 1) for k, t in times.items()}
+        out[f"encoder_{name}"] = {"image_size": size, "images_per_s": ips,
+                                  "folded_vs_plain": round(ips["folded"] / ips["plain"], 2),
+                                  "bf16_vs_plain": round(ips["folded_bf16"] / ips["plain"], 2),
+                                  "bf16_max_rel_deviation": round(dev16, 4), "gflop_per_image": round(gflop, 3),
+                                  "folded_share_of_fp32_matmul_peak": round(ips["folded"] * gflop / peak, 3)}
+    bench_end_to_end(device, out)
+
+
+def bench_end_to_end(device, out, n: int = 100):
+    """``caption`` on n Flickr8k photos and the feature-cache build of the same photos, as they were and as they
+    are (skipped without ../shared/data/flickr8k)."""
+    import shutil
+    import tempfile
+
+    from showattend.captioning.cache import build_feature_cache
+    from showattend.captioning.images import load_image
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                          "flickr8k", "images")
+    if not os.path.isdir(folder):
+        out["end_to_end"] = "skipped: no ../shared/data/flickr8k/images"
+        return
+    names = sorted(os.listdir(folder))[:n]
+    paths = [os.path.join(folder, f) for f in names]
+    cap = Captioner.from_pretrained("flickr8k-lite2-soft", device=device)
+    enc, size = cap.encoder, cap.config.image_size
+    folded = enc._folded
+    res = {}
+
+    def caption_before():  # as it was: read every image in the process, then the plain encoder, batches of 16
+        enc._folded = None
+        try:
+            good = [load_image(p, size) for p in paths]
+            for i in range(0, n, 16):
+                with torch.no_grad():
+                    cap.decode(enc(torch.stack(good[i:i + 16]).to(device)), beam_size=3)
+        finally:
+            enc._folded = folded
+
+    def caption_after():
+        for _ in cap.caption_stream(paths, batch_size=16, beam_size=3):
+            pass
+
+    batch = torch.stack([load_image(p, size) for p in paths]).to(device)
+    with torch.no_grad():
+        res["encoder_only_s"] = round(timed(lambda: [enc(batch[i:i + 16]) for i in range(0, n, 16)], 1), 2)
+    res["caption_before_s"] = round(timed(caption_before, 1, warmup=0), 2)
+    res["caption_after_s"] = round(timed(caption_after, 1, warmup=0), 2)
+    res["caption_after_vs_encoder_only"] = round(res["caption_after_s"] / res["encoder_only_s"], 2)
+    tmp = tempfile.mkdtemp()
+    try:
+        for when in ("before", "after"):
+            enc._folded = None if when == "before" else folded
+            t0 = time.perf_counter()
+            build_feature_cache(enc, folder, names, os.path.join(tmp, when), batch_size=32, num_workers=1,
+                                device=str(device), progress=False, image_size=size)
+            res[f"cache_build_{when}_images_per_s"] = round(n / (time.perf_counter() - t0), 1)
+    finally:
+        enc._folded = folded
+        shutil.rmtree(tmp)
+    out[f"end_to_end_{n}_flickr8k_photos"] = res
+
+
 def bench_other(device, sync, out, sections):
     if "encoder" in sections:
-        enc = Encoder("efficientnet_lite0").to(device).eval()
-        images = torch.rand(32, 3, 224, 224, device=device)
-        with torch.no_grad():
-            out["encoder_images_per_s"] = round(32 / timed(lambda: enc(images), 3, sync=sync), 1)
+        bench_encoder(device, sync, out)
     dec = Decoder(V, 1280).to(device)
     if "attention" in sections:  # key projection once per image vs at every step (20 steps, 150 rows)
         att = dec.attention
