@@ -224,10 +224,10 @@ def bench_encoder(device, sync, out, rounds: int = 3):
                                   "bf16_vs_plain": round(ips["folded_bf16"] / ips["plain"], 2),
                                   "bf16_max_rel_deviation": round(dev16, 4), "gflop_per_image": round(gflop, 3),
                                   "folded_share_of_fp32_matmul_peak": round(ips["folded"] * gflop / peak, 3)}
-    bench_end_to_end(device, out)
+    bench_end_to_end(device, out, sync)
 
 
-def bench_end_to_end(device, out, n: int = 100):
+def bench_end_to_end(device, out, sync, n: int = 100):
     """``caption`` on n Flickr8k photos and the feature-cache build of the same photos, as they were and as they
     are (skipped without ../shared/data/flickr8k)."""
     import shutil
@@ -264,7 +264,8 @@ def bench_end_to_end(device, out, n: int = 100):
 
     batch = torch.stack([load_image(p, size) for p in paths]).to(device)
     with torch.no_grad():
-        res["encoder_only_s"] = round(timed(lambda: [enc(batch[i:i + 16]) for i in range(0, n, 16)], 1), 2)
+        res["encoder_only_s"] = round(timed(lambda: [enc(batch[i:i + 16]) for i in range(0, n, 16)], 1,
+                                            sync=sync), 2)
     res["caption_before_s"] = round(timed(caption_before, 1, warmup=0), 2)
     res["caption_after_s"] = round(timed(caption_after, 1, warmup=0), 2)
     res["caption_after_vs_encoder_only"] = round(res["caption_after_s"] / res["encoder_only_s"], 2)
