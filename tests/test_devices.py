@@ -122,3 +122,22 @@ def test_a_mid_epoch_resume_needs_the_training_set_it_was_saved_with():
     assert changed == {"lr": (cfg.lr, 0.1)}
     with pytest.raises(SettingsError, match="--batch-size"):
         check_resume_settings(ckpt, EngineConfig(batch_size=32), items=100)
+
+
+def test_a_short_batch_is_skipped_without_moving_the_positions_of_the_others():
+    """Translation's bucketing can put a batch smaller than the world size mid-epoch. Two processes skip it, one
+    trains it; either way position p is the same batch, so a run saved at a position under one world size
+    resumes there under another, training the same items (the skip is the only difference)."""
+    from showattend.engine.distributed import runnable_batches, shard
+
+    batches = [[0, 1, 2, 3], [4], [5, 6, 7], [8, 9]]
+    two, skipped = runnable_batches(batches, 0, 2)
+    assert [i for i, _ in two] == [0, 2, 3] and skipped == [(1, [4])]
+    one, none = runnable_batches(batches, 0, 1)
+    assert [i for i, _ in one] == [0, 1, 2, 3] and none == []
+    # saved after position 1 by one process (pos 2), resumed by two: the items not yet trained, nothing twice
+    resumed, _ = runnable_batches(batches, 2, 2)
+    assert [b for _, b in resumed] == [[5, 6, 7], [8, 9]]
+    # and every item of a trained batch reaches exactly one process
+    for _, b in two:
+        assert sorted(i for r in range(2) for i, _ in shard(b, r, 2)) == sorted(b)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..runs import resolve_device
 
-__all__ = ["DistInfo", "setup_distributed", "main_process", "shard", "to_device"]
+__all__ = ["DistInfo", "setup_distributed", "main_process", "runnable_batches", "shard", "to_device"]
 
 
 def main_process() -> bool:
@@ -90,6 +90,21 @@ class _LocalBatches(Sampler):
 
     def __len__(self):
         return len(self.batches)
+
+
+def runnable_batches(batches: Sequence[Sequence[int]], pos: int, world: int
+                     ) -> Tuple[List[Tuple[int, Sequence[int]]], List[Tuple[int, Sequence[int]]]]:
+    """The global batches an epoch trains from position ``pos`` on, with their positions, and those it skips.
+
+    Positions index ``batches`` as the task made them, whatever the world size, so that a run saved at a
+    position resumes there under another number of processes. A batch with fewer items than ``world`` (a
+    process would get none) is skipped, not dropped from the list: dropping it shifted every later position.
+
+    Returns:
+        ([(position, batch)] to train, [(position, batch)] skipped from ``pos`` on).
+    """
+    todo = [(i, b) for i, b in enumerate(batches) if i >= pos]
+    return [(i, b) for i, b in todo if len(b) >= world], [(i, b) for i, b in todo if len(b) < world]
 
 
 def shard(batch: Sequence[int], rank: int, world: int) -> List[tuple]:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoint import save_checkpoint
 from ..runs import atomic_write_text, plot_curves, write_metrics
 from .config import EngineConfig, SettingsError, resolve_precision
-from .distributed import DistInfo, _LocalBatches, _Positioned, shard, to_device
+from .distributed import DistInfo, _LocalBatches, _Positioned, runnable_batches, shard, to_device
 from .state import Heartbeat, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -408,20 +408,24 @@ class Trainer:
                                  f"epoch would pass the {cfg.max_minutes:g}-minute budget")
                     break
             global_batches = task.epoch_batches(self.epoch)
-            if self.dist.world > 1:  # every process needs at least one item
-                global_batches = [b for b in global_batches if len(b) >= self.dist.world]
             if cfg.max_steps:
                 global_batches = global_batches[: cfg.max_steps]
-            todo = global_batches[self.pos:]
-            self.sampler.batches = [shard(b, self.dist.rank, self.dist.world) for b in todo]
+            # positions index the epoch's batches as they are for every world size; a batch with fewer items
+            # than processes (every process needs one) is skipped, and said so
+            todo, skipped = runnable_batches(global_batches, self.pos, self.dist.world)
+            if skipped and self.dist.main:
+                log.warning(f"epoch {self.epoch}: {len(skipped)} batch(es) with fewer items than the "
+                            f"{self.dist.world} processes are not trained ({sum(len(b) for _, b in skipped)} items; "
+                            f"positions {', '.join(str(i) for i, _ in skipped)})")
+            self.sampler.batches = [shard(b, self.dist.rank, self.dist.world) for _, b in todo]
             self.ddp.train()
             bar = tqdm(total=len(global_batches), initial=self.pos, desc=f"epoch {self.epoch}",
                        disable=True if not (cfg.progress and self.dist.main) else None, leave=False)  # None: off
             # when stderr is not a terminal
-            for batch, gb in zip(self.loader, todo):
+            for batch, (at, gb) in zip(self.loader, todo):
                 ctx = StepContext(self.step_count, sum(task.words(i) for i in gb), len(gb), self.dist.world)
                 self.step(batch, ctx)
-                self.step_count, self.pos = self.step_count + 1, self.pos + 1
+                self.step_count, self.pos = self.step_count + 1, at + 1
                 now = time.time()
                 self.epoch_s, self.spent_s, t_mark = self.epoch_s + now - t_mark, self.spent_s + now - t_mark, now
                 bar.update(1)
@@ -442,7 +446,7 @@ class Trainer:
             summary = self._flush()
             if summary is not None and self.step_count % cfg.log_every:
                 self._log_steps(summary)
-            self._end_epoch(sum(len(b) for b in global_batches))
+            self._end_epoch(sum(len(b) for b in global_batches if len(b) >= self.dist.world))
             ran, t_mark = True, time.time()
         if self.beat is not None and os.path.exists(self.beat.path):
             os.remove(self.beat.path)
