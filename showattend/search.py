@@ -329,7 +329,8 @@ def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
 @torch.no_grad()
 def sample_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[torch.Tensor], bos: int, eos: int,
                   max_len: int = 20, samples: int = 1, greedy: bool = False,
-                  generator: Optional[torch.Generator] = None, sync_every: int = 4
+                  generator: Optional[torch.Generator] = None, sync_every: int = 4,
+                  rows: Optional[torch.Tensor] = None, total_rows: Optional[int] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Draw sequences from the model, y_t ~ p(y_t | y_<t, x), or take the argmax (``greedy``), for a batch,
     on the device: the sampling of self-critical sequence training (Rennie et al. 2017).
@@ -344,6 +345,12 @@ def sample_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
         greedy: argmax instead of sampling (then ``samples`` is usually 1).
         generator: the random stream of the draws (None: the global one).
         sync_every: steps between the checks whether every sequence has ended (the results do not depend on it).
+        rows: (B·k,) long, each sequence's row among ``total_rows`` (e.g. its place in a global batch split over
+            processes): at each step the uniforms of all ``total_rows`` rows are drawn and each sequence takes
+            its row's, so its draws do not depend on which process or batch holds it. None: rows 0 .. B·k − 1.
+
+    Sampling is Gumbel-max on the device: y_t = argmax_v (log p_v + g_v), g_v = −log(−log u_v), u ~ U[0, 1),
+    which draws y_t from p exactly (tokens with p = 0 never), without a host read.
 
     Returns:
         tokens (B·k, T) long, the drawn tokens (``<end>`` included when drawn, then ``eos`` as padding), T ≤
@@ -359,7 +366,10 @@ def sample_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
         if greedy:
             tokens = log_probs.argmax(dim=-1)
         else:
-            tokens = torch.multinomial(log_probs.float().exp(), 1, generator=generator).squeeze(1)
+            u = torch.rand(total_rows or N, log_probs.size(-1), generator=generator, device=tokens.device)
+            if rows is not None:
+                u = u[rows]
+            tokens = (log_probs.float() - torch.log(-torch.log(u))).argmax(dim=-1)  # Gumbel-max
         tokens = torch.where(alive, tokens, eos)
         lengths += alive
         out.append(tokens)

@@ -295,3 +295,27 @@ def test_an_init_run_killed_in_its_first_epoch_resumes(toy_xe):
     assert (root / "killed" / "best.pt").exists() and (root / "killed" / "last.pt").exists()
     assert main(["train", *common, "--out-dir", str(root / "killed"), "--resume"]) == 0
     assert [json.loads(x)["epoch"] for x in open(root / "killed" / "metrics.jsonl")] == [1]
+
+
+def test_a_samples_draws_follow_its_place_in_the_global_batch_not_its_process():
+    """The engine's sharding splits a global batch of 5 images over 2 processes; each process samples its share
+    with rows = global position·k + j: together they draw exactly the sequences one process draws for all 5
+    (with the old per-process seeding, images at the same local position shared their draws)."""
+    from showattend.engine.distributed import shard
+
+    k, B = 3, 5
+    whole, _ = sample_table(TableModel(6, seed=2, eos_prob=0.2), B=B, samples=k, max_len=8,
+                            generator=torch.Generator().manual_seed(7))
+    parts = []
+    for rank in range(2):
+        positions = torch.tensor([p for _, p in shard(list(range(B)), rank, 2)])
+        rows = (positions * k).repeat_interleave(k) + torch.arange(k).repeat(len(positions))
+        m = TableModel(6, seed=2, eos_prob=0.2)
+        m.prefixes, m.codes, m.calls = [()], {(): 0}, 0
+        tokens, _ = sample_search(m.step, (torch.zeros(len(positions), dtype=torch.long),), (positions,), BOS, EOS,
+                                  max_len=8, samples=k, generator=torch.Generator().manual_seed(7), rows=rows,
+                                  total_rows=B * k)
+        parts.append(tokens)
+    T = max(p.size(1) for p in parts + [whole])
+    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.size(1)), value=EOS)  # noqa: E731
+    assert torch.equal(torch.cat([pad(p) for p in parts]), pad(whole))

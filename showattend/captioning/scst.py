@@ -70,13 +70,16 @@ class ImageBatch(NamedTuple):
     """A batch of SCST: features (B, L, D) float16 (trunk activations when fine-tuning, images with
     ``--from-images``), and image (B,) long, each image's index among the training images (its references).
     With ``--scst-xe-weight``, also the images' reference captions: captions (R, T) padded, sorted by decreasing
-    length, caption_image (R,) each one's row of ``features``, caption_lengths R ints (host side); else None."""
+    length, caption_image (R,) each one's row of ``features``, caption_lengths R ints (host side); else None.
+    rows: (B,) long, each image's position in the global batch (its samples' random draws follow it, so that
+    they do not depend on the number of processes)."""
 
     features: torch.Tensor
     image: torch.Tensor
     captions: Optional[torch.Tensor] = None
     caption_image: Optional[torch.Tensor] = None
     caption_lengths: Optional[List[int]] = None
+    rows: Optional[torch.Tensor] = None
 
 
 def _references(records: List[CaptionRecord], vocab: Vocab, end: bool = False) -> List[List[List[int]]]:
@@ -124,22 +127,26 @@ class SCSTTask(CaptionTask):
 
     def collate(self, items, rows) -> ImageBatch:
         feats, image = torch.stack([x for x, _ in items]), torch.tensor([i for _, i in items])
+        positions = torch.tensor(list(rows), dtype=torch.long)
         if not self.cfg.scst_xe_weight:
-            return ImageBatch(feats, image)
+            return ImageBatch(feats, image, rows=positions)
         ids, offsets = self.references.ids, self.references.offsets  # every caption's ids, end to end
         refs = [(b, torch.from_numpy(ids[offsets[c]:offsets[c + 1]].astype(np.int64)))
                 for b, (_, i) in enumerate(items) for c in self.image_captions[i]]
         refs.sort(key=lambda r: -len(r[1]))
         _, captions, lengths = collate_captions([(torch.zeros(0), ids) for _, ids in refs], self.vocab.pad)
-        return ImageBatch(feats, image, captions, torch.tensor([b for b, _ in refs]), lengths.tolist())
+        return ImageBatch(feats, image, captions, torch.tensor([b for b, _ in refs]), lengths.tolist(), positions)
 
-    def _sample(self, annotations: torch.Tensor, samples: int, greedy: bool, generator=None):
-        """(tokens (B·k, T), lengths (B·k,), words before <end> (B·k,)) drawn from the decoder."""
+    def _sample(self, annotations: torch.Tensor, samples: int, greedy: bool, generator=None, rows=None,
+                total_rows=None):
+        """(tokens (B·k, T), lengths (B·k,), words before <end> (B·k,)) drawn from the decoder (``rows``,
+        ``total_rows``: see :func:`~showattend.search.sample_search`)."""
         dec, v = self.decoder, self.vocab
         step = functools.partial(self.captioner._step, banned=self.banned, weights=dec.step_weights())
         keys = dec.attention.project_keys(annotations)
         tokens, lengths = sample_search(step, dec.init_state(annotations), (annotations, keys), v.start, v.end,
-                                        self.cfg.val_max_len, samples, greedy, generator)
+                                        self.cfg.val_max_len, samples, greedy, generator, rows=rows,
+                                        total_rows=total_rows)
         ended = tokens.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1) == v.end
         return tokens, lengths, lengths - ended.long()
 
@@ -155,7 +162,10 @@ class SCSTTask(CaptionTask):
                 annotations = x
             else:
                 annotations = self.encoder.top(self.encoder.trunk(x) if cfg.from_images else x)
-            tokens, lengths, words = self._sample(annotations, k, False, g)  # (B·k, T)
+            # sample j of the image at global position r draws row r·k + j of the step's uniforms: the same samples
+            # in whichever process holds the image
+            rows = (batch.rows.to(x.device) * k).repeat_interleave(k) + torch.arange(k, device=x.device).repeat(B)
+            tokens, lengths, words = self._sample(annotations, k, False, g, rows, ctx.items * k)  # (B·k, T)
             image = torch.arange(B, device=x.device).repeat_interleave(k)  # each sample's row of x
             counted = lengths if cfg.scst_reward_end else words  # <end>, when drawn, is a word of the reward
             reward = self.cider(tokens, counted, batch.image[image]).float().view(B, k)
