@@ -141,3 +141,17 @@ def test_a_short_batch_is_skipped_without_moving_the_positions_of_the_others():
     # and every item of a trained batch reaches exactly one process
     for _, b in two:
         assert sorted(i for r in range(2) for i, _ in shard(b, r, 2)) == sorted(b)
+
+
+def test_the_number_of_loader_workers_follows_the_device(monkeypatch):
+    """-1 (the default): none on a CPU; on CUDA the cores of this process's share less one, 1 to 8."""
+    import os
+
+    from showattend.engine.config import resolve_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert resolve_num_workers(-1, torch.device("cpu")) == 0
+    assert resolve_num_workers(-1, CUDA) == 8 and resolve_num_workers(-1, CUDA, local_processes=8) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert resolve_num_workers(-1, CUDA) == 1 and resolve_num_workers(-1, CUDA, local_processes=8) == 1
+    assert resolve_num_workers(3, CUDA) == 3 and resolve_num_workers(0, CUDA) == 0

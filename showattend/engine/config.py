@@ -14,7 +14,7 @@ from .distributed import main_process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SettingsError", "EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir"]
+__all__ = ["SettingsError", "EngineConfig", "resolve_num_workers", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir"]
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS = get_args(Precision)
@@ -50,7 +50,10 @@ class EngineConfig:
         precision: "auto" (bf16 on a CUDA device that computes it natively, Ampere and later; else fp32), "fp32"
             or "bf16" (torch.autocast; the CPU runs bf16 too, fast where it has AMX or AVX-512 bf16).
         compile: torch.compile the decoder step (needs a C++ compiler on the CPU, Triton on CUDA).
-        num_workers: DataLoader worker processes (persistent across epochs).
+        num_workers: DataLoader worker processes (persistent across epochs); -1 (the default): chosen by device,
+            0 on a CPU (the batches are assembled in the training process, which the CPU's cores are busy for) and
+            on CUDA the CPU cores of this process's share of the machine less one, at most 8
+            (:func:`resolve_num_workers`).
         progress: tqdm progress bars.
     """
 
@@ -70,7 +73,7 @@ class EngineConfig:
     device: str = "auto"
     precision: Precision = "auto"
     compile: bool = False
-    num_workers: int = 0
+    num_workers: int = -1
     progress: bool = True
 
     def validate(self, at_least_one: Sequence[str] = ()) -> None:
@@ -85,9 +88,11 @@ class EngineConfig:
         for name in ("epochs", "batch_size", "log_every", "patience", *at_least_one):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "grad_clip", "weight_decay", "max_minutes", "max_steps", "save_every", "num_workers"):
+        for name in ("lr", "grad_clip", "weight_decay", "max_minutes", "max_steps", "save_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.num_workers < -1:
+            raise ValueError(f"--num-workers must be -1 (by device) or at least 0, got {self.num_workers}")
         if not 0.0 < self.lr_decay < 1.0:
             raise ValueError(f"--lr-decay must be in (0, 1), got {self.lr_decay}")
         if self.precision not in PRECISIONS:
@@ -153,6 +158,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def resolve_num_workers(num_workers: int, device: torch.device, local_processes: int = 1) -> int:
+    """The DataLoader workers of ``--num-workers``: as given when >= 0; for -1, 0 on a CPU (the training
+    process uses the cores; on a 2-core machine a worker only competes with it) and on CUDA the CPU cores of this
+    process's share of the machine less one (the training process keeps one), at least 1 and at most 8."""
+    if num_workers >= 0:
+        return num_workers
+    if device.type != "cuda":
+        return 0
+    share = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(1, min(8, share // max(1, local_processes) - 1))
 
 
 _WARNED: set = set()  # devices whose emulated bf16 was warned about (once per process)

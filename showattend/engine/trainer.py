@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import save_checkpoint
 from ..runs import atomic_write_text, plot_curves, write_metrics
-from .config import EngineConfig, SettingsError, resolve_precision
+from .config import EngineConfig, SettingsError, resolve_num_workers, resolve_precision
 from .distributed import DistInfo, _LocalBatches, _Positioned, runnable_batches, shard, to_device
 from .state import Heartbeat, rng_state, set_rng_state
 
@@ -235,7 +235,8 @@ class Trainer:
         self.interval_steps = 0
         self.beat = Heartbeat(cfg.out_dir) if dist_info.main else None
         self.sampler = _LocalBatches()
-        workers = cfg.num_workers
+        workers = self.workers = resolve_num_workers(cfg.num_workers, device,
+                                                     int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world)))
         self.loader = DataLoader(_Positioned(task.dataset), batch_sampler=self.sampler, collate_fn=self._collate,
                                  num_workers=workers, pin_memory=device.type == "cuda",
                                  persistent_workers=workers > 0,
@@ -379,6 +380,7 @@ class Trainer:
                 {"model": task.payload().get("config"), "train": asdict(cfg), "world": self.dist.world,
                  "resumed_at_step": self.step_count,
                  "resolved": {"device": str(self.device), "precision": "bf16" if self.amp_dtype else "fp32",
+                              "num_workers": self.workers,
                               **({"ddp_broadcast_buffers": self.ddp.broadcast_buffers} if self.dist.world > 1
                                  else {})}},
                 indent=2))
