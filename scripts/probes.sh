@@ -43,9 +43,9 @@ probe "word table kept across a parameter update (the old cache rule)" $DEC "$(s
 probe "resume: a changed learning rate not applied" $TRAINER "$(sub "'                group[\"lr\"] = getattr(self.cfg, setting)'" "'                pass'")" tests/test_engine.py -k "applied or encoder_learning or refused"
 probe "resume: weight decay not applied" $TRAINER "$(sub "'                group[\"weight_decay\"] = self.cfg.weight_decay'" "'                pass'")" tests/test_engine.py -k "applied"
 probe "resume: lr decay not applied" $TRAINER "$(sub "'            self.scheduler.factor = self.cfg.lr_decay'" "'            pass'")" tests/test_engine.py -k "applied"
-probe "resume: vocabulary settings not refused" $TRAINER "$(sub "'fixed = sorted(k for k in changed if k in self.task.fixed_settings)'" "'fixed = []'")" tests/test_engine.py -k "refused"
+probe "resume: vocabulary settings not refused" $TRAINER "$(sub "'fixed = sorted(k for k in changed if k in task_cls.fixed_settings)'" "'fixed = []'")" tests/test_engine.py -k "refused"
 probe "resume: model options not refused" showattend/captioning/train.py "$(sub "'        check_same_model(model_cfg, saved_cfg, f\"{last}\", resume=True)\n'" "''")" tests/test_engine.py -k "refused"
-probe "resume: data changed inside an epoch not refused" $TRAINER "$(sub "'self.BATCH_SETTINGS + tuple(self.task.data_settings)'" "'self.BATCH_SETTINGS'")" tests/test_engine.py -k "inside_an_epoch"
+probe "resume: data changed inside an epoch not refused" $TRAINER "$(sub "'BATCH_SETTINGS + tuple(task_cls.data_settings)'" "'BATCH_SETTINGS'")" tests/test_engine.py -k "inside_an_epoch"
 probe "every GPU's RNG state saved" showattend/engine/state.py "$(sub "'state[\"cuda\"] = torch.cuda.get_rng_state()'" "'state[\"cuda\"] = torch.cuda.get_rng_state_all()'")" tests/test_devices.py
 probe "precision auto takes emulated bf16" showattend/engine/config.py "$(sub "'return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None'" "'return torch.bfloat16 if torch.cuda.is_bf16_supported() else None'")" tests/test_devices.py
 probe "DDP broadcasts buffers always" $TRAINER "$(sub "'        sync = buffers_trained(model)'" "'        sync = True'")" tests/test_engine.py -k "two_gloo_processes_train_like_one and soft"
