@@ -299,8 +299,12 @@ class Decoder(nn.Module):
             return torch.stack([F.pad(o[i], (0, 0) * (o[i].dim() - 1) + (0, B - o[i].size(0)), value=value)
                                 for o in per_step], dim=1)
 
-        hs, zs, alphas, betas = padded(0), padded(1), padded(2), padded(3)
-        mask = (torch.arange(T - 1) < torch.tensor(steps).unsqueeze(1)).to(captions.device)  # (B, T-1)
+        hs, zs, alphas = padded(0), padded(1), padded(2)
+        # β_t ∈ (0, 1] at real steps: padded with −1, it marks them, so the mask is made on the device (no copy
+        # of the lengths from the host, which waits for the device on a GPU)
+        betas = padded(3, -1.0)
+        mask = betas >= 0  # (B, T-1)
+        betas = betas.clamp_min(0.0)
         chosen = padded(4, -1) if hard else None
         # The deep output of all steps at once (one large matrix product instead of T-1 small ones).
         logits = self.deep_output(embedded[:, :-1], hs, zs)  # (B, T-1, V)
