@@ -111,8 +111,10 @@ class BiLSTMEncoder(nn.Module):
             final (B, 2H): [last forward state; first backward state] of the top layer.
         """
         emb = self.dropout(self.embedding(src))  # (B, S, E)
+        # host lengths sorted longest first (the collate functions sort so): packing needs no permutation
+        ordered = isinstance(lengths, (list, tuple)) and all(a >= b for a, b in zip(lengths, lengths[1:]))
         lengths = torch.as_tensor(lengths, device="cpu") if isinstance(lengths, (list, tuple)) else lengths.cpu()
-        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=ordered)
         out, (h_n, _) = self.rnn(packed)
         memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, S, 2H)
         mask = src != PAD_ID

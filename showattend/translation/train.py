@@ -152,6 +152,7 @@ class TranslationTask(Task):
         return len(self.dataset[index][1]) + 1  # the subwords and </s>
 
     def collate(self, items, rows) -> TranslationBatch:
+        items = sorted(items, key=lambda p: -len(p[0]))  # longest source first: the packed encoder needs no sort
         src, src_len = pad_batch([s for s, _ in items])
         tgt_in, _ = pad_batch([t for _, t in items], bos=True)
         tgt_out, _ = pad_batch([t for _, t in items], eos=True)

@@ -113,10 +113,10 @@ class Translator:
             else:
                 todo.append((i, ids))
         for k in range(0, len(todo), batch_size):
-            chunk = todo[k:k + batch_size]
-            src, lengths = pad_batch([ids for _, ids in chunk])
-            hyps = self.model.translate_ids(src.to(self.device), lengths.to(self.device), beam_size,
-                                            max_len, length_penalty)
+            chunk = sorted(todo[k:k + batch_size], key=lambda c: -len(c[1]))  # longest first: the packed encoder
+            src, lengths = pad_batch([ids for _, ids in chunk])  # then needs no sort on the device
+            hyps = self.model.translate_ids(src.to(self.device), lengths.tolist(), beam_size, max_len,
+                                            length_penalty)  # the lengths stay on the host, where packing reads them
             for (i, ids), h in zip(chunk, hyps):
                 results[i] = self._result(ids, h)
         return results  # type: ignore[return-value]
