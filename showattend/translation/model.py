@@ -234,7 +234,7 @@ class Seq2Seq(nn.Module):
     def _step(self, tokens, state, context):
         logits, state, alpha = self.decoder.step(tokens, state, *context)
         log_probs = F.log_softmax(logits.float(), dim=-1)
-        log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
+        log_probs[:, :BOS_ID + 1] = float("-inf")  # <pad> (0) and <s> (1) never come out; a slice, no index copy
         return log_probs, state, alpha
 
     @torch.no_grad()
