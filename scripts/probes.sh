@@ -66,6 +66,12 @@ probe "training captions longer than the limit kept" showattend/captioning/data.
 probe "training pairs longer than the limit kept" showattend/translation/data.py "$(sub "'        elif max(len(s_ids), len(t_ids)) > max_len:'" "'        elif False:'")" tests/test_translation.py -k "dropped_not_cut"
 probe "translation: lowercased BLEU not lowercased" showattend/translation/train.py "$(sub "'sacrebleu.metrics.BLEU(lowercase=True)'" "'sacrebleu.metrics.BLEU()'")" tests/test_translation.py -k "three_forms"
 
+# -- issue "The GPU path" (the parts done)
+probe "a host read inside a torch function in the captioning step" showattend/captioning/task.py "$(sub "'        x, image, caps, lengths = batch.features.float(), batch.image, batch.captions, batch.lengths'" "'        x, image, caps, lengths = batch.features.float(), batch.image, batch.captions, batch.lengths; torch.nonzero(caps)'")" tests/test_engine.py -k "reads_nothing"
+probe "the decoder's mask copied from the host again" showattend/captioning/decoder.py "$(sub "'        mask = betas >= 0  # (B, T-1)'" "'        mask = betas >= 0; _ = torch.tensor(steps).nonzero()'")" tests/test_engine.py -k "reads_nothing"
+probe "SCST samples drawn per process again" showattend/search.py "$(sub "'                u = u[rows]'" "'                u = u[:len(rows)]'")" tests/test_scst.py -k "global_batch"
+probe "a short batch dropped from the positions again" showattend/engine/distributed.py "$(sub "'    todo = [(i, b) for i, b in enumerate(batches) if i >= pos]'" "'    todo = [(i, b) for i, b in enumerate([b for b in batches if len(b) >= world]) if i >= pos]'")" tests/test_devices.py
+
 # -- issue "Images at the speed of the arithmetic"
 ENC=showattend/captioning/encoders.py
 probe "folded trunk: batch norm's shift dropped" $ENC "$(sub "'        bias = bn.bias.detach().double() - bn.running_mean.detach().double() * scale'" "'        bias = bn.bias.detach().double()'")" tests/test_encoders.py -k "folded"

@@ -127,6 +127,58 @@ class SyncCounter:
             setattr(torch.Tensor, n, f)
 
 
+class DispatchReads:
+    """Counts, at the dispatcher, the ops that read a tensor on the host (:mod:`showattend.engine.reads`): inside
+    torch's own functions too, and in function forms (``torch.nonzero``), which :class:`SyncCounter` misses; but it
+    cannot tell a host tensor from a device one, so the allowed reads are listed by name."""
+
+    OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.unique", "aten._unique", "aten.masked_select")
+
+    def __enter__(self):
+        from collections import Counter
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.ops = Counter()
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = str(func)
+                if name.startswith(DispatchReads.OPS) or name.startswith("aten.index") and any(
+                        isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) and t.dtype == torch.bool
+                                                             for t in a) for a in args):
+                    counter.ops[name] += 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+    def unlisted(self, path: str, calls: int) -> dict:
+        """The counted reads beyond ``path``'s allowance for ``calls`` calls: {op: (counted, allowed)}."""
+        from showattend.engine.reads import ALLOWED_READS
+
+        allowed = ALLOWED_READS[path]
+        return {op: (n, allowed[op].per_call * calls if op in allowed else 0) for op, n in self.ops.items()
+                if n != (allowed[op].per_call * calls if op in allowed else 0)}
+
+
+def test_the_dispatch_counter_sees_reads_inside_torch_functions():
+    t = torch.tensor([1.0, -1.0, 2.0])
+    with DispatchReads() as c:
+        torch.nonzero(t)  # a function form
+        t[t > 0]  # boolean-mask indexing
+        float(t.sum())  # item
+        torch.unique(t)
+    assert c.ops["aten.nonzero.default"] == 1 and c.ops["aten._local_scalar_dense.default"] == 1
+    assert sum(n for op, n in c.ops.items() if op.startswith("aten.index")) == 1
+    assert sum(n for op, n in c.ops.items() if "unique" in op) == 1
+
+
 def test_the_counter_sees_syncs_in_showattend_code_only():
     # a function compiled as if it were a showattend file: its syncs are counted
     code = compile("def f(t):\n    return t.tolist(), t[t > 0], float(t[0])\n", os.path.join(PKG, "probe.py"),
@@ -153,10 +205,12 @@ def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, app, pre
     trainer.sampler.batches = [[(i, p) for p, i in enumerate(b)] for b in batches]
     loaded = list(trainer.loader)
     before = [p.detach().clone() for p in task.model.parameters()]
-    with SyncCounter() as counter:
+    with SyncCounter() as counter, DispatchReads() as reads:
         for k, (b, batch) in enumerate(zip(batches, loaded)):
             trainer.step(batch, StepContext(k, sum(task.words(i) for i in b), len(b), 1))
     assert counter.calls == []
+    path = "translation.train_step" if app == "translation" else "captioning.train_step"
+    assert reads.unlisted(path, len(batches)) == {}  # every read at the dispatcher is on the path's list
     assert trainer.interval_steps == 4 and any(not torch.equal(a, p) for a, p in zip(before, task.model.parameters()))
     if app == "hard":
         assert task.baseline.steps == 4
