@@ -9,7 +9,7 @@ from showattend.captioning.task import FineTuned
 from showattend.captioning.decoder import Decoder
 from showattend.engine import resolve_precision
 from showattend.engine.state import rng_state, set_rng_state
-from showattend.engine.trainer import buffers_trained
+from showattend.engine.distributed import buffers_trained
 
 CUDA = torch.device("cuda", 0)
 

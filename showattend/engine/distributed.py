@@ -12,7 +12,8 @@ from torch.utils.data import Dataset, Sampler
 
 from ..runs import resolve_device
 
-__all__ = ["DistInfo", "setup_distributed", "main_process", "runnable_batches", "shard", "to_device"]
+__all__ = ["DistInfo", "setup_distributed", "main_process", "runnable_batches", "shard", "to_device",
+           "buffers_trained"]
 
 
 def main_process() -> bool:
@@ -112,3 +113,14 @@ def shard(batch: Sequence[int], rank: int, world: int) -> List[tuple]:
     n = len(batch)
     lo, hi = rank * n // world, (rank + 1) * n // world
     return [(batch[p], p) for p in range(lo, hi)]
+
+
+def buffers_trained(model: torch.nn.Module) -> bool:
+    """Whether a training step of ``model`` (in training mode) can change one of its buffers: a batch norm that
+    tracks running statistics and is in training mode once ``model.train()`` has run."""
+    was = model.training
+    model.train()
+    trained = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+                  for m in model.modules())
+    model.train(was)
+    return trained

@@ -10,171 +10,23 @@ import os
 import signal
 import time
 from dataclasses import asdict
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..checkpoint import save_checkpoint
 from ..runs import atomic_write_text, plot_curves, write_metrics
-from .config import EngineConfig, SettingsError, resolve_num_workers, resolve_precision
-from .distributed import DistInfo, _LocalBatches, _Positioned, runnable_batches, shard, to_device
+from .config import EngineConfig, resolve_num_workers, resolve_precision
+from .distributed import DistInfo, _LocalBatches, _Positioned, buffers_trained, runnable_batches, shard, to_device
+from .resume import check_resume_settings
 from .state import Heartbeat, rng_state, set_rng_state
+from .task import StepContext, Task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StepContext", "Task", "Trainer", "BATCH_SETTINGS", "check_resume_settings", "buffers_trained"]
-
-
-class StepContext(NamedTuple):
-    """What the engine tells a task's loss about the step.
-
-    Attributes:
-        step: global optimizer step (0-based), the same on every process.
-        words: the global batch's normaliser (:meth:`Task.words` of all its items), counted on the host.
-        items: the global batch's number of items.
-        world: number of processes.
-    """
-
-    step: int
-    words: int
-    items: int
-    world: int
-
-
-class Task:
-    """What an application gives the engine. Subclasses set the attributes and implement the methods.
-
-    Attributes:
-        kind: checkpoint ``format`` (e.g. ``"showattend-captioner"``).
-        model: the ``nn.Module`` the optimizer trains (DDP wraps it; validation uses it unwrapped).
-        dataset: indexed by the indices of :meth:`epoch_batches`.
-        loss_key: the summary value drawn as the training curve (e.g. ``"train_ce"``).
-        score_key: the name of the validation score in the metrics (higher is better).
-        item_name: what an item is, for the throughput field (``captions`` -> ``captions_per_s``).
-    """
-
-    kind: str = ""
-    model: torch.nn.Module
-    dataset: Dataset
-    loss_key: str = "train_loss"
-    score_key: str = "val_score"
-    item_name: str = "items"
-    #: settings a resumed run cannot change (they made the model or its vocabulary): refused on --resume
-    fixed_settings: tuple = ()
-    #: settings of the training data: they may change between epochs, not inside one
-    data_settings: tuple = ()
-
-    def epoch_batches(self, epoch: int) -> List[List[int]]:
-        """The global batches of ``epoch`` (lists of dataset indices), a function of the seed and the epoch only."""
-        raise NotImplementedError
-
-    def words(self, index: int) -> int:
-        """Normaliser contribution of one item (e.g. its predicted tokens), known on the host."""
-        raise NotImplementedError
-
-    def collate(self, items: Sequence[Any], rows: Sequence[int]):
-        """A batch from dataset items; ``rows`` are the items' positions in the global batch."""
-        raise NotImplementedError
-
-    def loss(self, model: torch.nn.Module, batch, ctx: StepContext):
-        """(loss, sums): this process's share of the global batch's loss (summed over its items, divided by
-        ``ctx.words``), and a dict of 0-d device tensors to be summed over steps and processes for the logs."""
-        raise NotImplementedError
-
-    def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
-        """Log values from the sums of ``steps`` steps (e.g. cross-entropy per word); they include
-        ``loss_key``."""
-        raise NotImplementedError
-
-    def validate(self) -> float:
-        """The validation score of ``self.model`` (called on rank 0 only)."""
-        raise NotImplementedError
-
-    def payload(self) -> Dict[str, Any]:
-        """Checkpoint content that is the application's own (format, config, vocabulary, weights)."""
-        raise NotImplementedError
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Training state of the task itself (e.g. a REINFORCE baseline)."""
-        return {}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        pass
-
-    def compile(self) -> None:
-        """Apply ``torch.compile`` to the model's step (``--compile``)."""
-        raise NotImplementedError(f"{type(self).__name__} has no compiled step")
-
-    def param_groups(self, lr: float) -> List[Dict[str, Any]]:
-        """The optimizer's parameter groups (default: every trainable parameter of ``model`` at ``lr``; a task
-        gives parts of its model other learning rates here, e.g. a fine-tuned encoder)."""
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
-
-    def lr_settings(self) -> List[str]:
-        """The setting that gives each of :meth:`param_groups`' learning rates (a resume that changes it sets
-        that group's learning rate)."""
-        return ["lr"]
-
-
-#: the engine's settings that fix an epoch's batches: they may change between epochs, not inside one
-BATCH_SETTINGS = ("batch_size", "seed", "max_steps")
-
-
-def check_resume_settings(ckpt: Dict[str, Any], cfg: EngineConfig, task_cls: type = Task,
-                          items: Optional[int] = None) -> Dict[str, tuple]:
-    """The training settings of ``cfg`` that differ from those ``last.pt`` was saved with, checked before any
-    long work: a resumed run cannot change its task's :attr:`Task.fixed_settings` (they made the model or its
-    vocabulary), and inside an epoch neither the settings of its batches (:data:`BATCH_SETTINGS`) nor its data
-    (:attr:`Task.data_settings`).
-
-    Args:
-        ckpt: the ``last.pt`` dict; cfg: the settings of this start; task_cls: the task's class;
-        items: the training set's size now, when known (a checkpoint saved inside an epoch records it: a data
-            set of another size would give the epoch other batches).
-
-    Returns:
-        {setting: (saved value, value now)} of the changes, which the run applies.
-
-    Raises:
-        SettingsError: a refused change, naming the settings and why.
-    """
-    before = json.loads(json.dumps(ckpt.get("train_config", {})))  # tuples and lists compare equal as JSON
-    now = json.loads(json.dumps(asdict(cfg)))
-    changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
-
-    def options(names):
-        return ", ".join(f"--{k.replace('_', '-')} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in names)
-
-    fixed = sorted(k for k in changed if k in task_cls.fixed_settings)
-    if fixed:
-        raise SettingsError(f"--resume continues a run whose model and vocabulary these settings made; they cannot "
-                            f"change: {options(fixed)}. Start a new run (another --out-dir, or --init from its "
-                            f"best.pt) to change them")
-    engine = ckpt.get("engine") or {"pos": 0}
-    inside = sorted(k for k in changed if k in BATCH_SETTINGS + tuple(task_cls.data_settings))
-    if engine["pos"] and inside:
-        raise SettingsError(f"last.pt was saved inside epoch {engine['epoch']}: resuming there needs the same "
-                            f"batches and data, but these settings changed: {options(inside)}. Resume with them "
-                            f"as they were, and change them once the epoch has ended")
-    if engine["pos"] and items is not None and engine.get("items", items) != items:
-        raise SettingsError(f"last.pt was saved inside epoch {engine['epoch']} of a training set of "
-                            f"{engine['items']} items; it now has {items} (another version of the data, or of "
-                            f"showattend's reading of it), so the epoch's batches would differ. Resume with the "
-                            f"version that saved it, or resume from an epoch's end")
-    return changed
-
-
-def buffers_trained(model: torch.nn.Module) -> bool:
-    """Whether a training step of ``model`` (in training mode) can change one of its buffers: a batch norm that
-    tracks running statistics and is in training mode once ``model.train()`` has run."""
-    was = model.training
-    model.train()
-    trained = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
-                  for m in model.modules())
-    model.train(was)
-    return trained
+__all__ = ["Trainer"]
 
 
 class Trainer:
