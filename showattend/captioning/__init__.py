@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_names
 
 _NAMES = {
-    "Captioner": ".model", "CaptionResult": ".model", "ModelConfig": ".model", "TrainConfig": ".train",
+    "Captioner": ".model", "CaptionResult": ".model", "ModelConfig": ".model", "TrainConfig": ".config",
     "train": ".train", "evaluate": ".evaluate", "load_image": ".images", "open_rgb": ".images",
     "ImageError": ".images", "plot_attention": ".overlay",
 }
@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .images import ImageError, load_image, open_rgb
     from .model import Captioner, CaptionResult, ModelConfig
     from .overlay import plot_attention
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .train import train
 
 
 __getattr__, __dir__ = lazy_names(__name__, _NAMES)

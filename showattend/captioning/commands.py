@@ -14,7 +14,7 @@ import tyro
 from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flag, flat, report_json
 from ..pretrained import DEFAULT_CAPTIONER
 from .model import ModelConfig
-from .train import TrainConfig
+from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 

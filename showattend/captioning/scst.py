@@ -29,7 +29,7 @@ validation references, on words: rare reference words count as themselves, as in
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Union
+from typing import Dict, List, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -40,15 +40,13 @@ from ..engine import StepContext
 from ..metrics import cider
 from ..search import sample_search
 from ..vocab import Vocab
+from .config import TrainConfig
 from .cache import FeatureStore, ImageStore
 from .cider import CiderD
 from .data import CaptionRecord, collate_captions
 from .losses import caption_loss, scst_loss, self_critical_baseline
 from .model import ModelConfig
 from .task import CaptionTask, _step_seed, evaluate_split
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 __all__ = ["ImageBatch", "SCSTTask"]
 
@@ -102,7 +100,7 @@ class SCSTTask(CaptionTask):
 
     loss_key, score_key, item_name = "train_reward", "val_cider", "images"
 
-    def __init__(self, model_cfg: ModelConfig, cfg: "TrainConfig", train_records: List[CaptionRecord],
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
                  val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
                  device: torch.device):
         super().__init__(model_cfg, cfg, train_records, val_records, store, vocab, device)

@@ -9,7 +9,7 @@ runs the engine with it.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Union
+from typing import Dict, List, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -18,14 +18,12 @@ import torch.distributed as dist
 from ..engine import StepContext, Task
 from ..metrics import bleu4
 from ..vocab import Vocab
+from .config import TrainConfig
 from .cache import FeatureStore, ImageStore
 from .data import CaptionDataset, CaptionRecord, collate_captions
 from .encoders import Encoder
 from .losses import MovingAverageBaseline, caption_loss, hard_attention_loss
 from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 __all__ = ["CaptionBatch", "CaptionTask", "FineTuned", "evaluate_split"]
 
