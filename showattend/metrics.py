@@ -150,15 +150,17 @@ def _score(gts, res, metrics, per_image: Optional[dict] = None) -> Dict[str, flo
 
 def bleu4(references: Dict[str, Sequence[Sequence[str]]], hypotheses: Dict[str, Sequence[str]]) -> float:
     """coco-caption corpus BLEU-4 (0-100) of already tokenised text (no Java; for validation during training)."""
-    gts = {k: [" ".join(r) for r in references[k]] for k in hypotheses}
-    res = {k: [" ".join(v)] for k, v in hypotheses.items()}
-    return _score(gts, res, ("bleu",))["BLEU-4"]
+    return _score(*_joined(references, hypotheses), ("bleu",))["BLEU-4"]
 
 
 def cider(references: Dict[str, Sequence[Sequence[str]]], hypotheses: Dict[str, Sequence[str]]) -> float:
     """coco-caption CIDEr-D (0-100, document frequencies of these references) of already tokenised text (no Java;
     for SCST's validation): words, not vocabulary ids, so that rare reference words count as themselves and no
     reference is cut, as in ``showattend evaluate``."""
-    gts = {k: [" ".join(r) for r in references[k]] for k in hypotheses}
-    res = {k: [" ".join(v)] for k, v in hypotheses.items()}
-    return _score(gts, res, ("cider",))["CIDEr"]
+    return _score(*_joined(references, hypotheses), ("cider",))["CIDEr"]
+
+
+def _joined(references, hypotheses):
+    """Tokenised references and hypotheses as the scorers take them: (gts, res) of space-joined words."""
+    return ({k: [" ".join(r) for r in references[k]] for k in hypotheses},
+            {k: [" ".join(v)] for k, v in hypotheses.items()})

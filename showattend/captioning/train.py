@@ -19,6 +19,7 @@ import torch
 
 from ..checkpoint import load_checkpoint, load_weights
 from ..engine import (DistInfo, SettingsError, Trainer, check_out_dir, check_resume_settings,
+                      differing_options,
                       resolve_precision, setup_distributed)
 from ..vocab import Vocab
 from .config import TrainConfig
@@ -130,8 +131,7 @@ def check_same_model(model_cfg: ModelConfig, init_cfg: ModelConfig, init: str, r
     """Raises SettingsError (a ValueError): the model options given differ from the architecture of the --init
     checkpoint (``init``, as the user named it), or with ``resume`` from the run's own (``init`` is then its
     last.pt; dropout counts too, since a resumed run goes on with its model as it was)."""
-    differ = [f"--{k.replace('_', '-')} {v!r} (the checkpoint: {getattr(init_cfg, k)!r})"
-              for k, v in vars(model_cfg).items() if (resume or k != "dropout") and v != getattr(init_cfg, k)]
+    differ = differing_options(model_cfg, init_cfg, skip=() if resume else ("dropout",))
     if differ and resume:
         raise SettingsError(f"--resume continues the model of {init}; these model options differ from it: "
                             f"{'; '.join(differ)}. Start a new run (another --out-dir, or --init from its "

@@ -29,9 +29,9 @@ The package, by what each part does: :mod:`~showattend.engine.config` (settings,
 """
 from .config import PRECISIONS, RUN_FILES, EngineConfig, Precision, SettingsError, check_out_dir, resolve_precision
 from .distributed import DistInfo, main_process, setup_distributed, shard, to_device
-from .resume import check_resume_settings
+from .resume import check_resume_settings, differing_options
 from .task import StepContext, Task
 from .trainer import Trainer
 
 __all__ = ["EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir", "DistInfo",
-           "SettingsError", "check_resume_settings", "setup_distributed", "main_process", "shard", "to_device", "StepContext", "Task", "Trainer"]
+           "SettingsError", "check_resume_settings", "differing_options", "setup_distributed", "main_process", "shard", "to_device", "StepContext", "Task", "Trainer"]

@@ -9,7 +9,14 @@ from typing import Any, Dict, Optional
 from .config import EngineConfig, SettingsError
 from .task import Task
 
-__all__ = ["BATCH_SETTINGS", "check_resume_settings"]
+__all__ = ["BATCH_SETTINGS", "check_resume_settings", "differing_options"]
+
+
+def differing_options(given, saved, skip=()) -> list:
+    """``--option value (the checkpoint: value)`` for each field of the dataclass ``given`` that differs from
+    ``saved``'s, fields in ``skip`` aside."""
+    return [f"--{k.replace('_', '-')} {v!r} (the checkpoint: {getattr(saved, k)!r})"
+            for k, v in vars(given).items() if k not in skip and v != getattr(saved, k)]
 
 
 #: the engine's settings that fix an epoch's batches: they may change between epochs, not inside one

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_checkpoint, load_weights
 from ..runs import atomic_write_text
 from ..engine import (EngineConfig, SettingsError, StepContext, Task, Trainer, check_out_dir, check_resume_settings,
+                      differing_options,
                       resolve_precision, setup_distributed)
 from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
 from .model import Seq2Seq, TranslatorConfig
@@ -77,7 +78,8 @@ class TranslationTrainConfig(EngineConfig):
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], lang: str = "en") -> Dict:
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], lang: str = "en",
+                  forms: Sequence[str] = ("BLEU", "BLEU_lc", "BLEU_tok_lc", "chrF")) -> Dict:
     """sacreBLEU scores of detokenised text, each with its signature, in the three forms Multi30k results are
     reported in, so that like can be compared with like:
 
@@ -90,23 +92,25 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], lang: st
 
     Args:
         hypotheses, references: one detokenised sentence each, in order. lang: the target language's code.
+        forms: which of the scores to compute (validation needs ``BLEU`` alone).
     """
     import sacrebleu
     from sacremoses import MosesTokenizer
 
     hyps, refs = list(hypotheses), list(references)
-    moses = MosesTokenizer(lang=lang)
 
     def tokenised(lines):
+        moses = MosesTokenizer(lang=lang)
         return [moses.tokenize(x.lower(), escape=False, return_str=True) for x in lines]
 
+    scorers = {"BLEU": lambda: (sacrebleu.metrics.BLEU(), hyps, refs),
+               "BLEU_lc": lambda: (sacrebleu.metrics.BLEU(lowercase=True), hyps, refs),
+               "BLEU_tok_lc": lambda: (sacrebleu.metrics.BLEU(tokenize="none", lowercase=True, force=True),
+                                       tokenised(hyps), tokenised(refs)),
+               "chrF": lambda: (sacrebleu.metrics.CHRF(), hyps, refs)}
     out = {}
-    for name, metric, h, r in (
-            ("BLEU", sacrebleu.metrics.BLEU(), hyps, refs),
-            ("BLEU_lc", sacrebleu.metrics.BLEU(lowercase=True), hyps, refs),
-            ("BLEU_tok_lc", sacrebleu.metrics.BLEU(tokenize="none", lowercase=True, force=True), tokenised(hyps),
-             tokenised(refs)),
-            ("chrF", sacrebleu.metrics.CHRF(), hyps, refs)):
+    for name in forms:
+        metric, h, r = scorers[name]()
         out[name] = round(metric.corpus_score(h, [r]).score, 2)
         out[f"{name}_signature"] = str(metric.get_signature()) + ("|pre:moses-tok" if name == "BLEU_tok_lc" else "")
     return out
@@ -171,7 +175,7 @@ class TranslationTask(Task):
     def validate(self) -> float:
         hyps = [r["text"] for r in self.bundle.translate(self.val_src, beam_size=self.cfg.val_beam_size,
                                                          length_penalty=self.cfg.length_penalty)]
-        return corpus_scores(hyps, self.val_tgt, self.cfg.tgt)["BLEU"]
+        return corpus_scores(hyps, self.val_tgt, self.cfg.tgt, forms=("BLEU",))["BLEU"]
 
     def payload(self) -> dict:
         return self.bundle.state()
@@ -205,9 +209,8 @@ def train_translator(model_cfg: TranslatorConfig, cfg: TranslationTrainConfig, r
                                    find_split(cfg.data, cfg.val_split, cfg.tgt))
     if ckpt is not None:
         saved_cfg, src_tok, tgt_tok = checkpoint_parts(ckpt, last)
-        derived = ("src_vocab_size", "tgt_vocab_size")  # set from the subword models, not options
-        differ = [f"--{k.replace('_', '-')} {v!r} (the checkpoint: {getattr(saved_cfg, k)!r})"
-                  for k, v in vars(model_cfg).items() if k not in derived and v != getattr(saved_cfg, k)]
+        # the vocabulary sizes are set from the subword models, not options
+        differ = differing_options(model_cfg, saved_cfg, skip=("src_vocab_size", "tgt_vocab_size"))
         if differ:
             raise SettingsError(f"--resume continues the model of {last}; these model options differ from it: "
                                 f"{'; '.join(differ)}. Start a new run (another --out-dir) to change them")
