@@ -67,10 +67,13 @@ probe "training pairs longer than the limit kept" showattend/translation/data.py
 probe "translation: lowercased BLEU not lowercased" showattend/translation/train.py "$(sub "'sacrebleu.metrics.BLEU(lowercase=True)'" "'sacrebleu.metrics.BLEU()'")" tests/test_translation.py -k "three_forms"
 
 # -- issue "The GPU path" (the parts done)
-probe "a host read inside a torch function in the captioning step" showattend/captioning/task.py "$(sub "'        x, image, caps, lengths = batch.features.float(), batch.image, batch.captions, batch.lengths'" "'        x, image, caps, lengths = batch.features.float(), batch.image, batch.captions, batch.lengths; torch.nonzero(caps)'")" tests/test_engine.py -k "reads_nothing"
-probe "the decoder's mask copied from the host again" showattend/captioning/decoder.py "$(sub "'        mask = betas >= 0  # (B, T-1)'" "'        mask = betas >= 0; _ = torch.tensor(steps).nonzero()'")" tests/test_engine.py -k "reads_nothing"
+probe "a host read inside a torch function in the captioning step" showattend/captioning/task.py "$(sub "'        x, image, caps, lengths = batch.features.float(), batch.image, batch.captions, batch.lengths'" "'        x, image, caps, lengths = batch.features.float(), batch.image, batch.captions, batch.lengths; torch.nonzero(caps)'")" tests/test_reads.py -k "reads_nothing"
+probe "the decoder's mask copied from the host again" showattend/captioning/decoder.py "$(sub "'        mask = betas >= 0  # (B, T-1)'" "'        mask = betas >= 0; _ = torch.tensor(steps).nonzero()'")" tests/test_reads.py -k "reads_nothing"
 probe "SCST samples drawn per process again" showattend/search.py "$(sub "'                u = u[rows]'" "'                u = u[:len(rows)]'")" tests/test_scst.py -k "global_batch"
 probe "a short batch dropped from the positions again" showattend/engine/distributed.py "$(sub "'    todo = [(i, b) for i, b in enumerate(batches) if i >= pos]'" "'    todo = [(i, b) for i, b in enumerate([b for b in batches if len(b) >= world]) if i >= pos]'")" tests/test_devices.py
+probe "the search's results read one tensor at a time" $SEARCH "$(sub "'    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()\n'" "'    return [t.cpu().numpy().astype(np.float64) for t in tensors]\n'")" tests/test_reads.py tests/test_search.py
+probe "CIDEr-D reward with a boolean mask" showattend/captioning/cider.py "$(sub "'        orders = orders[perm]  # (S, W)'" "'        orders = orders[perm]; _ = codes[codes >= 0]'")" tests/test_reads.py -k "cider or scst"
+probe "the word table's staleness check read twice" $DEC "$(sub "'    return bool(torch.stack([(t == c).all() for t, c in zip(tensors, copies)]).all())'" "'    return all(bool((t == c).all()) for t, c in zip(tensors, copies))'")" tests/test_reads.py -k "decode"
 
 # -- issue "Images at the speed of the arithmetic"
 ENC=showattend/captioning/encoders.py

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 __all__ = ["Hypothesis", "beam_search", "greedy_search", "sample_search"]
@@ -47,7 +48,7 @@ class Hypothesis:
             included); −inf for an unfinished hypothesis.
         log_prob: sum of the log-probabilities of the generated tokens (``<end>`` included when finished).
         extras: (n, ...) the step function's per-step extras (one row per generated token, ``<end>`` included),
-            or None.
+            on the host, or None.
         finished: True when the sequence ended with ``<end>``; False only when ``<end>`` had probability 0 at
             the last allowed step (see the module docstring).
         token_log_probs: log p of each generated token given its prefix (``<end>`` included when finished);
@@ -226,41 +227,60 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         done = done | (torch.isfinite(kth) & (bound <= kth))
         if (t + 1) % sync_every == 0 and bool(done.all()):
             break
-    return _trace_back(tok_buf, lp_buf, src_buf, ext_buf, t_last, fin_score, fin_lp, fin_end_lp, fin_t, fin_src,
-                       fin_ext, count, unfinished, scores, n_best)
+    return _trace_back((tok_buf, lp_buf, src_buf, fin_score, fin_lp, fin_end_lp, fin_t, fin_src, count, unfinished,
+                        scores), (ext_buf, fin_ext) if ext_buf is not None else None, t_last, n_best)
 
 
-def _trace_back(tok_buf, lp_buf, src_buf, ext_buf, t_last, fin_score, fin_lp, fin_end_lp, fin_t, fin_src, fin_ext,
-                count, unfinished, scores, n_best) -> List[List[Hypothesis]]:
+def _to_host(*tensors: torch.Tensor) -> List[np.ndarray]:
+    """The tensors as host arrays, in one device-to-host transfer (one wait for the device instead of one per
+    tensor): they travel as one float64 vector, which holds every int below 2^53 (token ids, steps, counts),
+    every bool and every float32/bf16 value exactly."""
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()
+    out, at = [], 0
+    for t in tensors:
+        out.append(flat[at:at + t.numel()].reshape(t.shape))
+        at += t.numel()
+    return out
+
+
+def _trace_back(bufs: Tuple[torch.Tensor, ...], ext_bufs: Optional[Tuple[torch.Tensor, torch.Tensor]], t_last: int,
+                n_best: int) -> List[List[Hypothesis]]:
     """The hypotheses of :func:`beam_search`, read from its buffers in one transfer: for each input its
     ``n_best`` best (stable: in the order they ended among equal scores), each traced back through the beams it
-    extended."""
-    tok, lps, src = tok_buf.cpu(), lp_buf.cpu(), src_buf.cpu()
-    ext = ext_buf.cpu() if ext_buf is not None else None
-    f_score, f_lp, f_end, f_t, f_src = fin_score.cpu(), fin_lp.cpu(), fin_end_lp.cpu(), fin_t.cpu(), fin_src.cpu()
-    f_ext = fin_ext.cpu() if fin_ext is not None else None
-    counts, unfin, live = count.tolist(), unfinished.cpu(), scores.cpu()
-    tok_l, lps_l, src_l = tok.tolist(), lps.tolist(), src.tolist()  # Python lists: cheap scalar reads
+    extended.
+
+    Args:
+        bufs: the search's buffers (tok, lp, src: (max_len, B, k); fin_score, fin_lp, fin_end_lp, fin_t,
+            fin_src: (B, slots + 1); count (B,); unfinished, scores: (B, k)).
+        ext_bufs: (ext (max_len, B, k, ...), fin_ext (B, slots + 1, ...)) the extras, or None.
+    """
+    host = _to_host(*bufs, *(ext_bufs or ()))
+    tok, lps, src, f_score, f_lp, f_end, f_t, f_src, count, unfin, live = host[:11]
+    ext, f_ext = (torch.from_numpy(host[11]), torch.from_numpy(host[12])) if ext_bufs else (None, None)
+    dtype = ext_bufs[0].dtype if ext_bufs else None
+    tok, src, f_t, f_src, count = (a.astype(np.int64) for a in (tok, src, f_t, f_src, count))
 
     def path(b: int, beam: int, t: int):
         """Tokens, log-probs and extras ((t, ...) or None) of beam ``beam`` of input ``b`` after step t - 1."""
         words, token_lps, beams = [0] * t, [0.0] * t, [0] * t
         for s in range(t - 1, -1, -1):
-            words[s], token_lps[s], beams[s] = tok_l[s][b][beam], lps_l[s][b][beam], beam
-            beam = src_l[s][b][beam]
+            words[s], token_lps[s], beams[s] = int(tok[s, b, beam]), float(lps[s, b, beam]), beam
+            beam = int(src[s, b, beam])
         rows = ext[torch.arange(t), b, torch.tensor(beams, dtype=torch.long)] if ext is not None else None
         return words, token_lps, rows
 
     def joined(rows, last):  # a finished hypothesis's extras: its path's rows, then its <end> step's
         if last is None:
-            return rows if rows is not None and len(rows) else None
-        return torch.cat([rows, last.unsqueeze(0)]) if rows is not None else last.unsqueeze(0)
+            out = rows if rows is not None and len(rows) else None
+        else:
+            out = torch.cat([rows, last.unsqueeze(0)]) if rows is not None else last.unsqueeze(0)
+        return out.to(dtype) if out is not None else None
 
     out = []
-    for b in range(len(counts)):
+    for b in range(len(count)):
         # the n_best, chosen before tracing (stable: finished in the order they ended, then the unfinished)
-        scored = [(float(f_score[b, i]), "finished", i) for i in range(counts[b])]
-        scored += [(float("-inf"), "unfinished", j) for j in torch.nonzero(unfin[b]).flatten().tolist()]
+        scored = [(float(f_score[b, i]), "finished", i) for i in range(count[b])]
+        scored += [(float("-inf"), "unfinished", int(j)) for j in np.flatnonzero(unfin[b])]
         hyps = []
         for score, kind, i in sorted(scored, key=lambda x: x[0], reverse=True)[:n_best]:
             if kind == "finished":
@@ -310,18 +330,21 @@ def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
         alive = alive & (tokens != eos)
         if (t + 1) % sync_every == 0 and not bool(alive.any()):
             break
-    seq = torch.stack(out_tokens, dim=1).cpu()  # (B, T)
-    lps = torch.stack(out_lps, dim=1).cpu()  # (B, T)
-    ext = torch.stack(out_extra, dim=1) if out_extra else None  # (B, T, ...)
+    parts = [torch.stack(out_tokens, dim=1), torch.stack(out_lps, dim=1)]  # (B, T) each
+    if out_extra:
+        parts.append(torch.stack(out_extra, dim=1))  # (B, T, ...)
+    host = _to_host(*parts)  # one transfer
+    seq, lps = host[0].astype(np.int64), host[1]
+    ext = torch.from_numpy(host[2]).to(out_extra[0].dtype) if out_extra else None
     results = []
     for b in range(B):
-        n = int((seq[b] == eos).nonzero()[0]) + 1  # tokens generated, <end> included (always emitted by max_len)
-        fin = bool(torch.isfinite(lps[b, n - 1]))  # False only when p(<end>) = 0 at the last step
+        n = int(np.argmax(seq[b] == eos)) + 1  # tokens generated, <end> included (always emitted by max_len)
+        fin = bool(np.isfinite(lps[b, n - 1]))  # False only when p(<end>) = 0 at the last step
         m = n if fin else n - 1
-        token_lps = lps[b, :m].tolist()
+        token_lps = [float(x) for x in lps[b, :m]]
         log_prob = float(sum(token_lps))
         score = _normalise(log_prob, n, length_penalty) if fin else float("-inf")
-        results.append(Hypothesis(seq[b, : n - 1].tolist(), score, log_prob,
+        results.append(Hypothesis([int(x) for x in seq[b, : n - 1]], score, log_prob,
                                   ext[b, :m] if ext is not None else None, fin, token_lps))
     return results
 

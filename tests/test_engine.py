@@ -1,4 +1,4 @@
-"""The training engine: no host syncs in the step, DDP (2 gloo processes) equal to one process, exact resume
+"""The training engine: DDP (2 gloo processes) equal to one process, exact resume
 after SIGKILL, torch.compile equivalence; for captioning (soft and hard attention) and translation."""
 import json
 import os
@@ -11,211 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-import showattend
 from showattend.captioning.cache import FeatureStore
-from showattend.captioning.data import CaptionRecord
-from showattend.captioning.model import ModelConfig
-from showattend.captioning.task import CaptionTask
 from showattend.captioning.train import TrainConfig
 from showattend.checkpoint import load_checkpoint
 from showattend.engine import DistInfo, StepContext, Trainer
-from showattend.vocab import Vocab
 
 from conftest import write_toy_images
+from counters import PKG
 
-PKG = os.path.dirname(os.path.abspath(showattend.__file__))
+from toys import toy_caption_task, write_toy_parallel
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(PKG)}
-WORDS = ["a", "red", "green", "blue", "square", "box", "on", "white", "big", "small"]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Toy data: captions over a hand-made feature cache, images for the CLI runs, parallel text
-
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                reason="no CUDA device"))]
-
-
-def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", fine_tune_blocks=0, **cfg):
-    """A CaptionTask over a synthetic feature cache (L=4, D=1280, the Lite0 size; with ``fine_tune_blocks`` 1,
-    Lite0's trunk activations below its head, D=320): 10 train images, 2 val."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "cache"
-    folder.mkdir(exist_ok=True)
-    keys = [f"{i}.jpg" for i in range(n_images)]
-    D = 320 if fine_tune_blocks else 1280
-    np.save(folder / "features.npy", rng.standard_normal((n_images, 4, D)).astype(np.float16))
-    (folder / "index.json").write_text(json.dumps({"encoder": "efficientnet_lite0", "image_size": 224,
-                                                   "keys": keys, "L": 4, "D": D}))
-    store = FeatureStore(str(folder))
-    records = [CaptionRecord(k, "train" if i < n_images - 2 else "val",
-                             [[str(w) for w in rng.choice(WORDS, size=2 + (i + j) % 5)] for j in range(3)])
-               for i, k in enumerate(keys)]
-    vocab = Vocab.build([t for r in records for t in r.tokens], 1)
-    model_cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=0.0, attention=attention,
-                            fine_tune_blocks=fine_tune_blocks)
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), batch_size=6, val_beam_size=1, progress=False,
-                      device=device, **cfg)
-    torch.manual_seed(0)
-    task = CaptionTask(model_cfg, cfg, [r for r in records if r.split == "train"],
-                       [r for r in records if r.split == "val"], store, vocab, torch.device(device))
-    return task, cfg
-
-
-def toy_translation_task(tmp_path, device="cpu"):
-    from showattend.translation.model import Seq2Seq, TranslatorConfig
-    from showattend.translation.train import TranslationTask, TranslationTrainConfig, Translator
-
-    src = [[4 + (i + j) % 7 for j in range(2 + i % 5)] for i in range(24)]
-    pairs = [(s, [x + 1 for x in reversed(s)]) for s in src]
-    cfg = TranslationTrainConfig(out_dir=str(tmp_path / "mt"), batch_size=6, progress=False, device=device)
-    torch.manual_seed(0)
-    model = Seq2Seq(TranslatorConfig(src_vocab_size=12, tgt_vocab_size=13, embed_dim=8, encoder_hidden=8,
-                                        decoder_hidden=16, attention_dim=8, dropout=0.0))
-    return TranslationTask(Translator(model, None, None, torch.device(device)), cfg, pairs, [], []), cfg
-
-
-def write_toy_parallel(root):
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    words = ["ein", "hund", "katze", "läuft", "schläft", "auf", "gras"]
-    english = dict(zip(words, ["a", "dog", "cat", "runs", "sleeps", "on", "grass"]))
-    for split, n in (("train", 48), ("val", 6)):
-        de = [" ".join(rng.choice(words, size=3 + i % 4)) for i in range(n)]
-        (root / f"{split}.de").write_text("\n".join(de) + "\n")
-        (root / f"{split}.en").write_text("\n".join(" ".join(english[w] for w in s.split()) for s in de) + "\n")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# No device-to-host synchronisation inside the step
-
-SYNCING = ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "nonzero", "masked_select")
-
-
-class SyncCounter:
-    """Patches the Tensor methods that read a device tensor on the host, and boolean-mask indexing; counts the
-    calls made directly from showattend's code (torch's own calls, e.g. the optimizer's, are not counted)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def _wrap(self, name, original):
-        counter = self
-
-        def wrapper(*args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(PKG):
-                if name != "__getitem__" or counter._bool_index(args[1]):
-                    counter.calls.append(f"{name} from {os.path.relpath(caller, PKG)}:{sys._getframe(1).f_lineno}")
-            return original(*args, **kwargs)
-
-        return wrapper
-
-    @staticmethod
-    def _bool_index(index):
-        items = index if isinstance(index, tuple) else (index,)
-        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
-
-    def __enter__(self):
-        self.saved = {n: getattr(torch.Tensor, n) for n in (*SYNCING, "__getitem__")}
-        for n, f in self.saved.items():
-            setattr(torch.Tensor, n, self._wrap(n, f))
-        return self
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.Tensor, n, f)
-
-
-class DispatchReads:
-    """Counts, at the dispatcher, the ops that read a tensor on the host (:mod:`showattend.engine.reads`): inside
-    torch's own functions too, and in function forms (``torch.nonzero``), which :class:`SyncCounter` misses; but it
-    cannot tell a host tensor from a device one, so the allowed reads are listed by name."""
-
-    OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.unique", "aten._unique", "aten.masked_select")
-
-    def __enter__(self):
-        from collections import Counter
-
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        self.ops = Counter()
-        counter = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                name = str(func)
-                if name.startswith(DispatchReads.OPS) or name.startswith("aten.index") and any(
-                        isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) and t.dtype == torch.bool
-                                                             for t in a) for a in args):
-                    counter.ops[name] += 1
-                return func(*args, **(kwargs or {}))
-
-        self.mode = Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
-
-    def unlisted(self, path: str, calls: int) -> dict:
-        """The counted reads beyond ``path``'s allowance for ``calls`` calls: {op: (counted, allowed)}."""
-        from showattend.engine.reads import ALLOWED_READS
-
-        allowed = ALLOWED_READS[path]
-        return {op: (n, allowed[op].per_call * calls if op in allowed else 0) for op, n in self.ops.items()
-                if n != (allowed[op].per_call * calls if op in allowed else 0)}
-
-
-def test_the_dispatch_counter_sees_reads_inside_torch_functions():
-    t = torch.tensor([1.0, -1.0, 2.0])
-    with DispatchReads() as c:
-        torch.nonzero(t)  # a function form
-        t[t > 0]  # boolean-mask indexing
-        float(t.sum())  # item
-        torch.unique(t)
-    assert c.ops["aten.nonzero.default"] == 1 and c.ops["aten._local_scalar_dense.default"] == 1
-    assert sum(n for op, n in c.ops.items() if op.startswith("aten.index")) == 1
-    assert sum(n for op, n in c.ops.items() if "unique" in op) == 1
-
-
-def test_the_counter_sees_syncs_in_showattend_code_only():
-    # a function compiled as if it were a showattend file: its syncs are counted
-    code = compile("def f(t):\n    return t.tolist(), t[t > 0], float(t[0])\n", os.path.join(PKG, "probe.py"),
-                   "exec")
-    scope = {}
-    exec(code, scope)
-    with SyncCounter() as c:
-        scope["f"](torch.tensor([1.0, -1.0]))
-        torch.tensor([1.0, 2.0]).sum().item()  # the test's own call
-    assert [x.split(" ")[0] for x in c.calls] == ["tolist", "__getitem__", "__float__"]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("app", ["soft", "hard", "translation"])
-def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, app, precision, device):
-    if app == "translation":
-        task, cfg = toy_translation_task(tmp_path, device)
-    else:  # a hard model always samples here (expected_context_prob 0), with 2 samples per caption
-        task, cfg = toy_caption_task(tmp_path, app, device=device, expected_context_prob=0.0, hard_samples=2)
-    cfg.precision = precision
-    trainer = Trainer(task, cfg, DistInfo(), torch.device(device))
-    batches = task.epoch_batches(1)[:4]
-    trainer.sampler.batches = [[(i, p) for p, i in enumerate(b)] for b in batches]
-    loaded = list(trainer.loader)
-    before = [p.detach().clone() for p in task.model.parameters()]
-    with SyncCounter() as counter, DispatchReads() as reads:
-        for k, (b, batch) in enumerate(zip(batches, loaded)):
-            trainer.step(batch, StepContext(k, sum(task.words(i) for i in b), len(b), 1))
-    assert counter.calls == []
-    path = "translation.train_step" if app == "translation" else "captioning.train_step"
-    assert reads.unlisted(path, len(batches)) == {}  # every read at the dispatcher is on the path's list
-    assert trainer.interval_steps == 4 and any(not torch.equal(a, p) for a, p in zip(before, task.model.parameters()))
-    if app == "hard":
-        assert task.baseline.steps == 4
-    summary = trainer._flush()  # the log point reads the sums once
-    assert all(np.isfinite(v) for v in summary.values()) and trainer.interval == {}
 
 
 # ----------------------------------------------------------------------------------------------------------

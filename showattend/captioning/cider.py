@@ -29,29 +29,37 @@ import torch
 __all__ = ["CiderD"]
 
 
-def _ngram_codes(tokens: torch.Tensor, lengths: torch.Tensor, n_max: int, base: int):
-    """The n-grams (n = 1..n_max) of a batch of padded sequences as integer codes.
+def _windows(tokens: torch.Tensor, lengths: torch.Tensor, n_max: int, base: int):
+    """Every window of n = 1..n_max tokens of a batch of padded sequences, as an integer code.
 
     Args:
         tokens: (S, T) long token ids in [0, base − 1); lengths: (S,) the tokens of each row that count.
 
     Returns:
-        (rows, codes, orders): 1-d tensors over every n-gram occurrence: its sequence, its code and n − 1.
+        codes (S, W) long, orders (W,) long n − 1 of each window, valid (S, W) bool: the window lies inside
+        the sentence; W = Σ_n (T − n + 1).
     """
     S, T = tokens.shape
     digits = tokens + 1  # 1..V: a code's digits are never 0, so n-grams of different n never share a code
-    rows, codes, orders = [], [], []
+    codes, orders, valid = [], [], []
     for n in range(1, min(n_max, T) + 1):
         code = torch.zeros(S, T - n + 1, dtype=torch.long, device=tokens.device)
         for j in range(n):
             code = code * base + digits[:, j:T - n + 1 + j]
         start = torch.arange(T - n + 1, device=tokens.device)
-        valid = start.unsqueeze(0) + n <= lengths.unsqueeze(1)  # (S, T - n + 1) windows inside the sentence
-        r = torch.arange(S, device=tokens.device).unsqueeze(1).expand_as(code)
-        rows.append(r[valid])
-        codes.append(code[valid])
-        orders.append(torch.full_like(codes[-1], n - 1))
-    return torch.cat(rows), torch.cat(codes), torch.cat(orders)
+        codes.append(code)
+        orders.append(torch.full_like(start, n - 1))
+        valid.append(start.unsqueeze(0) + n <= lengths.unsqueeze(1))  # (S, T - n + 1)
+    return torch.cat(codes, 1), torch.cat(orders), torch.cat(valid, 1)
+
+
+def _ngram_codes(tokens: torch.Tensor, lengths: torch.Tensor, n_max: int, base: int):
+    """The n-grams of :func:`_windows` that lie inside their sentences, as 1-d tensors over every occurrence:
+    (rows, codes, orders), its sequence, its code and n − 1 (boolean masks: for the reference corpus, built
+    once)."""
+    codes, orders, valid = _windows(tokens, lengths, n_max, base)
+    rows = torch.arange(codes.size(0), device=codes.device).unsqueeze(1).expand_as(codes)
+    return rows[valid], codes[valid], orders.unsqueeze(0).expand_as(codes)[valid]
 
 
 def _count(rows: torch.Tensor, codes: torch.Tensor, orders: torch.Tensor):
@@ -128,6 +136,10 @@ class CiderD:
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """CIDEr-D of a batch of hypotheses against their images' references.
 
+        Every shape is fixed by the inputs' shapes (no boolean masks, no ``unique``): on a GPU the host never
+        waits for the device. Each hypothesis's n-gram windows are sorted by code; the first window of each
+        distinct n-gram carries its count (found by binary search in the sorted row) and the others weigh 0.
+
         Args:
             tokens: (S, T) long token ids of the hypotheses (words only: no ``<start>``/``<end>``), padded.
             lengths: (S,) words of each hypothesis (0 for an empty one).
@@ -139,30 +151,37 @@ class CiderD:
         tokens, lengths, images = tokens.to(self.device), lengths.to(self.device), images.to(self.device)
         S, dtype = tokens.size(0), self.dtype
         tokens = tokens.clamp(0, self.base - 2)  # padding beyond the lengths may hold any id
-        rows, codes, orders, counts = _count(*_ngram_codes(tokens, lengths, self.n, self.base))
-        index = torch.searchsorted(self.codes, codes.contiguous()).clamp_max(max(self.G - 1, 0))
+        codes, orders, valid = _windows(tokens, lengths, self.n, self.base)  # (S, W), (W,), (S, W)
+        codes, perm = torch.where(valid, codes, -1).sort(dim=1)  # windows outside the sentence: code -1, first
+        orders = orders[perm]  # (S, W)
+        c_h = (torch.searchsorted(codes, codes, right=True) - torch.searchsorted(codes, codes)).to(dtype)
+        new = torch.ones_like(codes, dtype=torch.bool)
+        new[:, 1:] = codes[:, 1:] != codes[:, :-1]
+        first = (new & (codes >= 0)).to(dtype)  # (S, W) 1 on the first window of each distinct n-gram
+        index = torch.searchsorted(self.codes, codes).clamp(0, max(self.G - 1, 0))
         known = self.codes[index] == codes if self.G else torch.zeros_like(codes, dtype=torch.bool)
         idf = torch.where(known, self.idf[index] if self.G else 0.0, self.log_n)  # unseen: df 0 -> log N
-        c_h = counts.to(dtype)
         norms = torch.zeros(S, self.n, dtype=dtype, device=self.device) \
-            .index_put_((rows, orders), (c_h * idf) ** 2, accumulate=True).sqrt()  # (S, n)
+            .scatter_add_(1, orders, first * (c_h * idf) ** 2).sqrt()  # (S, n)
         refs = self.image_refs[images]  # (S, R)
         R = refs.size(1)
         # the count of each hypothesis n-gram in each reference of its image (n-grams unseen in the corpus: 0)
-        ref_of = refs[rows]  # (E, R)
-        key = ref_of.clamp_min(0) * self.G + index.unsqueeze(1)
-        at = torch.searchsorted(self.ref_keys, key).clamp_max(self.ref_keys.numel() - 1)
-        hit = (self.ref_keys[at] == key) & (ref_of >= 0) & known.unsqueeze(1)
-        c_r = torch.where(hit, self.ref_counts[at], 0.0)  # (E, R)
-        overlap = torch.minimum(c_h.unsqueeze(1), c_r) * c_r * (idf ** 2).unsqueeze(1)  # (E, R)
+        key = refs.clamp_min(0).unsqueeze(1) * self.G + index.unsqueeze(2)  # (S, W, R)
+        if self.ref_keys.numel():
+            at = torch.searchsorted(self.ref_keys, key).clamp_max(self.ref_keys.numel() - 1)
+            hit = (self.ref_keys[at] == key) & (refs >= 0).unsqueeze(1) & known.unsqueeze(2)
+            c_r = torch.where(hit, self.ref_counts[at], 0.0)  # (S, W, R)
+        else:  # every reference is empty
+            c_r = torch.zeros(key.shape, dtype=dtype, device=self.device)
+        overlap = torch.minimum(c_h.unsqueeze(2), c_r) * c_r * (first * idf ** 2).unsqueeze(2)  # (S, W, R)
         num = torch.zeros(S, self.n, R, dtype=dtype, device=self.device) \
-            .index_put_((rows, orders), overlap, accumulate=True).transpose(1, 2)  # (S, R, n)
+            .scatter_add_(1, orders.unsqueeze(2).expand(-1, -1, R), overlap).transpose(1, 2)  # (S, R, n)
         denom = norms.unsqueeze(1) * self.ref_norms[refs.clamp_min(0)]  # (S, R, n)
         cos = torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
         delta = (lengths - 1).clamp_min(0).to(dtype).unsqueeze(1) - self.ref_lengths[refs.clamp_min(0)]  # (S, R)
         per_ref = cos.mean(2) * torch.exp(-delta ** 2 / (2 * self.sigma ** 2))  # (S, R)
-        valid = refs >= 0
-        return 10.0 * (per_ref * valid).sum(1) / valid.sum(1)
+        valid_ref = refs >= 0
+        return 10.0 * (per_ref * valid_ref).sum(1) / valid_ref.sum(1)
 
     def score_lists(self, hypotheses: Sequence[Sequence[int]], images: Sequence[int]) -> torch.Tensor:
         """:meth:`__call__` for hypotheses given as lists of token ids."""

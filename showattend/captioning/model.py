@@ -318,7 +318,7 @@ class Captioner:
         grid = (side, side) if side * side == L else (1, L)
         out = []
         for h in hyps:
-            ext = h.extras.float().cpu() if h.extras is not None else torch.zeros(0, L + 1)
+            ext = h.extras.float() if h.extras is not None else torch.zeros(0, L + 1)
             out.append(CaptionResult(self.vocab.decode(h.tokens), h.log_prob, ext[:, :L], ext[:, L], grid,
                                      h.finished, h.score))
         return out

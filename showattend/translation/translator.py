@@ -124,6 +124,6 @@ class Translator:
     def _result(self, src_ids: List[int], h: Hypothesis) -> Dict:
         pieces = [self.src_tok.id_to_piece(i) for i in src_ids]
         target = [self.tgt_tok.id_to_piece(i) for i in h.tokens] + (["</s>"] if h.finished else [])
-        alpha = h.extras[:, : len(src_ids)].float().cpu() if h.extras is not None else torch.zeros(0, len(src_ids))
+        alpha = h.extras[:, : len(src_ids)].float() if h.extras is not None else torch.zeros(0, len(src_ids))
         return {"text": self.tgt_tok.decode(h.tokens), "source_pieces": pieces, "target_pieces": target,
                 "alpha": alpha, "log_prob": h.log_prob}
