@@ -188,6 +188,8 @@ def test_compiled_step_gives_the_eager_loss(tmp_path):
     (["train", "--attention-dim", "-1"], "--attention-dim must be at least 1"),
     (["train", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
     (["translate", "train", "--decoder-hidden", "0"], "--decoder-hidden must be at least 1"),
+    (["train", "--length-buckets", "--fine-tune-blocks", "1"], "--length-buckets groups captions read from a"),
+    (["train", "--length-buckets", "--from-images"], "--length-buckets groups captions read from a"),
 ])
 def test_a_bad_setting_fails_before_the_data_is_read(tmp_path, capsys, args, message):
     from showattend.cli import main
@@ -361,6 +363,8 @@ def test_resuming_inside_an_epoch_needs_the_same_batches(toy_images, tmp_path, c
     shutil.copy(toy_images / "dataset_toy.json", other)
     assert main(["train", *data, "--resume", "--data", str(other)]) == 2
     assert "--data" in capsys.readouterr().err
+    assert main(["train", *data, "--resume", "--length-buckets"]) == 2
+    assert "--length-buckets (False -> True)" in capsys.readouterr().err
     assert main(["train", *data, "--resume"]) == 0
 
 

@@ -38,8 +38,8 @@ def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", fine
     vocab = Vocab.build([t for r in records for t in r.tokens], 1)
     model_cfg = ModelConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=0.0, attention=attention,
                             fine_tune_blocks=fine_tune_blocks)
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), batch_size=6, val_beam_size=1, progress=False,
-                      device=device, **cfg)
+    cfg = TrainConfig(**{"out_dir": str(tmp_path / "run"), "batch_size": 6, "val_beam_size": 1, "progress": False,
+                         "device": device, **cfg})
     torch.manual_seed(0)
     task = task_class(model_cfg, cfg, [r for r in records if r.split == "train"],
                        [r for r in records if r.split == "val"], store, vocab, torch.device(device))

@@ -42,6 +42,11 @@ class TrainConfig(EngineConfig):
         min_count: minimum training-split frequency of a vocabulary word.
         max_caption_len: training captions longer than this many words are dropped (and counted in the log):
             cut, they would end with `<end>` after a fragment.
+        length_buckets: batches of captions of similar length (pools of 50 shuffled batches, each pool sorted by
+            length and cut again, the batches shuffled): the recurrence steps as many times as a batch's longest
+            caption, so this removes most steps over padding. Off by default, so that runs stay comparable with
+            those before it; for captions from a feature cache (with the encoder in the step, a batch holds
+            whole images with their captions).
         val_beam_size: beam size of the validation decoding.
         val_max_len: maximum caption length when decoding.
         val_images: validate on the first N validation images (0: all).
@@ -77,6 +82,7 @@ class TrainConfig(EngineConfig):
     label_smoothing: float = 0.0
     min_count: int = 5
     max_caption_len: int = 40
+    length_buckets: bool = False
     val_beam_size: int = 3
     val_max_len: int = 20
     val_images: int = 0

@@ -199,6 +199,11 @@ class CaptionDataset(Dataset):
         """Tokens of caption i, ``<start>`` and ``<end>`` included."""
         return int(self.offsets[i + 1] - self.offsets[i])
 
+    @property
+    def steps(self) -> np.ndarray:
+        """(N,) the recurrence steps of each caption: its words and ``<end>``."""
+        return np.diff(self.offsets) - 1
+
     def __getitem__(self, i):
         """(features (L, D) or, from an :class:`~showattend.captioning.cache.ImageStore`, the image (3, H, W);
         caption ids (n,) long; the image's row in the store)."""

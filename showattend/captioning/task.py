@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..engine import StepContext, Task
+from ..engine.batches import bucket_batches
 from ..metrics import bleu4
 from ..vocab import Vocab
 from .config import TrainConfig
@@ -117,7 +118,7 @@ class CaptionTask(Task):
 
     kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_ce", "val_bleu4", "captions"
     fixed_settings = ("min_count", "init", "scst", "from_images")  # the vocabulary, the start, the task, the model
-    data_settings = ("data", "images", "karpathy_split", "max_caption_len")
+    data_settings = ("data", "images", "karpathy_split", "max_caption_len", "length_buckets")
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
                  val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
@@ -136,12 +137,14 @@ class CaptionTask(Task):
         self.hard = model_cfg.attention == "hard"
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
-        """Shuffled captions; when the encoder runs in the step (fine-tuning, --from-images), shuffled images with
+        """Shuffled captions (with ``--length-buckets``, grouped by length); when the encoder runs in the step (fine-tuning, --from-images), shuffled images with
         their captions side by side, so that a batch holds few images and the encoder runs once for all captions
         of each."""
         rng = np.random.default_rng([self.cfg.seed, epoch])
         if self.encoder is None:
             order = rng.permutation(len(self.dataset)).tolist()
+            if self.cfg.length_buckets:
+                return bucket_batches(order, self.dataset.steps.tolist(), self.cfg.batch_size, rng.shuffle)
         else:
             _, image = np.unique(self.dataset.rows, return_inverse=True)  # (N,) each caption's image
             rank = np.argsort(rng.permutation(int(image.max()) + 1))  # image -> its place in the shuffled order

@@ -160,7 +160,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
 
     Raises:
         FileNotFoundError: missing data; CheckpointError: ``resume`` without a usable ``last.pt``.
-        ValueError: a bad setting (checked before any long work).
+        ValueError: a bad setting (checked before any long work); SettingsError: settings that do not go together.
     """
     cfg.validate()
     resume = check_out_dir(cfg.out_dir, resume, overwrite)
@@ -178,6 +178,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
         init = init_checkpoint(cfg.init)
         check_same_model(model_cfg, init[2], cfg.init)
         model_cfg = init[2]
+    if cfg.length_buckets and (model_cfg.fine_tune_blocks or cfg.from_images or cfg.scst):
+        raise SettingsError("--length-buckets groups captions read from a feature cache; with --fine-tune-blocks or "
+                         "--from-images a batch holds whole images with their captions, and SCST's batches hold "
+                         "images")
     records = load_records(cfg)
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]

@@ -1,17 +1,16 @@
-"""Parallel text: two aligned files, one sentence per line, plain or gzip; length-bucketed batches."""
+"""Parallel text: two aligned files, one sentence per line, plain or gzip; padded batches."""
 from __future__ import annotations
 
 import gzip
 import os
-import random
 import zlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
 
-__all__ = ["read_lines", "read_parallel", "find_split", "encode_pairs", "bucket_batches", "pad_batch"]
+__all__ = ["read_lines", "read_parallel", "find_split", "encode_pairs", "pad_batch"]
 
 
 def read_lines(path: str) -> List[str]:
@@ -91,19 +90,6 @@ def encode_pairs(src: Sequence[str], tgt: Sequence[str], src_tok: SubwordTokeniz
     if dropped is not None:
         dropped.update(empty=empty, too_long=too_long)
     return pairs
-
-
-def bucket_batches(lengths: Sequence[int], batch_size: int, rng: random.Random,
-                   pool: int = 50) -> Iterator[List[int]]:
-    """Shuffled batches of indices whose lengths are similar (sorted within pools of ``pool`` batches)."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    for i in range(0, len(order), batch_size * pool):
-        chunk = sorted(order[i:i + batch_size * pool], key=lambda j: lengths[j])
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return iter(batches)
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], bos: bool = False, eos: bool = False):

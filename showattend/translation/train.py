@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from ..checkpoint import load_checkpoint, load_weights
 from ..runs import atomic_write_text
 from ..engine import (EngineConfig, SettingsError, StepContext, Task, Trainer, check_out_dir, check_resume_settings,
-                      differing_options,
-                      resolve_precision, setup_distributed)
-from .data import bucket_batches, encode_pairs, find_split, pad_batch, read_parallel
+                      differing_options, resolve_precision, setup_distributed)
+from ..engine.batches import bucket_batches
+from .data import encode_pairs, find_split, pad_batch, read_parallel
 from .model import Seq2Seq, TranslatorConfig
 from .translator import CHECKPOINT_KIND, REQUIRED, Translator, checkpoint_parts
 from .tokenizer import PAD_ID, SubwordTokenizer
@@ -150,7 +150,10 @@ class TranslationTask(Task):
         self._lengths = [len(s) for s, _ in pairs]
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
-        return list(bucket_batches(self._lengths, self.cfg.batch_size, random.Random(self.cfg.seed * 1000 + epoch)))
+        rng = random.Random(self.cfg.seed * 1000 + epoch)
+        order = list(range(len(self._lengths)))
+        rng.shuffle(order)
+        return bucket_batches(order, self._lengths, self.cfg.batch_size, rng.shuffle)
 
     def words(self, index: int) -> int:
         return len(self.dataset[index][1]) + 1  # the subwords and </s>
