@@ -70,16 +70,19 @@ class RecurrentWeight:
     Args:
         weight: (out, in) W; may be a function of parameters (a ``torch.cat`` of several, a cast to bf16):
             the gradient flows back through it once.
+        defer: form the gradient in one product (False: plain autograd, one product per step; what
+            ``torch.compile`` traces, since the deferred backward records into this object, a side effect that
+            dynamo cannot put in a graph).
     """
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, defer: bool = True):
         self.inputs: List[torch.Tensor] = []
         self.grads: List[torch.Tensor] = []
-        self.deferred = torch.is_grad_enabled() and weight.requires_grad
+        self.deferred = defer and torch.is_grad_enabled() and weight.requires_grad
         self.weight = _Gather.apply(weight, self) if self.deferred else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(b, in) -> (b, out) in W's dtype."""
         if self.deferred:
             return _Product.apply(x, self.weight, self)
-        return F.linear(x.to(self.weight.dtype), self.weight)
+        return F.linear(x.to(self.weight.dtype), self.weight)  # with gradients when not deferred

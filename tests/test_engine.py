@@ -1,5 +1,6 @@
 """The training engine: DDP (2 gloo processes) equal to one process, exact resume
 after SIGKILL, torch.compile equivalence; for captioning (soft and hard attention) and translation."""
+import copy
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from showattend.engine import DistInfo, StepContext, Trainer
 from conftest import write_toy_images
 from counters import PKG
 
-from toys import toy_caption_task, write_toy_parallel
+from toys import toy_caption_task, toy_translation_task, write_toy_parallel
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(PKG)}
 
@@ -158,18 +159,42 @@ def _compiler_missing():
     return None
 
 
+def _loss_and_grads(task, batch, ctx):
+    torch.manual_seed(0)  # hard attention's location samples
+    task.model.zero_grad()
+    loss, _ = task.loss(task.model, batch, ctx)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in task.model.parameters() if p.grad is not None]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_compiler_missing() is not None, reason=str(_compiler_missing()))
-def test_compiled_step_gives_the_eager_loss(tmp_path):
-    task, cfg = toy_caption_task(tmp_path)
+@pytest.mark.parametrize("app", ["soft", "hard", "translation"])
+def test_the_compiled_step_has_no_graph_breaks_and_gives_the_eager_loss_and_gradients(tmp_path, app):
+    from torch._dynamo.utils import counters
+
+    if app == "translation":
+        task, cfg = toy_translation_task(tmp_path)
+    else:  # hard: every batch samples locations (expected_context_prob 0)
+        task, cfg = toy_caption_task(tmp_path, app, expected_context_prob=0.0)
     b = task.epoch_batches(1)[0]
     batch = task.collate([task.dataset[i] for i in b], list(range(len(b))))
     ctx = StepContext(0, sum(task.words(i) for i in b), len(b), 1)
-    eager, _ = task.loss(task.model, batch, ctx)
+    baseline = copy.deepcopy(getattr(task, "baseline", None))  # hard attention's b moves with each loss
+    eager, eager_grads = _loss_and_grads(task, batch, ctx)
+    if baseline is not None:
+        task.baseline = baseline
+    torch._dynamo.reset()
+    counters.clear()
     task.compile()
-    compiled, _ = task.loss(task.model, batch, ctx)
-    assert hasattr(task.model.recurrence, "_torchdynamo_orig_callable")  # really the compiled function
-    assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-5)
+    compiled, grads = _loss_and_grads(task, batch, ctx)
+    compiled_fn = task.model.decoder.step if app == "translation" else task.model.recurrence
+    assert hasattr(compiled_fn, "_torchdynamo_orig_callable")  # really the compiled function
+    assert dict(counters["graph_break"]) == {}  # one graph per step, no breaks
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(eager_grads) and all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(eager_grads, grads))
 
 
 # ----------------------------------------------------------------------------------------------------------

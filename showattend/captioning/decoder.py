@@ -107,6 +107,9 @@ class Decoder(nn.Module):
         self.L_z = nn.Linear(annotation_dim, embed_dim)
         self.L_o = nn.Linear(embed_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
+        # the per-step products' weight gradients in one product per batch (RecurrentWeight); off when the
+        # recurrence is compiled (``--compile``), which traces plain autograd
+        self.defer_weight_grads = True
 
     def init_state(self, annotations: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """h_0, c_0 from the mean annotation vector (§3.1.2).
@@ -147,7 +150,8 @@ class Decoder(nn.Module):
             weights = tuple(w.to(dtype) for w in weights)
         hidden, context, words, bias = weights
         table = self._word_table(words.dtype) if word_table else None
-        return StepWeights(RecurrentWeight(hidden), RecurrentWeight(context), words, bias,
+        defer = self.defer_weight_grads
+        return StepWeights(RecurrentWeight(hidden, defer), RecurrentWeight(context, defer), words, bias,
                            0 if query is None else query.size(0), table)
 
     def _word_table(self, dtype: torch.dtype) -> torch.Tensor:

@@ -233,4 +233,5 @@ class CaptionTask(Task):
             self.baseline.decay = self.cfg.baseline_decay  # a --baseline-decay given on --resume applies
 
     def compile(self) -> None:
+        self.decoder.defer_weight_grads = False  # the deferred products record into Python lists: a graph break
         self.decoder.recurrence = torch.compile(self.decoder.recurrence, dynamic=True)
