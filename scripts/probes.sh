@@ -74,6 +74,9 @@ probe "a short batch dropped from the positions again" showattend/engine/distrib
 probe "the search's results read one tensor at a time" $SEARCH "$(sub "'    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()\n'" "'    return [t.cpu().numpy().astype(np.float64) for t in tensors]\n'")" tests/test_reads.py tests/test_search.py
 probe "CIDEr-D reward with a boolean mask" showattend/captioning/cider.py "$(sub "'        orders = orders[perm]  # (S, W)'" "'        orders = orders[perm]; _ = codes[codes >= 0]'")" tests/test_reads.py -k "cider or scst"
 probe "the word table's staleness check read twice" $DEC "$(sub "'    return bool(torch.stack([(t == c).all() for t, c in zip(tensors, copies)]).all())'" "'    return all(bool((t == c).all()) for t, c in zip(tensors, copies))'")" tests/test_reads.py -k "decode"
+probe "--compile with the deferred weight products (graph breaks)" showattend/captioning/task.py "$(sub "'        self.decoder.defer_weight_grads = False  # the deferred products record into Python lists: a graph break\n'" "''")" tests/test_engine.py -k "compiled and soft"
+probe "length buckets not sorted by length" showattend/engine/batches.py "$(sub "'        chunk = sorted(order[i:i + batch_size * pool], key=lambda j: lengths[j])'" "'        chunk = list(order[i:i + batch_size * pool])'")" tests/test_batches.py
+probe "gpu_check: a test run that collects nothing accepted" scripts/gpu_check.py "$(sub "'    if p.returncode == 5:'" "'    if False:'")" tests/test_gpu_check.py -k "collected"
 
 # -- issue "Images at the speed of the arithmetic"
 ENC=showattend/captioning/encoders.py
