@@ -50,7 +50,12 @@ DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "
 
 
 class Skip(Exception):
-    """The check (or this half of it) cannot run here; the message says why."""
+    """The check (or this half of it) cannot run here; the message says why, ``figures`` what the half that
+    ran measured."""
+
+    def __init__(self, why: str, figures: dict = None):
+        super().__init__(why)
+        self.figures = figures or {}
 
 
 CHECKS: List[Tuple[str, str, Callable]] = []
@@ -76,9 +81,9 @@ class Ctx:
         return subprocess.run([*launcher, "-m", "showattend", *args], env={**self.env, **(env or {})},
                               capture_output=True, text=True, timeout=timeout, cwd=self.work)
 
-    def need_gpu(self, what: str):
+    def need_gpu(self, what: str, figures: dict = None):
         if self.dry:
-            raise Skip(f"{what}: needs the GPU (dry run)")
+            raise Skip(f"{what}: needs the GPU (dry run)", figures)
 
 
 def _ok(p: subprocess.CompletedProcess, what: str):
@@ -145,7 +150,7 @@ def cpu_vs_cuda_training(ctx: Ctx) -> dict:
     dec, feats, caps, lengths = _decoder_case()
     ref_loss, ref = _loss_grads(copy.deepcopy(dec), feats, caps, lengths, torch.device("cpu"))
     out = {"cpu_loss": ref_loss}
-    ctx.need_gpu("the CUDA half")
+    ctx.need_gpu("the CUDA half", out)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     loss, grads = _loss_grads(copy.deepcopy(dec), feats, caps, lengths, ctx.device)
     worst = max(float((grads[n] - g).abs().max() / g.abs().max().clamp_min(1e-12)) for n, g in ref.items())
@@ -169,7 +174,7 @@ def cpu_vs_cuda_beam(ctx: Ctx) -> dict:
 
     ref = run("cpu")
     out = {"inputs": len(ref), "cpu_mean_words": sum(len(t.split()) for t, _ in ref) / len(ref)}
-    ctx.need_gpu("the CUDA half")
+    ctx.need_gpu("the CUDA half", out)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     got = run(ctx.device)
     same = [abs(a[1] - b[1]) for a, b in zip(ref, got) if a[0] == b[0]]
@@ -409,7 +414,7 @@ def main() -> int:
             try:
                 result = {"status": "ok", **fn(ctx)}
             except Skip as e:
-                result = {"status": "skipped", "why": str(e)}
+                result = {"status": "skipped", "why": str(e), **e.figures}
             except Exception as e:  # noqa: BLE001 - every failure goes into the summary
                 result = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000]}
             result["s"] = round(time.perf_counter() - t0, 1)
