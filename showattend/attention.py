@@ -85,16 +85,16 @@ def sample_locations(alpha: torch.Tensor, generator: Optional[torch.Generator] =
 
     Args:
         alpha: (B, L) probabilities, rows summing to 1.
-        generator: optional torch.Generator for reproducible samples (``torch.multinomial``).
-        uniform: optional (B,) uniforms in [0, 1) to invert instead.
+        generator: optional torch.Generator (on alpha's device) of the uniforms drawn when none are given.
+        uniform: optional (B,) uniforms in [0, 1) to invert (None: drawn from ``generator``).
 
     Returns:
         (B,) long tensor of locations.
     """
-    if uniform is not None:
-        cdf = alpha.detach().float().cumsum(-1)  # (B, L)
-        return (cdf < uniform.unsqueeze(-1)).sum(-1).clamp_max(alpha.size(-1) - 1)
-    return torch.multinomial(alpha.detach().float(), 1, generator=generator).squeeze(1)
+    if uniform is None:  # drawn on alpha's device: no host read (torch.multinomial may check on the host)
+        uniform = torch.rand(alpha.size(0), generator=generator, device=alpha.device)
+    cdf = alpha.detach().float().cumsum(-1)  # (B, L)
+    return (cdf < uniform.unsqueeze(-1)).sum(-1).clamp_max(alpha.size(-1) - 1)
 
 
 def location_log_prob(alpha: torch.Tensor, location: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

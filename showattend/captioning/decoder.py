@@ -268,7 +268,7 @@ class Decoder(nn.Module):
             locations: (B, T-1) long, hard attention at these locations instead of sampled ones (implies
                 ``hard``); entries at padded steps are ignored.
             uniforms: (B, ≥ T-1) uniforms in [0, 1), with ``hard``: sample s_t by inverting α_t's CDF at
-                ``uniforms[:, t]`` instead of ``torch.multinomial``.
+                ``uniforms[:, t]`` (None: uniforms drawn at each step).
 
         Returns:
             :class:`DecoderOutput` for the T-1 predicted positions.
