@@ -414,6 +414,27 @@ def test_overwrite_replaces_a_run_and_stale_temporary_files_are_removed(toy_imag
     assert [json.loads(x)["epoch"] for x in open(run / "metrics.jsonl")] == [1]
 
 
+def test_kept_epochs_are_each_epochs_weights_and_overwrite_removes_them(toy_images, tmp_path, capsys):
+    from showattend.captioning.model import Captioner
+    from showattend.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(toy_images / "dataset_toy.json"), "--images", str(toy_images / "images"),
+            "--cache-dir", str(toy_images / "cache"), "--out-dir", str(run), "--no-progress", "--device", "cpu",
+            "--min-count", "1", "--embed-dim", "16", "--hidden-dim", "16", "--attention-dim", "8",
+            "--val-beam-size", "1", "--epochs", "2", "--max-steps", "1", "--patience", "5"]
+    assert main(args + ["--keep-epochs"]) == 0
+    assert sorted(os.listdir(run / "epochs")) == ["epoch_1.pt", "epoch_2.pt"]
+    last = _params(run / "last.pt")
+    second, first = _params(run / "epochs" / "epoch_2.pt"), _params(run / "epochs" / "epoch_1.pt")
+    assert all(torch.equal(last[k], second[k]) for k in last) and any(not torch.equal(first[k], second[k])
+                                                                      for k in first)
+    cap = Captioner.from_checkpoint(str(run / "epochs" / "epoch_1.pt"), device="cpu")
+    assert all(torch.equal(p, first[k]) for k, p in cap.decoder.state_dict().items())
+    assert main(args + ["--overwrite"]) == 0
+    assert "and 2 epochs/epoch_N.pt" in capsys.readouterr().err and os.listdir(run / "epochs") == []
+
+
 def test_the_feature_cache_is_encoded_at_the_models_image_size(toy_images, tmp_path, capsys):
     """--image-size reaches the encoder: at 96 px Lite0 gives a 3x3 grid (L = 9), the size is recorded, and a
     cache whose index.json was edited to another size is refused instead of being used."""

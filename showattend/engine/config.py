@@ -2,6 +2,7 @@
 resolve to; and the run folder's checks before a run starts."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from dataclasses import dataclass
@@ -44,12 +45,16 @@ class EngineConfig:
         max_steps: stop an epoch after this many batches (0: whole epoch; for smoke tests).
         save_every: also write `last.pt` every N optimizer steps (0: only at epoch ends); a `--resume`
             continues from that step exactly.
+        keep_epochs: also keep each epoch's weights, `epochs/epoch_N.pt` in the run folder (checkpoints like
+            `best.pt`, for comparing the epochs after the run, e.g. on other metrics than the one validation
+            selects on).
         log_every: read the running losses from the device every N steps (progress bar and `steps.jsonl`).
         seed: random seed (weights, batch order, dropout, hard-attention samples).
         device: "auto" (cuda when available), "cpu" or "cuda".
         precision: "auto" (bf16 on a CUDA device that computes it natively, Ampere and later; else fp32), "fp32"
             or "bf16" (torch.autocast; the CPU runs bf16 too, fast where it has AMX or AVX-512 bf16).
-        compile: torch.compile the decoder step (needs a C++ compiler on the CPU, Triton on CUDA).
+        compile: torch.compile the recurrence (captioning) or the decoder step (translation): one graph per step
+            (needs a C++ compiler on the CPU, Triton on CUDA; on a CPU it is slower than eager).
         num_workers: DataLoader worker processes (persistent across epochs); -1 (the default): chosen by device,
             0 on a CPU (the batches are assembled in the training process, which the CPU's cores are busy for) and
             on CUDA the CPU cores of this process's share of the machine less one, at most 8
@@ -68,6 +73,7 @@ class EngineConfig:
     max_minutes: float = 0.0
     max_steps: int = 0
     save_every: int = 0
+    keep_epochs: bool = False
     log_every: int = 50
     seed: int = 0
     device: str = "auto"
@@ -138,7 +144,11 @@ def check_out_dir(out_dir: str, resume: bool, overwrite: bool = False) -> bool:
         if main:
             for f in found:
                 os.remove(os.path.join(out_dir, f))
-            log.info(f"--overwrite: removed the previous run's {', '.join(found)} from {out_dir}")
+            kept = glob.glob(os.path.join(out_dir, "epochs", "epoch_*.pt"))
+            for f in kept:
+                os.remove(f)
+            log.info(f"--overwrite: removed the previous run's {', '.join(found)}"
+                     f"{f' and {len(kept)} epochs/epoch_N.pt' if kept else ''} from {out_dir}")
     if main and os.path.isdir(out_dir):
         for f in os.listdir(out_dir):  # "<name>.tmp.<pid>[.png]" from checkpoint.py and runs.py
             pid = f.split(".tmp.")[-1].split(".")[0] if ".tmp." in f else ""

@@ -346,6 +346,10 @@ class Trainer:
         self.epoch_sums, self.epoch_steps, self.epoch_s = {}, 0, 0.0
         if improved and self.dist.main:
             save_checkpoint(self.best_path, {**task.payload(), **self._meta()})
+        if cfg.keep_epochs and self.dist.main:
+            os.makedirs(os.path.join(cfg.out_dir, "epochs"), exist_ok=True)
+            save_checkpoint(os.path.join(cfg.out_dir, "epochs", f"epoch_{row['epoch']}.pt"),
+                            {**task.payload(), **self._meta()})
         self._save_last()
         if self.dist.main:
             write_metrics(cfg.out_dir, self.history)
