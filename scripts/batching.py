@@ -12,6 +12,8 @@ It prints, as JSON:
   (:func:`showattend.engine.batches.padded_fraction`: row-steps past each caption's end, up to its global
   batch's longest) and mean recurrence steps per batch, shuffled and ``--length-buckets``, for global batches
   of 64 (one GPU) and 512 (8 GPUs x 64);
+* ``train_coco_simulation`` (with ``--coco-steps N``): captions/s of the decoder's training step on the
+  simulation's captions, shuffled and grouped, at COCO's shapes (random words and annotation vectors);
 * ``train`` (with ``--cache``, a Flickr8k feature cache): captions/s of the real training step (Trainer.step:
   forward, backward, Adam) over the same ``--steps`` batches of each kind, fp32, and the ATen ops per step and
   per recurrence step counted at the dispatcher (about one GPU kernel each; views launch none);
@@ -37,12 +39,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from showattend.captioning.cache import FeatureStore  # noqa: E402
 from showattend.captioning.config import TrainConfig  # noqa: E402
-from showattend.captioning.model import ModelConfig  # noqa: E402
+from showattend.captioning.config import ModelConfig  # noqa: E402
 from showattend.captioning.task import CaptionTask  # noqa: E402
 from showattend.captioning.train import load_records  # noqa: E402
 from showattend.engine import DistInfo, StepContext, Trainer  # noqa: E402
 from showattend.engine.batches import bucket_batches, padded_fraction  # noqa: E402
-from showattend.vocab import Vocab  # noqa: E402
+from showattend.captioning.vocab import Vocab  # noqa: E402
 
 
 def epoch(steps: np.ndarray, batch_size: int, bucketed: bool, seed: int = 0) -> list:
@@ -125,6 +127,34 @@ def train_speed(task: CaptionTask, steps: int) -> dict:
             "aten_ops_per_step": ops, "aten_ops_per_recurrence_step": round(ops / rec, 1)}
 
 
+def synthetic_speed(steps: np.ndarray, bucketed: bool, n_steps: int, L: int = 49, D: int = 1280,
+                    V: int = 10345) -> dict:
+    """captions/s of the decoder's training step (forward, backward, fused Adam; fp32) on batches of 64 of the
+    given captions (random words and annotation vectors: the COCO-size simulation has no images), shuffled or
+    grouped by length, the first of ``n_steps`` + 1 untimed."""
+    from showattend.captioning.network import Decoder
+    from showattend.captioning.losses import caption_loss
+
+    torch.manual_seed(0)
+    dec = Decoder(V, D)
+    opt = torch.optim.Adam(dec.parameters(), 4e-4, fused=True)
+    g = torch.Generator().manual_seed(0)
+    spent, captions, recurrence = 0.0, 0, []
+    for k, b in enumerate(epoch(steps, 64, bucketed)[:n_steps + 1]):
+        lengths = sorted((int(steps[i]) + 1 for i in b), reverse=True)  # tokens: <start>, words, <end>
+        caps = torch.randint(4, V, (len(b), lengths[0]), generator=g)
+        feats = torch.randn(len(b), L, D, generator=g)
+        t0 = time.perf_counter()
+        loss = caption_loss(dec(feats, caps, lengths), caps)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if k:
+            spent, captions = spent + time.perf_counter() - t0, captions + len(b)
+            recurrence.append(lengths[0] - 1)
+    return {"captions_per_s": round(captions / spent, 1), "steps_per_batch": round(float(np.mean(recurrence)), 2)}
+
+
 def loader_speed(task: CaptionTask, workers: int, batches: int = 100) -> float:
     order = task.epoch_batches(1)[:batches + 1]
     loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=order, num_workers=workers,
@@ -143,6 +173,9 @@ def main():
     ap.add_argument("--cache", default="", help="that dataset's feature cache folder: measures the training step "
                                                 "and the loader")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps of each kind")
+    ap.add_argument("--coco-steps", type=int, default=0,
+                    help="also time this many training steps of each kind on the COCO-size simulation's captions "
+                         "(49 x 1280, COCO's vocabulary of 10,345 words; random inputs)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="also time the compiled step (needs a C++ compiler)")
     ap.add_argument("--json", default="", help="also write the figures here")
@@ -151,7 +184,11 @@ def main():
     cfg = TrainConfig(data=(args.data,), images="")
     records = [r for r in load_records(cfg) if r.split == "train"]
     flickr = np.array([len(t) + 1 for r in records for t in r.tokens if t and len(t) <= cfg.max_caption_len])
-    out = {"padded": {"flickr8k": padding(flickr), "coco_simulation": padding(coco_steps())}}
+    coco = coco_steps()
+    out = {"padded": {"flickr8k": padding(flickr), "coco_simulation": padding(coco)}}
+    if args.coco_steps:
+        out["train_coco_simulation"] = {kind: synthetic_speed(coco, kind == "buckets", args.coco_steps)
+                                        for kind in ("shuffled", "buckets")}
     if args.cache:
         tasks = {kind: make_task(args.data, args.cache, kind == "buckets") for kind in ("shuffled", "buckets")}
         out["train"] = {kind: train_speed(task, args.steps) for kind, task in tasks.items()}

@@ -9,7 +9,7 @@ Random inputs of the models' shapes (decoder 512/512/512, V = 2539, captions of 
 * **train**: the decoder's training step (forward + backward + Adam) at 49×1280 (Lite0, the default) and
   196×2048 (a ResNet/VGG-like 14×14 grid), in captions/s:
   - ``baseline``: showattend's step before 0.5, kept in the same run for the ratio
-    (:func:`~showattend.captioning.decoder.reference_forward`, ``torch.tanh`` in the score, the per-parameter
+    (:func:`~showattend.captioning.network.reference_forward`, ``torch.tanh`` in the score, the per-parameter
     Adam), batch 32, fp32;
   - ``fp32``/``bf16``: today's step (``Decoder.forward``, fused Adam), batch 32 and 64, without and under bf16
     autocast. The baseline and today's step alternate step by step, so load drift hits both alike.
@@ -64,11 +64,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # decode_baselin
 
 from decode_baselines import literal_score  # noqa: E402
 from showattend.captioning.data import collate_captions  # noqa: E402
-from showattend.captioning.decoder import Decoder, reference_forward  # noqa: E402
+from showattend.captioning.network import Decoder, reference_forward  # noqa: E402
 from showattend.captioning.losses import caption_loss  # noqa: E402
 from showattend.captioning.encoders import Encoder  # noqa: E402
-from showattend.captioning.model import Captioner, ModelConfig  # noqa: E402
-from showattend.vocab import Vocab  # noqa: E402
+from showattend.captioning.captioner import Captioner  # noqa: E402
+from showattend.captioning.config import ModelConfig
+from showattend.captioning.vocab import Vocab  # noqa: E402
 
 V, M, N, A = 2539, 512, 512, 512  # vocabulary, embedding m, LSTM n, attention A
 

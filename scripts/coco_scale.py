@@ -48,11 +48,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from showattend.captioning.cache import FeatureStore, cache_meta, check_disk  # noqa: E402
 from showattend.captioning.data import CaptionDataset, collate_captions  # noqa: E402
-from showattend.captioning.decoder import Decoder  # noqa: E402
+from showattend.captioning.network import Decoder  # noqa: E402
 from showattend.captioning.losses import caption_loss  # noqa: E402
 from showattend.captioning.encoders import Encoder  # noqa: E402
 from showattend.captioning.train import TrainConfig, load_records  # noqa: E402
-from showattend.vocab import Vocab  # noqa: E402
+from showattend.captioning.vocab import Vocab  # noqa: E402
 
 COCO_IMAGES, VAL, TEST = 123_287, 5_000, 5_000
 

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from showattend.captioning.images import ImageError, open_rgb  # noqa: E402
-from showattend.captioning.model import Captioner  # noqa: E402
+from showattend.captioning.captioner import Captioner  # noqa: E402
 from showattend.captioning.overlay import AttentionRow, plot_attention_rows  # noqa: E402
 from showattend.checkpoint import CheckpointError  # noqa: E402
 

@@ -120,7 +120,7 @@ def _peak(name: str):
 def _decoder_case(B: int = 32, seed: int = 0):
     """A default-size decoder without dropout (Lite2's annotation vectors, 81 x 1408, V 2539) and a sorted
     caption batch."""
-    from showattend.captioning.decoder import Decoder
+    from showattend.captioning.network import Decoder
 
     torch.manual_seed(seed)
     dec = Decoder(2539, 1408, dropout=0.0)  # no random masks: the runs compared draw none
@@ -161,8 +161,9 @@ def cpu_vs_cuda_training(ctx: Ctx) -> dict:
 
 @check("cpu_vs_cuda_beam", "beam search (beam 3) captions and log-probabilities on the CPU and on CUDA")
 def cpu_vs_cuda_beam(ctx: Ctx) -> dict:
-    from showattend.captioning.model import Captioner, ModelConfig
-    from showattend.vocab import Vocab
+    from showattend.captioning.captioner import Captioner
+    from showattend.captioning.config import ModelConfig
+    from showattend.captioning.vocab import Vocab
 
     dec, feats, _, _ = _decoder_case()
     with torch.no_grad():  # peaked word distributions: a random decoder's are nearly flat, full of near ties
@@ -313,7 +314,7 @@ def ddp(ctx: Ctx) -> dict:
 def speed(ctx: Ctx) -> dict:
     from benchmark import training_flops
 
-    from showattend.captioning.decoder import Decoder
+    from showattend.captioning.network import Decoder
     from showattend.captioning.losses import caption_loss
 
     torch.manual_seed(0)
@@ -362,7 +363,7 @@ def loader(ctx: Ctx) -> dict:
     from showattend.captioning.data import CaptionDataset, collate_captions
     from showattend.captioning.train import load_records
     from showattend.engine.config import resolve_num_workers
-    from showattend.vocab import Vocab
+    from showattend.captioning.vocab import Vocab
 
     data = ctx.work / "synthetic"
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "synthetic_data.py"), str(data), "--train", "2000",

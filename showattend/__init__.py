@@ -1,32 +1,36 @@
 """showattend: "Show, Attend and Tell" (Xu et al., ICML 2015) in PyTorch, on one shared attention core.
 
-The package is the core (attention, search, checkpoints, metrics, the training engine, the registry of bundled
-models) and two applications of it, each with its own public API: ``showattend.captioning`` (``Captioner``,
-``open_rgb``, ``load_image``, ``plot_attention``, ``train``, ``evaluate``; e.g.
-``Captioner.from_pretrained("flickr8k-lite2-soft").caption("photo.jpg")``) and ``showattend.translation``
-(``Translator``, ``plot_alignment``, ``train_translator``, ``evaluate_translator``). The README shows both.
+The package is the core (attention, search, checkpoints, the training engine, the registry of bundled models)
+and two applications of it, each with its own public API: ``showattend.captioning`` (``Captioner``,
+``open_rgb``, ``load_image``, ``plot_attention``, ``train``, ``evaluate``) and ``showattend.translation``
+(``Translator``, ``plot_alignment``, ``train``, ``evaluate``). The user-facing objects of both are here too::
+
+    from showattend import Captioner, Translator
+    Captioner.from_pretrained("flickr8k-lite2-soft").caption("photo.jpg").text
+    Translator.from_pretrained("multi30k-de-en").translate("Ein Hund läuft.").text
 
 The core never imports an application. Names are imported on first use, so ``import showattend`` (and
-``showattend --version``) stays fast.
+``showattend --version``) loads no application module.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_names
+from ._version import __version__
 
-__version__ = "0.1.0"
-
-_NAMES = {"Attention": ".attention", "CheckpointError": ".checkpoint", "caption_metrics": ".metrics",
-          "PRETRAINED": ".pretrained", "list_models": ".pretrained"}
+_NAMES = {"Captioner": ".captioning.captioner", "Translator": ".translation.translator",
+          "Attention": ".attention", "CheckpointError": ".checkpoint", "PRETRAINED": ".pretrained",
+          "list_models": ".pretrained"}
 
 __all__ = ["__version__", *_NAMES]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .attention import Attention
+    from .captioning.captioner import Captioner
     from .checkpoint import CheckpointError
-    from .metrics import caption_metrics
     from .pretrained import PRETRAINED, list_models
+    from .translation.translator import Translator
 
 
 __getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -183,7 +183,7 @@ def _main(argv: List[str]) -> int:
         print(_usage(_tree()))
         return 0
     if "--version" in head:
-        from . import __version__
+        from ._version import __version__
 
         print(f"showattend {__version__}")
         return 0

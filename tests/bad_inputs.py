@@ -426,12 +426,15 @@ def make_corpus(root: Path) -> List[Case]:
     Lite0 encoder and a tiny translator serve as the good models)."""
     import torch
 
-    from showattend.captioning.model import Captioner, ModelConfig, build_decoder
+    from showattend.captioning.captioner import Captioner
+    from showattend.captioning.config import ModelConfig
+    from showattend.captioning.network import build_decoder
     from showattend.checkpoint import save_checkpoint
-    from showattend.translation.model import Seq2Seq, TranslatorConfig
+    from showattend.translation.config import TranslatorConfig
+    from showattend.translation.network import Seq2Seq
     from showattend.translation.tokenizer import SubwordTokenizer
     from showattend.translation.translator import Translator
-    from showattend.vocab import Vocab
+    from showattend.captioning.vocab import Vocab
 
     root = Path(root)
     torch.manual_seed(0)

@@ -9,10 +9,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import benchmark  # noqa: E402
 
-from showattend.captioning.decoder import Decoder  # noqa: E402
+from showattend.captioning.network import Decoder  # noqa: E402
 from showattend.captioning.losses import caption_loss  # noqa: E402
-from showattend.captioning.model import Captioner, ModelConfig  # noqa: E402
-from showattend.vocab import Vocab  # noqa: E402
+from showattend.captioning.captioner import Captioner  # noqa: E402
+from showattend.captioning.config import ModelConfig
+from showattend.captioning.vocab import Vocab  # noqa: E402
 
 
 @pytest.mark.parametrize("L,D", [(49, 1280), (9, 64)])

@@ -17,7 +17,7 @@ from showattend.captioning.data import (CaptionDataset, CaptionRecord, collate_c
                                         tokenize)
 from showattend.captioning.encoders import Encoder
 from showattend.captioning.images import ImageError
-from showattend.vocab import Vocab
+from showattend.captioning.vocab import Vocab
 
 
 def test_flickr8k_karpathy_json_loads():
@@ -172,7 +172,7 @@ def test_missing_cache_is_a_clear_error(tmp_path):
 
 
 def _prepare(tmp_path, images, keys, image_size=64, **model):
-    from showattend.captioning.model import ModelConfig
+    from showattend.captioning.config import ModelConfig
     from showattend.captioning.train import TrainConfig, prepare_cache
 
     cfg = TrainConfig(data=str(tmp_path / "dataset_toy.json"), images=str(images), cache_dir=str(tmp_path / "cache"),

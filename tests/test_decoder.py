@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from showattend.captioning.data import collate_captions
-from showattend.captioning.decoder import Decoder, DecoderOutput, reference_forward
+from showattend.captioning.network import Decoder, DecoderOutput, reference_forward
 from showattend.captioning.losses import caption_loss, doubly_stochastic_penalty
-from showattend.captioning.model import Captioner, ModelConfig
-from showattend.vocab import Vocab
+from showattend.captioning.captioner import Captioner
+from showattend.captioning.config import ModelConfig
+from showattend.captioning.vocab import Vocab
 
 VARIANTS = [dict(score="additive", selector=True), dict(score="general", selector=True),
             dict(score="dot", selector=False)]

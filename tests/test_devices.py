@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from showattend.captioning.encoders import Encoder
-from showattend.captioning.task import FineTuned
-from showattend.captioning.decoder import Decoder
+from showattend.captioning.network import FineTuned
+from showattend.captioning.network import Decoder
 from showattend.engine import resolve_precision
 from showattend.engine.state import rng_state, set_rng_state
 from showattend.engine.distributed import buffers_trained

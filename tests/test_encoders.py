@@ -58,7 +58,7 @@ def test_lite_weights_and_normalisation_recognise_the_espresso(name, grid):
 
 
 def test_the_native_size_is_the_default():
-    from showattend.captioning.model import ModelConfig
+    from showattend.captioning.config import ModelConfig
 
     assert ModelConfig().image_size == 224 and ModelConfig(encoder="efficientnet_lite2").image_size == 260
     assert ModelConfig(encoder="efficientnet_lite2", image_size=224).image_size == 224

@@ -415,7 +415,7 @@ def test_overwrite_replaces_a_run_and_stale_temporary_files_are_removed(toy_imag
 
 
 def test_kept_epochs_are_each_epochs_weights_and_overwrite_removes_them(toy_images, tmp_path, capsys):
-    from showattend.captioning.model import Captioner
+    from showattend.captioning.captioner import Captioner
     from showattend.cli import main
 
     run = tmp_path / "run"

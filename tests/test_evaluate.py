@@ -7,9 +7,11 @@ import torch
 
 from conftest import write_toy_images
 from showattend.captioning.evaluate import evaluate
-from showattend.captioning.model import Captioner, ModelConfig, build_decoder
-from showattend.metrics import _ptb_tokenize, caption_metrics, java_available
-from showattend.vocab import Vocab
+from showattend.captioning.captioner import Captioner
+from showattend.captioning.config import ModelConfig
+from showattend.captioning.network import build_decoder
+from showattend.captioning.metrics import _ptb_tokenize, caption_metrics, java_available
+from showattend.captioning.vocab import Vocab
 
 needs_java = pytest.mark.skipif(not java_available(), reason="no java: the PTB tokenizer cannot run")
 

@@ -6,7 +6,7 @@ import torch
 
 from conftest import write_toy_images
 from showattend.captioning.encoders import Encoder
-from showattend.captioning.model import Captioner
+from showattend.captioning.captioner import Captioner
 from showattend.cli import main
 
 

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from showattend.attention import (Attention, attention_entropy, location_log_prob, masked_softmax,
                                   sample_locations)
 from showattend.captioning.data import collate_captions
-from showattend.captioning.decoder import Decoder
+from showattend.captioning.network import Decoder
 from showattend.captioning.losses import (MovingAverageBaseline, caption_loss, hard_attention_loss,
                                           reinforce_surrogate)
-from showattend.captioning.model import Captioner, ModelConfig
-from showattend.vocab import Vocab
+from showattend.captioning.captioner import Captioner
+from showattend.captioning.config import ModelConfig
+from showattend.captioning.vocab import Vocab
 
 REWARD = torch.tensor([5.0, 4.0, 6.5, 5.5])  # f(s) for L=4 locations; a large common offset, as log-likelihoods
 
@@ -258,7 +259,7 @@ def test_label_smoothing_reaches_the_hard_likelihood_term_but_not_the_reward():
 
 def test_sampled_searches_are_ranked_by_their_length_penalised_score(monkeypatch):
     """Of the sampled searches, a hard model keeps the caption with the best score (log p / n^p), not log p."""
-    from showattend.captioning.model import CaptionResult
+    from showattend.captioning.captioner import CaptionResult
 
     vocab, feats, _ = _toy()
     cap = Captioner(Decoder(len(vocab), 16, embed_dim=8, hidden_dim=8), vocab, ModelConfig(), device="cpu")

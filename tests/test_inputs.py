@@ -10,12 +10,14 @@ import torch
 from PIL import Image
 
 from conftest import ASSETS
-from showattend.captioning.decoder import Decoder
+from showattend.captioning.network import Decoder
 from showattend.captioning.images import ImageError, load_image, open_rgb
-from showattend.captioning.model import Captioner, ModelConfig, build_decoder
+from showattend.captioning.captioner import Captioner
+from showattend.captioning.config import ModelConfig
+from showattend.captioning.network import build_decoder
 from showattend.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from showattend.cli import main
-from showattend.vocab import Vocab
+from showattend.captioning.vocab import Vocab
 
 PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
 BUNDLED = os.path.join(ASSETS, "flickr8k-lite2-soft.pt")

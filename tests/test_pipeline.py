@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from showattend.captioning.model import Captioner
+from showattend.captioning.captioner import Captioner
 from showattend.cli import main
-from showattend.metrics import caption_metrics
+from showattend.captioning.metrics import caption_metrics
 
 from conftest import write_toy_images
 

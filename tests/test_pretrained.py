@@ -78,7 +78,7 @@ def test_public_api_names_resolve():
     """The core offers its own names; each application its own, and the core never imports an application."""
     import showattend.captioning
     import showattend.translation
-    from showattend.captioning.model import Captioner
+    from showattend.captioning.captioner import Captioner
     from showattend.translation.translator import Translator
 
     for module in (showattend, showattend.captioning, showattend.translation):
@@ -86,11 +86,12 @@ def test_public_api_names_resolve():
             assert getattr(module, name) is not None, (module.__name__, name)
         assert set(module.__all__) <= set(dir(module))
     assert showattend.captioning.Captioner is Captioner and showattend.translation.Translator is Translator
+    assert showattend.Captioner is Captioner and showattend.Translator is Translator  # from showattend import ...
     with pytest.raises(AttributeError):
         showattend.translation.TranslatorBundle  # the old name is gone
     assert os.path.isfile(os.path.join(os.path.dirname(showattend.__file__), "py.typed"))
     core = subprocess.run([sys.executable, "-c", "import sys, showattend, showattend.commands, showattend.report, "
-                           "showattend.metrics, showattend.engine, showattend.pretrained; "
+                           "showattend.engine, showattend.pretrained; "
                            "print(sorted(m for m in sys.modules if m.startswith(('showattend.captioning', "
                            "'showattend.translation'))))"], capture_output=True, text=True, check=True)
     assert core.stdout.strip() == "[]"  # importing the core loads no application

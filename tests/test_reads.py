@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from showattend import search
-from showattend.captioning import model as captioning_model
+from showattend.captioning import captioner as captioning_model
 from showattend.captioning import scst as scst_module
 from showattend.captioning.cider import CiderD
 from showattend.captioning.scst import SCSTTask
@@ -177,7 +177,7 @@ def test_cider_of_a_corpus_of_empty_references_is_zero():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_translation_decoding_reads_its_packing_checks_and_one_transfer(tmp_path, monkeypatch, beam_size, device):
-    from showattend.translation import model as translation_model
+    from showattend.translation import network as translation_model
 
     task, _ = toy_translation_task(tmp_path, device)
     beam, greedy = StepCount(search.beam_search), StepCount(search.greedy_search, forced_end=False)

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from conftest import write_toy_images
-from showattend.captioning.model import Captioner, ModelConfig, build_decoder
+from showattend.captioning.captioner import Captioner
+from showattend.captioning.config import ModelConfig
+from showattend.captioning.network import build_decoder
 from showattend.cli import main
 from showattend.report import write_alignment_report
 from showattend.translation.plot import report_items
-from showattend.vocab import Vocab
+from showattend.captioning.vocab import Vocab
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 try:

@@ -108,8 +108,10 @@ def test_the_estimator_is_unbiased():
 def test_teacher_forced_log_probs_are_the_sampling_distribution(tmp_path):
     """The second pass (the decoder's batched training pass on the samples) gives the log-probabilities the
     samples were drawn with: the sum of the sampler's per-step log p of each drawn token."""
-    from showattend.captioning.model import Captioner, ModelConfig, build_decoder
-    from showattend.vocab import Vocab
+    from showattend.captioning.captioner import Captioner
+    from showattend.captioning.config import ModelConfig
+    from showattend.captioning.network import build_decoder
+    from showattend.captioning.vocab import Vocab
 
     torch.manual_seed(0)
     vocab = Vocab(list(Vocab.specials) + ["a", "b", "c", "d", "e"])
@@ -199,7 +201,7 @@ def test_the_reward_counts_end_as_a_word():
     from showattend.captioning.cider import CiderD
     from showattend.captioning.data import CaptionRecord
     from showattend.captioning.scst import _references
-    from showattend.vocab import Vocab
+    from showattend.captioning.vocab import Vocab
 
     vocab = Vocab(list(Vocab.specials) + ["a", "dog", "runs", "cat", "sits"])
     recs = [CaptionRecord("1.jpg", "train", [["a", "dog", "runs"], ["a", "dog"]]),
@@ -251,9 +253,10 @@ def test_scst_validation_is_coco_captions_cider_on_words(tmp_path, monkeypatch):
     from showattend.captioning import scst as scst_module
     from showattend.captioning.cache import FeatureStore
     from showattend.captioning.data import CaptionRecord
-    from showattend.captioning.model import CaptionResult, ModelConfig
+    from showattend.captioning.captioner import CaptionResult
+    from showattend.captioning.config import ModelConfig
     from showattend.captioning.train import TrainConfig
-    from showattend.vocab import Vocab
+    from showattend.captioning.vocab import Vocab
 
     folder = tmp_path / "cache"
     folder.mkdir()

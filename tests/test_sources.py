@@ -13,9 +13,11 @@ from PIL import Image
 
 from showattend.captioning import images
 from showattend.captioning.images import ImageError, load_image, open_rgb
-from showattend.captioning.model import Captioner, ModelConfig, build_decoder
+from showattend.captioning.captioner import Captioner
+from showattend.captioning.config import ModelConfig
+from showattend.captioning.network import build_decoder
 from showattend.cli import main
-from showattend.vocab import Vocab
+from showattend.captioning.vocab import Vocab
 
 
 def _photo(path, seed=0, size=(80, 60)):

@@ -10,14 +10,16 @@ import torch
 import torch.nn.functional as F
 
 import showattend.search
-import showattend.translation.model as tm
+import showattend.translation.network as tm
 from conftest import shared_path
 from showattend.cli import main
 from showattend.translation.data import pad_batch, read_parallel
-from showattend.translation.model import Seq2Seq, TranslatorConfig
+from showattend.translation.config import TranslationTrainConfig, TranslatorConfig
+from showattend.translation.evaluate import evaluate as evaluate_translator
+from showattend.translation.network import Seq2Seq
+from showattend.translation.train import train as train_translator
+from showattend.translation.translator import Translator
 from showattend.translation.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SubwordTokenizer
-from showattend.translation.train import (TranslationTrainConfig, Translator, evaluate_translator,
-                                          train_translator)
 
 LEXICON = {"ein": "a", "der": "the", "mann": "man", "hund": "dog", "frau": "woman", "läuft": "runs",
            "schläft": "sleeps", "isst": "eats", "rot": "red", "klein": "small"}
@@ -351,7 +353,7 @@ def test_bleu_is_reported_in_the_three_forms_of_the_literature():
     multi-bleu.perl protocol): each with a signature that says which; a case difference costs only the first."""
     import sacrebleu
 
-    from showattend.translation.train import corpus_scores
+    from showattend.translation.evaluate import corpus_scores
 
     refs = ["A man rides a bike down the street.", "Two dogs play in the snow, don't they?"]
     hyps = ["a man rides a bike down the street.", "Two dogs play in the snow, don't they?"]

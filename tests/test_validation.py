@@ -11,7 +11,8 @@ import torch
 
 from conftest import write_toy_images
 from showattend.captioning import task as task_module
-from showattend.captioning.model import Captioner, ModelConfig
+from showattend.captioning.captioner import Captioner
+from showattend.captioning.config import ModelConfig
 from showattend.captioning.train import TrainConfig, train
 from showattend.checkpoint import save_checkpoint
 

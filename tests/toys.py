@@ -7,10 +7,10 @@ import torch
 
 from showattend.captioning.cache import FeatureStore
 from showattend.captioning.data import CaptionRecord
-from showattend.captioning.model import ModelConfig
+from showattend.captioning.config import ModelConfig
 from showattend.captioning.task import CaptionTask
 from showattend.captioning.train import TrainConfig
-from showattend.vocab import Vocab
+from showattend.captioning.vocab import Vocab
 
 WORDS = ["a", "red", "green", "blue", "square", "box", "on", "white", "big", "small"]
 
@@ -47,8 +47,10 @@ def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", fine
 
 
 def toy_translation_task(tmp_path, device="cpu"):
-    from showattend.translation.model import Seq2Seq, TranslatorConfig
-    from showattend.translation.train import TranslationTask, TranslationTrainConfig, Translator
+    from showattend.translation.config import TranslationTrainConfig, TranslatorConfig
+    from showattend.translation.network import Seq2Seq
+    from showattend.translation.task import TranslationTask
+    from showattend.translation.translator import Translator
 
     src = [[4 + (i + j) % 7 for j in range(2 + i % 5)] for i in range(24)]
     pairs = [(s, [x + 1 for x in reversed(s)]) for s in src]

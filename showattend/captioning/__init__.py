@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_names
 
 _NAMES = {
-    "Captioner": ".model", "CaptionResult": ".model", "ModelConfig": ".model", "TrainConfig": ".config",
+    "Captioner": ".captioner", "CaptionResult": ".captioner", "ModelConfig": ".config", "TrainConfig": ".config",
     "train": ".train", "evaluate": ".evaluate", "load_image": ".images", "open_rgb": ".images",
     "ImageError": ".images", "plot_attention": ".overlay",
 }
@@ -19,11 +19,11 @@ _NAMES = {
 __all__ = list(_NAMES)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .captioner import Captioner, CaptionResult
+    from .config import ModelConfig, TrainConfig
     from .evaluate import evaluate
     from .images import ImageError, load_image, open_rgb
-    from .model import Captioner, CaptionResult, ModelConfig
     from .overlay import plot_attention
-    from .config import TrainConfig
     from .train import train
 
 

@@ -13,7 +13,7 @@ import tyro
 
 from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flag, flat, report_json
 from ..pretrained import DEFAULT_CAPTIONER
-from .model import ModelConfig
+from .config import ModelConfig
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class Caption:
         from tqdm import tqdm
 
         from .images import expand_inputs
-        from .model import Captioner
+        from .captioner import Captioner
 
         if not self.images:
             print("showattend caption: error: no IMAGE given (see showattend caption --help)", file=sys.stderr)

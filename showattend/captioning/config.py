@@ -1,14 +1,84 @@
-"""The training settings of a captioner (:class:`TrainConfig`), below the code that uses them: the task, SCST and
-the training run all read them."""
+"""The settings of a captioner: its architecture (:class:`ModelConfig`, stored in its checkpoints) and its
+training (:class:`TrainConfig`), below the code that uses them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Tuple
+from typing import ClassVar, Literal, Optional, Tuple, get_args
 
+from ..checkpoint import CheckpointError
 from ..engine import EngineConfig
-from .losses import DS_NORMALISATIONS, SCST_BASELINES, DSNormalisation, SCSTBaseline
+from .encoders import ENCODERS
 
-__all__ = ["TrainConfig"]
+__all__ = ["ModelConfig", "TrainConfig", "DS_NORMALISATIONS", "DSNormalisation", "SCST_BASELINES", "SCSTBaseline"]
+
+#: how the doubly stochastic penalty is scaled against the cross-entropy (see TrainConfig.ds_normalisation)
+DSNormalisation = Literal["mean", "eq14", "capgen"]
+DS_NORMALISATIONS = get_args(DSNormalisation)
+#: the reward baseline of SCST (see TrainConfig.scst_baseline)
+SCSTBaseline = Literal["mean", "greedy"]
+SCST_BASELINES = get_args(SCSTBaseline)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a captioner (stored in its checkpoint).
+
+    Attributes:
+        encoder: backbone, a key of ENCODERS: `efficientnet_lite0`, `efficientnet_lite2`, `resnet101` or
+            `vgg19`.
+        encoder_weights: optional local `.pth` for the backbone.
+        fine_tune_blocks: top CNN blocks trained with the decoder (0: frozen, the paper's setting).
+        image_size: input side in pixels (0: the encoder's native size, 224; 260 for efficientnet_lite2).
+        embed_dim: word embedding size m.
+        hidden_dim: LSTM size n.
+        attention_dim: hidden size of f_att.
+        dropout: deep-output dropout.
+        score: attention score: "additive" (paper), "general", "dot".
+        selector: gating scalar β on (§4.2.1).
+        attention: "soft" (deterministic, §4.2) or "hard" (stochastic, trained with REINFORCE, §4.1). At
+            inference a hard model uses the expected context Σ_i α_ti a_i (the mean-field choice that the
+            authors' sampler makes too), so beam search and the captions are deterministic.
+    """
+
+    encoder: str = "efficientnet_lite0"
+    encoder_weights: Optional[str] = None
+    fine_tune_blocks: int = 0
+    image_size: int = 0
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512
+    dropout: float = 0.5
+    score: Literal["additive", "general", "dot"] = "additive"
+    selector: bool = True
+    attention: Literal["soft", "hard"] = "soft"
+    #: settings whose default depends on others (``image_size`` on ``encoder``): the value that means "resolve
+    #: me", kept in the command line's defaults so that ``--encoder`` alone gives that encoder's size
+    AUTO_DEFAULTS: ClassVar[dict] = {"image_size": 0}
+
+    def __post_init__(self):
+        if self.attention not in ("soft", "hard"):
+            raise ValueError(f"attention must be 'soft' or 'hard', got {self.attention!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"--encoder {self.encoder!r}: choose one of {', '.join(sorted(ENCODERS))}")
+        if self.image_size == 0:
+            self.image_size = ENCODERS[self.encoder].image_size
+        if self.score not in ("additive", "general", "dot"):
+            raise ValueError(f"--score {self.score!r}: choose additive, general or dot")
+        for name in ("image_size", "embed_dim", "hidden_dim", "attention_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.fine_tune_blocks < 0:
+            raise ValueError(f"--fine-tune-blocks must not be negative, got {self.fine_tune_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CheckpointError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**d)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..vocab import Vocab, tokenize
+from .vocab import Vocab, tokenize
 from .cache import FeatureStore
 
 __all__ = ["CaptionRecord", "tokenize", "load_karpathy", "load_coco", "coco_file_split", "CaptionDataset", "collate_captions"]

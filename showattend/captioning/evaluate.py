@@ -6,10 +6,10 @@ import os
 import time
 from typing import Dict, Optional, Sequence, Union
 
-from ..metrics import METRICS, SPICE_NOTE, caption_metrics, check_java, java_available
+from .metrics import METRICS, SPICE_NOTE, caption_metrics, check_java, java_available
 from ..runs import atomic_write_text
 from .cache import FeatureStore
-from .model import Captioner
+from .captioner import Captioner
 from .task import evaluate_split
 from .train import TrainConfig, load_records, prepare_cache
 

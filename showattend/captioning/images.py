@@ -118,7 +118,7 @@ def fetch(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYT
     import urllib.error
     import urllib.request
 
-    from .. import __version__
+    from .._version import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"showattend/{__version__}"})
     try:

@@ -1,25 +1,23 @@
 """The training objectives of the captioner (Xu et al. 2015): per-word cross-entropy plus the doubly stochastic
 penalty of eq. 14 (soft attention, §4.2.1), and the Monte-Carlo objective of eq. 12 with the moving-average
-REINFORCE baseline of eq. 11 (hard attention, §4.1). They read a :class:`~showattend.captioning.decoder.
+REINFORCE baseline of eq. 11 (hard attention, §4.1). They read a :class:`~showattend.captioning.network.
 DecoderOutput`.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Union, get_args
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..attention import attention_entropy, location_log_prob
-from .decoder import DecoderOutput
+from .config import DS_NORMALISATIONS, SCST_BASELINES
+from .network import DecoderOutput
 
-__all__ = ["DS_NORMALISATIONS", "DSNormalisation", "doubly_stochastic_penalty", "caption_loss",
-           "MovingAverageBaseline", "reinforce_surrogate", "hard_attention_loss", "SCST_BASELINES",
-           "SCSTBaseline", "self_critical_baseline", "scst_loss"]
+__all__ = ["doubly_stochastic_penalty", "caption_loss", "MovingAverageBaseline", "reinforce_surrogate",
+           "hard_attention_loss", "self_critical_baseline", "scst_loss"]
 
 
-DSNormalisation = Literal["mean", "eq14", "capgen"]
-DS_NORMALISATIONS = get_args(DSNormalisation)
 
 
 def doubly_stochastic_penalty(alphas: torch.Tensor, words: Union[torch.Tensor, int],
@@ -221,8 +219,6 @@ def hard_attention_loss(out: DecoderOutput, captions: torch.Tensor, baseline: Un
 # Self-critical sequence training (Rennie et al. 2017)
 
 
-SCSTBaseline = Literal["mean", "greedy"]
-SCST_BASELINES = get_args(SCSTBaseline)
 
 
 def self_critical_baseline(rewards: torch.Tensor, kind: str = "mean",

@@ -24,7 +24,7 @@ def report_item(name: str, source, result, references: Sequence[str] = (), score
     Args:
         name: how the page names the image.
         source: the image (any :data:`~showattend.captioning.images.ImageSource`; EXIF orientation applied).
-        result: its :class:`~showattend.captioning.model.CaptionResult`.
+        result: its :class:`~showattend.captioning.captioner.CaptionResult`.
     """
     from ..report import image_data_uri
     from .images import open_rgb

@@ -37,15 +37,15 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from ..engine import StepContext
-from ..metrics import cider
+from .metrics import cider
 from ..search import sample_search
-from ..vocab import Vocab
+from .vocab import Vocab
 from .config import TrainConfig
 from .cache import FeatureStore, ImageStore
 from .cider import CiderD
 from .data import CaptionRecord, collate_captions
 from .losses import caption_loss, scst_loss, self_critical_baseline
-from .model import ModelConfig
+from .config import ModelConfig
 from .task import CaptionTask, _step_seed, evaluate_split
 
 __all__ = ["ImageBatch", "SCSTTask"]

@@ -17,16 +17,17 @@ import torch.distributed as dist
 
 from ..engine import StepContext, Task
 from ..engine.batches import bucket_batches
-from ..metrics import bleu4
-from ..vocab import Vocab
-from .config import TrainConfig
 from .cache import FeatureStore, ImageStore
+from .captioner import CHECKPOINT_KIND, Captioner
+from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset, CaptionRecord, collate_captions
 from .encoders import Encoder
 from .losses import MovingAverageBaseline, caption_loss, hard_attention_loss
-from .model import CHECKPOINT_KIND, Captioner, ModelConfig, build_decoder
+from .metrics import bleu4
+from .network import FineTuned, build_decoder
+from .vocab import Vocab
 
-__all__ = ["CaptionBatch", "CaptionTask", "FineTuned", "evaluate_split"]
+__all__ = ["CaptionBatch", "CaptionTask", "evaluate_split"]
 
 
 @torch.no_grad()
@@ -82,28 +83,6 @@ class CaptionBatch(NamedTuple):
 
 def _step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
-
-
-class FineTuned(torch.nn.Module):
-    """Decoder + the encoder's top blocks, trained together (``--fine-tune-blocks N``, or from the images with
-    ``--from-images``): the module the engine optimises (and DDP wraps). The encoder runs once per distinct image
-    of a batch; every caption of that image reads the result.
-
-    Args:
-        decoder: the :class:`~showattend.captioning.decoder.Decoder`; encoder: an
-            :class:`~showattend.captioning.encoders.Encoder` built with ``fine_tune_blocks`` N.
-    """
-
-    def __init__(self, decoder: torch.nn.Module, encoder: Encoder, from_images: bool = False):
-        super().__init__()
-        self.decoder, self.encoder, self.from_images = decoder, encoder, from_images
-
-    def forward(self, x: torch.Tensor, image: torch.Tensor, captions: torch.Tensor, lengths, **kwargs):
-        """x: (U, L', C') trunk activations of U images, or with ``from_images`` the images (U, 3, H, W);
-        image: (B,) each caption's row of them; the rest as for
-        :meth:`~showattend.captioning.decoder.Decoder.forward`."""
-        trunk = self.encoder.trunk(x) if self.from_images else x
-        return self.decoder(self.encoder.top(trunk)[image], captions, lengths, **kwargs)
 
 
 class CaptionTask(Task):

@@ -21,12 +21,13 @@ from ..checkpoint import load_checkpoint, load_weights
 from ..engine import (DistInfo, SettingsError, Trainer, check_out_dir, check_resume_settings,
                       differing_options,
                       resolve_precision, setup_distributed)
-from ..vocab import Vocab
+from .vocab import Vocab
 from .config import TrainConfig
 from .cache import FeatureStore, ImageStore, build_feature_cache, cache_meta, find_cache
 from .data import CaptionRecord, load_coco, load_karpathy
 from .encoders import Encoder
-from .model import CHECKPOINT_KIND, ModelConfig, checkpoint_config
+from .captioner import CHECKPOINT_KIND, checkpoint_config
+from .config import ModelConfig
 from .scst import SCSTTask
 from .task import CaptionTask
 

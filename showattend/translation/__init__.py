@@ -2,7 +2,7 @@
 
 The public API of this application (names are imported on first use)::
 
-    from showattend.translation import Translator, plot_alignment, train_translator, evaluate_translator
+    from showattend.translation import Translator, plot_alignment, train, evaluate
 """
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_names
 
 _NAMES = {
-    "Translator": ".translator", "TranslatorConfig": ".model", "TranslationTrainConfig": ".train",
-    "train_translator": ".train", "evaluate_translator": ".train", "plot_alignment": ".plot",
+    "Translator": ".translator", "TranslatorConfig": ".config", "TranslationTrainConfig": ".config",
+    "train": ".train", "evaluate": ".evaluate", "plot_alignment": ".plot",
 }
 
 __all__ = list(_NAMES)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from .model import TranslatorConfig
+    from .config import TranslationTrainConfig, TranslatorConfig
+    from .evaluate import evaluate
     from .plot import plot_alignment
-    from .train import TranslationTrainConfig, evaluate_translator, train_translator
+    from .train import train
     from .translator import Translator
 
 

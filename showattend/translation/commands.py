@@ -11,8 +11,7 @@ import tyro
 
 from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flat, report_json
 from ..pretrained import DEFAULT_TRANSLATOR
-from .model import TranslatorConfig
-from .train import TranslationTrainConfig
+from .config import TranslationTrainConfig, TranslatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +130,9 @@ class TranslateTrain(TrainingCommand):
 
     @staticmethod
     def _train(*args, **kwargs):
-        from .train import train_translator
+        from .train import train
 
-        return train_translator(*args, **kwargs)
+        return train(*args, **kwargs)
 
 
 @dataclass
@@ -166,11 +165,11 @@ class TranslateEvaluate:
         check_output_file(self.output, "--output")
 
     def run(self) -> int:
-        from .train import evaluate_translator
+        from .evaluate import evaluate
 
         d = self.decoding
-        report = evaluate_translator(d.model_file(), self.data, self.src, self.tgt, self.split, d.beam_size,
-                                     d.length_penalty, d.device, self.output or None)
+        report = evaluate(d.model_file(), self.data, self.src, self.tgt, self.split, d.beam_size, d.length_penalty,
+                          d.device, self.output or None)
         return report_json(report, "")
 
 

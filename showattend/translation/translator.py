@@ -1,4 +1,4 @@
-"""The user-facing translator: an attention seq2seq network (:class:`~showattend.translation.model.Seq2Seq`) with its
+"""The user-facing translator: an attention seq2seq network (:class:`~showattend.translation.network.Seq2Seq`) with its
 source and target subword models; translate raw sentences, load and save checkpoints, load a bundled model."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_
 from ..runs import resolve_device
 from ..search import Hypothesis
 from .data import pad_batch
-from .model import Seq2Seq, TranslatorConfig
+from .config import TranslatorConfig
+from .network import Seq2Seq
 from .tokenizer import SubwordTokenizer
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class Translator:
     """A translator with its tokenizers: translate raw sentences, save and load checkpoints.
 
     Args:
-        model: the :class:`~showattend.translation.model.Seq2Seq` network.
+        model: the :class:`~showattend.translation.network.Seq2Seq` network.
         src_tok, tgt_tok: sentencepiece tokenizers.
         device: torch device.
         max_src_len: longer inputs are cut to this many subwords (with a warning on stderr).

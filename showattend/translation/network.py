@@ -20,66 +20,19 @@ N decoder hidden size, V target vocabulary.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Annotated, List, Literal, Tuple
+from typing import List, Tuple
 
 import torch
-import tyro
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..attention import Attention
 from ..search import Hypothesis, beam_search, greedy_search
+from .config import TranslatorConfig
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-__all__ = ["TranslatorConfig", "BiLSTMEncoder", "BahdanauDecoder", "LuongDecoder", "Seq2Seq", "DECODERS"]
-
-
-@dataclass
-class TranslatorConfig:
-    """Architecture of a translator (stored in its checkpoint).
-
-    Attributes:
-        decoder: "bahdanau" or "luong".
-        score: Luong's score, "dot", "general" or "concat" (Bahdanau is always additive).
-        embed_dim: word embedding size (source and target).
-        encoder_hidden: H, BiLSTM size per direction (memory size 2H).
-        decoder_hidden: N, decoder LSTM size (must equal 2H for Luong's dot score).
-        attention_dim: hidden size of the additive/concat score.
-        encoder_layers: BiLSTM layers.
-        dropout: dropout on embeddings, encoder outputs and the output layer.
-        src_vocab_size, tgt_vocab_size: subword vocabulary sizes, set from the trained subword models (not
-            command-line options: `translate train --vocab-size` sets the sentencepiece target).
-    """
-
-    decoder: Literal["luong", "bahdanau"] = "luong"
-    score: Literal["dot", "general", "concat"] = "general"
-    embed_dim: int = 256
-    encoder_hidden: int = 256
-    decoder_hidden: int = 512
-    attention_dim: int = 256
-    encoder_layers: int = 1
-    dropout: float = 0.3
-    src_vocab_size: Annotated[int, tyro.conf.Suppress] = 8000
-    tgt_vocab_size: Annotated[int, tyro.conf.Suppress] = 8000
-
-    def __post_init__(self):
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
-        if self.score not in ("dot", "general", "concat"):
-            raise ValueError(f"score must be dot, general or concat, got {self.score!r}")
-        for name in ("embed_dim", "encoder_hidden", "decoder_hidden", "attention_dim", "encoder_layers",
-                     "src_vocab_size", "tgt_vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TranslatorConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+__all__ = ["BiLSTMEncoder", "BahdanauDecoder", "LuongDecoder", "Seq2Seq", "DECODERS"]
 
 
 class BiLSTMEncoder(nn.Module):

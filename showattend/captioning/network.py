@@ -34,9 +34,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import Attention
-from ..recurrent import RecurrentWeight
+from .config import ModelConfig
+from .encoders import ENCODERS, Encoder
+from .recurrent import RecurrentWeight
 
-__all__ = ["Decoder", "DecoderOutput", "StepWeights", "reference_forward"]
+__all__ = ["Decoder", "DecoderOutput", "StepWeights", "FineTuned", "build_decoder", "reference_forward"]
 
 
 class DecoderOutput(NamedTuple):
@@ -126,7 +128,7 @@ class Decoder(nn.Module):
     def step_weights(self, word_table: bool = False) -> StepWeights:
         """Gather the matrices of one step (:class:`StepWeights`) once per batch, in autocast's dtype when it is
         on for this module's device (so that it does not cast them again at every step). Gradients flow back to
-        the parameters, those of the per-step products in one product per batch (:class:`~showattend.recurrent.
+        the parameters, those of the per-step products in one product per batch (:class:`~showattend.captioning.recurrent.
         RecurrentWeight`).
 
         Args:
@@ -352,3 +354,31 @@ def reference_forward(decoder: Decoder, annotations: torch.Tensor, captions: tor
     logits = decoder.deep_output(embedded[:, :-1], hs, zs)
     return DecoderOutput(logits, alphas, mask, locations.masked_fill(~mask, -1) if locations is not None else None,
                          betas)
+
+
+def build_decoder(config: ModelConfig, vocab_size: int) -> Decoder:
+    """Builder: the decoder of ``config`` for a vocabulary of ``vocab_size``."""
+    return Decoder(vocab_size, ENCODERS[config.encoder].dim, config.embed_dim, config.hidden_dim,
+                   config.attention_dim, config.dropout, config.score, config.selector)
+
+
+class FineTuned(torch.nn.Module):
+    """Decoder + the encoder's top blocks, trained together (``--fine-tune-blocks N``, or from the images with
+    ``--from-images``): the module the engine optimises (and DDP wraps). The encoder runs once per distinct image
+    of a batch; every caption of that image reads the result.
+
+    Args:
+        decoder: the :class:`~showattend.captioning.network.Decoder`; encoder: an
+            :class:`~showattend.captioning.encoders.Encoder` built with ``fine_tune_blocks`` N.
+    """
+
+    def __init__(self, decoder: torch.nn.Module, encoder: Encoder, from_images: bool = False):
+        super().__init__()
+        self.decoder, self.encoder, self.from_images = decoder, encoder, from_images
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor, captions: torch.Tensor, lengths, **kwargs):
+        """x: (U, L', C') trunk activations of U images, or with ``from_images`` the images (U, 3, H, W);
+        image: (B,) each caption's row of them; the rest as for
+        :meth:`~showattend.captioning.network.Decoder.forward`."""
+        trunk = self.encoder.trunk(x) if self.from_images else x
+        return self.decoder(self.encoder.top(trunk)[image], captions, lengths, **kwargs)

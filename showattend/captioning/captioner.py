@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import asdict, dataclass, fields
-from typing import ClassVar, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,81 +23,20 @@ from PIL import Image
 from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from ..runs import resolve_device
 from ..search import beam_search, greedy_search
-from ..vocab import Vocab
-from .decoder import Decoder
-from .encoders import ENCODERS, Encoder
+from .vocab import Vocab
+from .network import Decoder, build_decoder
+from .config import ModelConfig
+from .encoders import Encoder
 from .images import ImageError, ImageSource, load_image
 
-__all__ = ["ModelConfig", "CaptionResult", "Captioner", "build_decoder", "resolve_device", "checkpoint_config",
+__all__ = ["CaptionResult", "Captioner", "resolve_device", "checkpoint_config",
            "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "showattend-captioner"
 
 
-@dataclass
-class ModelConfig:
-    """Architecture of a captioner (stored in its checkpoint).
-
-    Attributes:
-        encoder: backbone, a key of ENCODERS: `efficientnet_lite0`, `efficientnet_lite2`, `resnet101` or
-            `vgg19`.
-        encoder_weights: optional local `.pth` for the backbone.
-        fine_tune_blocks: top CNN blocks trained with the decoder (0: frozen, the paper's setting).
-        image_size: input side in pixels (0: the encoder's native size, 224; 260 for efficientnet_lite2).
-        embed_dim: word embedding size m.
-        hidden_dim: LSTM size n.
-        attention_dim: hidden size of f_att.
-        dropout: deep-output dropout.
-        score: attention score: "additive" (paper), "general", "dot".
-        selector: gating scalar β on (§4.2.1).
-        attention: "soft" (deterministic, §4.2) or "hard" (stochastic, trained with REINFORCE, §4.1). At
-            inference a hard model uses the expected context Σ_i α_ti a_i (the mean-field choice that the
-            authors' sampler makes too), so beam search and the captions are deterministic.
-    """
-
-    encoder: str = "efficientnet_lite0"
-    encoder_weights: Optional[str] = None
-    fine_tune_blocks: int = 0
-    image_size: int = 0
-    embed_dim: int = 512
-    hidden_dim: int = 512
-    attention_dim: int = 512
-    dropout: float = 0.5
-    score: Literal["additive", "general", "dot"] = "additive"
-    selector: bool = True
-    attention: Literal["soft", "hard"] = "soft"
-    #: settings whose default depends on others (``image_size`` on ``encoder``): the value that means "resolve
-    #: me", kept in the command line's defaults so that ``--encoder`` alone gives that encoder's size
-    AUTO_DEFAULTS: ClassVar[dict] = {"image_size": 0}
-
-    def __post_init__(self):
-        if self.attention not in ("soft", "hard"):
-            raise ValueError(f"attention must be 'soft' or 'hard', got {self.attention!r}")
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"--encoder {self.encoder!r}: choose one of {', '.join(sorted(ENCODERS))}")
-        if self.image_size == 0:
-            self.image_size = ENCODERS[self.encoder].image_size
-        if self.score not in ("additive", "general", "dot"):
-            raise ValueError(f"--score {self.score!r}: choose additive, general or dot")
-        for name in ("image_size", "embed_dim", "hidden_dim", "attention_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.fine_tune_blocks < 0:
-            raise ValueError(f"--fine-tune-blocks must not be negative, got {self.fine_tune_blocks}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise CheckpointError(f"unknown model config fields {sorted(unknown)}")
-        return cls(**d)
-
-
 def checkpoint_config(ckpt: dict, path: str):
-    """The :class:`ModelConfig` and :class:`~showattend.vocab.Vocab` of a loaded captioner checkpoint.
+    """The :class:`ModelConfig` and :class:`~showattend.captioning.vocab.Vocab` of a loaded captioner checkpoint.
 
     Raises:
         CheckpointError: either is malformed (the message names the file).
@@ -154,17 +93,11 @@ class _ImageReads(torch.utils.data.Dataset):
             return self.paths[i], str(err)
 
 
-def build_decoder(config: ModelConfig, vocab_size: int) -> Decoder:
-    """Builder: the decoder of ``config`` for a vocabulary of ``vocab_size``."""
-    return Decoder(vocab_size, ENCODERS[config.encoder].dim, config.embed_dim, config.hidden_dim,
-                   config.attention_dim, config.dropout, config.score, config.selector)
-
-
 class Captioner:
     """Encoder + decoder + vocabulary, ready to caption images.
 
     Args:
-        decoder: a trained :class:`~showattend.captioning.decoder.Decoder`.
+        decoder: a trained :class:`~showattend.captioning.network.Decoder`.
         vocab: its vocabulary.
         config: its :class:`ModelConfig`.
         encoder: the CNN; built from ``config`` (with its ImageNet weights) on first use if None.
@@ -246,7 +179,7 @@ class Captioner:
 
     def _step(self, tokens, state, context, hard: bool = False, banned=None, weights=None, generator=None):
         """The search's step function (``functools.partial`` binds ``hard``, the (V,) mask of the tokens never
-        generated, the decoder's :meth:`~showattend.captioning.decoder.Decoder.step_weights`, both made once
+        generated, the decoder's :meth:`~showattend.captioning.network.Decoder.step_weights`, both made once
         per search, and the generator of hard attention's samples)."""
         annotations, keys = context
         logits, state, att, beta = self.decoder.step(tokens, state, annotations, keys, hard=hard, weights=weights,
