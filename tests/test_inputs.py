@@ -329,4 +329,4 @@ def test_caption_stream_keeps_the_order_and_a_bad_file_drops_only_itself(tmp_pat
     assert [p for p, _ in out] == paths
     assert isinstance(out[1][1], str) and "1.jpg" in out[1][1]
     for p, r in out[:1] + out[2:]:
-        assert r.words == cap.caption(p, beam_size=2, max_len=5)[0].words
+        assert r.words == cap.caption(p, beam_size=2, max_len=5).words

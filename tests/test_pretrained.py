@@ -45,8 +45,9 @@ def test_registry_metadata_and_lookup():
 def test_the_bundled_translator_translates():
     """`Translator.from_pretrained` and `showattend translate` with no path: the bundled De->En model."""
     tr = showattend.translation.Translator.from_pretrained("multi30k-de-en", device="cpu")
-    out = tr.translate(["Ein Hund läuft durch das Gras."], beam_size=5)[0]
-    assert {"dog", "grass"} <= set(out["text"].lower().replace(".", " ").split()), out["text"]
+    out = tr.translate("Ein Hund läuft durch das Gras.", beam_size=5)  # one sentence: one result
+    assert {"dog", "grass"} <= set(out.text.lower().replace(".", " ").split()), out.text
+    assert [r.text for r in tr.translate(["Ein Hund läuft durch das Gras."] * 2, beam_size=5)] == [out.text] * 2
 
 
 def test_a_damaged_bundled_file_is_reported(monkeypatch):

@@ -15,6 +15,7 @@ from showattend.captioning.network import build_decoder
 from showattend.cli import main
 from showattend.report import write_alignment_report
 from showattend.translation.plot import report_items
+from showattend.translation.translator import TranslationResult
 from showattend.captioning.vocab import Vocab
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -93,8 +94,7 @@ def test_caption_report_words_sorting_and_filtering(browser, evaluation_report, 
 
 def test_alignment_report_highlights_a_cells_subwords(browser, tmp_path):
     alpha = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
-    results = [{"text": "a dog runs", "source_pieces": ["▁ein", "▁hund", "▁läuft"],
-                "target_pieces": ["▁a", "▁dog", "</s>"], "alpha": alpha}]
+    results = [TranslationResult("a dog runs", ["▁ein", "▁hund", "▁läuft"], ["▁a", "▁dog", "</s>"], alpha, -1.0)]
     write_alignment_report(str(tmp_path / "align.html"), report_items(results), "toy")
     page = browser.new_page()
     page.goto((tmp_path / "align.html").as_uri())

@@ -13,7 +13,7 @@ from PIL import Image
 
 from showattend.captioning import images
 from showattend.captioning.images import ImageError, load_image, open_rgb
-from showattend.captioning.captioner import Captioner
+from showattend.captioning.captioner import Captioner, CaptionResult
 from showattend.captioning.config import ModelConfig
 from showattend.captioning.network import build_decoder
 from showattend.cli import main
@@ -86,8 +86,9 @@ def test_api_takes_paths_pil_images_arrays_and_tensors(tiny, tmp_path):
     path = str(_photo(tmp_path / "p.jpg", size=(224, 224)))
     pil = Image.open(path)
     arr = np.array(pil.convert("RGB"))
-    ref = cap.caption(path, beam_size=1)  # one image alone
-    assert len(ref) == 1
+    one = cap.caption(path, beam_size=1)  # one image alone: its result; a list: a list
+    assert isinstance(one, CaptionResult) and [r.text for r in cap.caption([path, path], beam_size=1)] == [one.text] * 2
+    ref = [one]
     for source in (pil, arr, torch.from_numpy(arr).permute(2, 0, 1).float() / 255):
         got = cap.caption([source], beam_size=1)[0]
         assert got.text == ref[0].text and torch.allclose(got.alphas, ref[0].alphas, atol=1e-4)

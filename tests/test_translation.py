@@ -206,7 +206,7 @@ def test_overfits_a_tiny_corpus(decoder, score, precision):
         opt.step()
     assert loss.item() < 0.05
     bundle = Translator(model, src_tok, tgt_tok)
-    assert [r["text"] for r in bundle.translate([s for s, _ in pairs], beam_size=3)] == [t for _, t in pairs]
+    assert [r.text for r in bundle.translate([s for s, _ in pairs], beam_size=3)] == [t for _, t in pairs]
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ Usage::
 
     from showattend.captioning import Captioner
     cap = Captioner.from_pretrained("flickr8k-lite2-soft")
-    for r in cap.caption(["assets/photos/coffee.jpg"], beam_size=3):
-        print(r.text)          # "a brown dog is running through the water": it knows Flickr8k's world
-        r.alphas               # (n_words + 1, L) attention weights, one row per word and <end>
+    r = cap.caption("assets/photos/coffee.jpg", beam_size=3)  # a list of images gives a list of results
+    print(r.text)     # "a brown and white dog is looking at the camera": it knows Flickr8k's world
+    r.alphas          # (n_words + 1, L) attention weights, one row per word and <end>
 """
 from __future__ import annotations
 
@@ -267,23 +267,25 @@ class Captioner:
 
     def caption(self, images: Union[ImageSource, Sequence[ImageSource]], beam_size: int = 3, max_len: int = 20,
                 length_penalty: float = 0.0, batch_size: int = 32, attention: str = "soft",
-                samples: int = 5, seed: int = 0, precision: str = "fp32") -> List[CaptionResult]:
+                samples: int = 5, seed: int = 0, precision: str = "fp32"
+                ) -> Union[CaptionResult, List[CaptionResult]]:
         """Caption images given as file paths, http(s) URLs, PIL images, (H, W, 3) numpy arrays or (3, H, W)
-        tensors in [0, 1] (decoding options: :meth:`decode`); one image alone gives a list of one.
+        tensors in [0, 1] (decoding options: :meth:`decode`): one image gives its :class:`CaptionResult`, a list
+        of images a list of them.
 
         Raises:
             ImageError: an image cannot be read (the message names it). Use :meth:`caption_files` to caption
                 the readable files of a list and collect the failures.
         """
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or \
-                isinstance(images, torch.Tensor) and images.ndim == 3:
-            images = [images]
+        single = isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or \
+            isinstance(images, torch.Tensor) and images.ndim == 3
+        batch = [images] if single else images
         results = []
-        for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
+        for i in range(0, len(batch), batch_size):
+            chunk = batch[i:i + batch_size]
             results += self.decode(self.encode(chunk), beam_size, max_len, length_penalty, attention=attention,
                                    samples=samples, seed=seed, precision=precision)
-        return results
+        return results[0] if single else results
 
     def caption_files(self, paths: Sequence[str], **kwargs):
         """Caption each readable file; return (results by path, errors by path) without stopping at a bad file.

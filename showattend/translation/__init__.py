@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_names
 
 _NAMES = {
-    "Translator": ".translator", "TranslatorConfig": ".config", "TranslationTrainConfig": ".config",
+    "Translator": ".translator", "TranslationResult": ".translator", "TranslatorConfig": ".config", "TranslationTrainConfig": ".config",
     "train": ".train", "evaluate": ".evaluate", "plot_alignment": ".plot",
 }
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .evaluate import evaluate
     from .plot import plot_alignment
     from .train import train
-    from .translator import Translator
+    from .translator import TranslationResult, Translator
 
 
 __getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -90,7 +90,7 @@ class Translate:
                                    max_len=self.max_len, length_penalty=d.length_penalty)
         outputs = iter(results)
         for i in range(len(sentences)):  # one output line per input line; an unreadable one stays empty
-            print("" if i in bad else next(outputs)["text"], flush=True)
+            print("" if i in bad else next(outputs).text, flush=True)
         for i, msg in bad.items():
             log.error(f"showattend translate: error: standard input line {i + 1}: {msg}; left empty")
         if self.html:
@@ -103,10 +103,10 @@ class Translate:
             return 1 if bad else 0
         if self.alignment:
             r = results[0]
-            if not r["source_pieces"]:
+            if not r.source_pieces:
                 log.error("error: no alignment for an empty sentence")
                 return 1
-            plot_alignment(r["source_pieces"], r["target_pieces"], r["alpha"], self.alignment, title=r["text"])
+            plot_alignment(r.source_pieces, r.target_pieces, r.alpha, self.alignment, title=r.text)
             log.info(f"alignment of sentence 1: {self.alignment}")
         return 1 if bad else 0
 

@@ -55,7 +55,7 @@ def evaluate(checkpoint: str, data: str, src: str, tgt: str, split: str = "test_
     t0 = time.time()
     bundle = Translator.from_checkpoint(checkpoint, device)
     sources, refs = read_parallel(find_split(data, split, src), find_split(data, split, tgt))
-    hyps = [r["text"] for r in bundle.translate(sources, beam_size=beam_size, length_penalty=length_penalty)]
+    hyps = [r.text for r in bundle.translate(sources, beam_size=beam_size, length_penalty=length_penalty)]
     if output:
         atomic_write_text(output, "\n".join(hyps) + "\n")
     return {"checkpoint": checkpoint, "direction": f"{src}->{tgt}", "split": split, "sentences": len(sources),

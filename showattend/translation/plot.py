@@ -10,12 +10,12 @@ from ..runs import save_figure
 __all__ = ["plot_alignment", "readable_pieces", "report_items"]
 
 
-def report_items(results: Sequence[dict]) -> list:
+def report_items(results: Sequence) -> list:
     """The sentences of an HTML alignment report (:func:`showattend.report.write_alignment_report`), from
     :meth:`~showattend.translation.translator.Translator.translate` results."""
-    return [{"source": "".join(r["source_pieces"]).replace("▁", " ").strip(), "text": r["text"],
-             "src": readable_pieces(r["source_pieces"]), "tgt": readable_pieces(r["target_pieces"]),
-             "alpha": [[round(a, 4) for a in row] for row in r["alpha"].tolist()]} for r in results]
+    return [{"source": "".join(r.source_pieces).replace("▁", " ").strip(), "text": r.text,
+             "src": readable_pieces(r.source_pieces), "tgt": readable_pieces(r.target_pieces),
+             "alpha": [[round(a, 4) for a in row] for row in r.alpha.tolist()]} for r in results]
 
 
 def readable_pieces(pieces: Sequence[str]) -> list:

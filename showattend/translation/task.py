@@ -79,7 +79,7 @@ class TranslationTask(Task):
         return {"train_loss": sums["sum"] / max(sums["words"], 1e-9)}
 
     def validate(self) -> float:
-        hyps = [r["text"] for r in self.bundle.translate(self.val_src, beam_size=self.cfg.val_beam_size,
+        hyps = [r.text for r in self.bundle.translate(self.val_src, beam_size=self.cfg.val_beam_size,
                                                          length_penalty=self.cfg.length_penalty)]
         return corpus_scores(hyps, self.val_tgt, self.cfg.tgt, forms=("BLEU",))["BLEU"]
 

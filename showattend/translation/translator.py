@@ -3,8 +3,8 @@ source and target subword models; translate raw sentences, load and save checkpo
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
-from typing import Dict, List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Union
 
 import torch
 
@@ -18,7 +18,7 @@ from .tokenizer import SubwordTokenizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Translator", "checkpoint_parts", "CHECKPOINT_KIND", "REQUIRED"]
+__all__ = ["Translator", "TranslationResult", "checkpoint_parts", "CHECKPOINT_KIND", "REQUIRED"]
 
 CHECKPOINT_KIND = "showattend-translator"
 #: the fields a translator checkpoint must have
@@ -42,6 +42,25 @@ def checkpoint_parts(ckpt: dict, path: str):
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: the {side} subword model in the checkpoint is unusable ({err})") from None
     return cfg, toks[0], toks[1]
+
+
+@dataclass
+class TranslationResult:
+    """One translation.
+
+    Attributes:
+        text: the detokenised translation.
+        source_pieces: the source's subwords.
+        target_pieces: the translation's subwords, the last one ``</s>`` when it finished.
+        alpha: (len(target_pieces), len(source_pieces)) attention weights α, one row per target subword.
+        log_prob: summed log-probability of the target subwords (natural log).
+    """
+
+    text: str
+    source_pieces: List[str]
+    target_pieces: List[str]
+    alpha: torch.Tensor
+    log_prob: float
 
 
 class Translator:
@@ -89,28 +108,25 @@ class Translator:
                 "src_tokenizer": self.src_tok.to_bytes(), "tgt_tokenizer": self.tgt_tok.to_bytes(),
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
 
-    def translate(self, sentences: Sequence[str], beam_size: int = 5, max_len: int = 100,
-                  length_penalty: float = 1.0, batch_size: int = 64) -> List[Dict]:
-        """Translate raw sentences.
+    def translate(self, sentences: Union[str, Sequence[str]], beam_size: int = 5, max_len: int = 100,
+                  length_penalty: float = 1.0, batch_size: int = 64
+                  ) -> Union["TranslationResult", List["TranslationResult"]]:
+        """Translate raw text: one sentence gives its :class:`TranslationResult`, a list of sentences a list.
 
         Empty or whitespace-only lines give an empty translation; characters never seen in training become
         ``<unk>`` subwords; sentences longer than ``max_src_len`` subwords are cut.
-
-        Returns:
-            one dict per sentence: ``text`` (detokenized), ``source_pieces``, ``target_pieces`` (subwords, the
-            last one ``</s>`` when finished), ``alpha`` ((len(target_pieces), len(source_pieces)) tensor),
-            ``log_prob``.
         """
-        results: List[Optional[Dict]] = [None] * len(sentences)
+        single = isinstance(sentences, str)
+        batch = [sentences] if single else list(sentences)
+        results: List[Optional[TranslationResult]] = [None] * len(batch)
         todo = []
-        for i, s in enumerate(sentences):
+        for i, s in enumerate(batch):
             ids = self.src_tok.encode(s) if s.strip() else []
             if len(ids) > self.max_src_len:
                 log.warning(f"sentence {i + 1} has {len(ids)} subwords; cut to {self.max_src_len}")
                 ids = ids[: self.max_src_len]
             if not ids:
-                results[i] = {"text": "", "source_pieces": [], "target_pieces": [], "alpha": torch.zeros(0, 0),
-                              "log_prob": 0.0}
+                results[i] = TranslationResult("", [], [], torch.zeros(0, 0), 0.0)
             else:
                 todo.append((i, ids))
         for k in range(0, len(todo), batch_size):
@@ -120,11 +136,10 @@ class Translator:
                                             length_penalty)  # the lengths stay on the host, where packing reads them
             for (i, ids), h in zip(chunk, hyps):
                 results[i] = self._result(ids, h)
-        return results  # type: ignore[return-value]
+        return results[0] if single else results  # type: ignore[return-value]
 
-    def _result(self, src_ids: List[int], h: Hypothesis) -> Dict:
+    def _result(self, src_ids: List[int], h: Hypothesis) -> "TranslationResult":
         pieces = [self.src_tok.id_to_piece(i) for i in src_ids]
         target = [self.tgt_tok.id_to_piece(i) for i in h.tokens] + (["</s>"] if h.finished else [])
         alpha = h.extras[:, : len(src_ids)].float() if h.extras is not None else torch.zeros(0, len(src_ids))
-        return {"text": self.tgt_tok.decode(h.tokens), "source_pieces": pieces, "target_pieces": target,
-                "alpha": alpha, "log_prob": h.log_prob}
+        return TranslationResult(self.tgt_tok.decode(h.tokens), pieces, target, alpha, h.log_prob)
