@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from showattend import attention
-from showattend.search import Hypothesis, StepFn, _candidates, _expand, _normalise
+from showattend.hypotheses import Hypothesis
+from showattend.hypotheses import normalise as _normalise
+from showattend.search import StepFn, _candidates, _expand
 
 
 @contextlib.contextmanager

@@ -26,45 +26,17 @@ sequence.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .hypotheses import Hypothesis, normalise, to_host, trace_back
+
 __all__ = ["Hypothesis", "beam_search", "greedy_search", "sample_search"]
 
 StepFn = Callable[[torch.Tensor, Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]],
                   Tuple[torch.Tensor, Tuple[torch.Tensor, ...], Optional[torch.Tensor]]]
-
-
-@dataclass
-class Hypothesis:
-    """One decoded sequence.
-
-    Attributes:
-        tokens: generated token ids, without ``<bos>`` and ``<end>``.
-        score: ranking score: log_prob / n^length_penalty, n the number of generated tokens (``<end>``
-            included); −inf for an unfinished hypothesis.
-        log_prob: sum of the log-probabilities of the generated tokens (``<end>`` included when finished).
-        extras: (n, ...) the step function's per-step extras (one row per generated token, ``<end>`` included),
-            on the host, or None.
-        finished: True when the sequence ended with ``<end>``; False only when ``<end>`` had probability 0 at
-            the last allowed step (see the module docstring).
-        token_log_probs: log p of each generated token given its prefix (``<end>`` included when finished);
-            they sum to ``log_prob``.
-    """
-
-    tokens: List[int]
-    score: float
-    log_prob: float
-    extras: Optional[torch.Tensor]
-    finished: bool
-    token_log_probs: List[float] = field(default_factory=list)
-
-
-def _normalise(log_prob: float, length: int, length_penalty: float) -> float:
-    return log_prob / (length ** length_penalty) if length_penalty else log_prob
 
 
 def _expand(tensors: Sequence[torch.Tensor], k: int) -> Tuple[torch.Tensor, ...]:
@@ -141,158 +113,125 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
         raise ValueError(f"bad search settings: beam_size={beam_size}, n_best={n_best}, max_len={max_len}, "
                          f"length_penalty={length_penalty}, sync_every={sync_every}")
     B, k = state[0].size(0), beam_size
-    device = state[0].device
     state = _expand(state, k)  # (B*k, ...)
     context = tuple(context) if shared_context else _expand(context, k)
-    tokens = torch.full((B * k,), bos, dtype=torch.long, device=device)
-    scores = torch.full((B, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # at t=0 all beams are the same: expand only the first
-    # per step t: the token of each surviving beam, its log-prob, the beam it extends, the step's extra
-    tok_buf = torch.zeros(max_len, B, k, dtype=torch.long, device=device)
-    lp_buf = torch.zeros(max_len, B, k, device=device)
-    src_buf = torch.zeros(max_len, B, k, dtype=torch.long, device=device)
-    ext_buf: Optional[torch.Tensor] = None  # (max_len, B, k, ...)
-    # the hypotheses that end, per input in the order they end: step, beam, <end>'s log-prob and extra, scores;
-    # slot number `slots` is a spare that takes the writes of the candidates that do not end
-    slots = k * max_len
-    fin_score = torch.full((B, slots + 1), float("-inf"), device=device)  # ranking score
-    fin_lp = torch.zeros(B, slots + 1, device=device)  # log-prob, <end> included
-    fin_end_lp = torch.zeros(B, slots + 1, device=device)
-    fin_t = torch.zeros(B, slots + 1, dtype=torch.long, device=device)
-    fin_src = torch.zeros(B, slots + 1, dtype=torch.long, device=device)
-    fin_ext: Optional[torch.Tensor] = None  # (B, slots + 1, ...)
-    count = torch.zeros(B, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    unfinished = torch.zeros(B, k, dtype=torch.bool, device=device)  # live at max_len without a possible <end>
-    arange_b = torch.arange(B, device=device).unsqueeze(1)  # (B, 1)
-    first_k = torch.arange(2 * k, device=device).unsqueeze(0) < k  # (1, 2k)
-    t_last = 0
-
+    beams = _Beams(B, k, max_len, bos, state[0].device)
+    ended = _Ended(B, k, max_len, length_penalty, state[0].device)
     for t in range(max_len):
-        t_last = t
-        log_probs, state, extra = step(tokens, tuple(state), context)  # (B*k, V)
+        log_probs, state, extra = step(beams.tokens, tuple(state), context)  # (B*k, V)
         last = t == max_len - 1
-        cand, top_scores, top_lps, beam_idx, top_tokens, is_eos = _candidates(log_probs, scores, eos, last)
-        if extra is not None:
-            extra = extra.view(B, k, *extra.shape[1:])
-            if ext_buf is None:
-                ext_buf = extra.new_zeros(max_len, B, k, *extra.shape[2:])
-                fin_ext = extra.new_zeros(B, slots + 1, *extra.shape[2:])
-
-        # Hypotheses that end here: <end> candidates among the k best (as in fairseq, so that k=1 is greedy), of
-        # inputs not done. Each beam has one <end> candidate, so at most k of the 2k candidates end and >= k
-        # continue. They go to the next free slots of their input, in candidate order.
-        ends = is_eos & first_k[:, :is_eos.size(1)] & torch.isfinite(top_scores) & ~done.unsqueeze(1)  # (B, 2k)
-        slot = (count.unsqueeze(1) + ends.long().cumsum(1) - 1).clamp_min(0)  # (B, 2k)
-        slot = torch.where(ends, slot, torch.full_like(slot, slots))  # candidates that do not end: a spare slot
-        n_tokens = t + 1
-        normed = top_scores / (n_tokens ** length_penalty) if length_penalty else top_scores
-
-        def put(buf: torch.Tensor, values: torch.Tensor) -> None:  # buf[b, slot[b, j]] = values[b, j]
-            buf.scatter_(1, slot.view(B, -1, *([1] * (buf.dim() - 2))).expand(-1, -1, *buf.shape[2:]), values)
-
-        put(fin_score, normed)
-        put(fin_lp, top_scores)
-        put(fin_end_lp, top_lps)
-        put(fin_t, torch.full_like(slot, t))
-        put(fin_src, beam_idx)
-        if extra is not None:
-            put(fin_ext, extra[arange_b, beam_idx])
-        count = count + ends.sum(1)
-
-        if last:
-            # <end> was the only choice. A live beam that could not take it (p(<end>) = 0) is returned unfinished.
-            unfinished = ~done.unsqueeze(1) & torch.isfinite(scores) & ~torch.isfinite(cand[:, :, eos])
+        cand, top_scores, top_lps, beam_idx, top_tokens, is_eos = _candidates(log_probs, beams.scores, eos, last)
+        extra = extra.view(B, k, *extra.shape[1:]) if extra is not None else None
+        ended.add(t, is_eos, top_scores, top_lps, beam_idx, extra)
+        if last:  # <end> was the only choice; a live beam that could not take it (p = 0) is returned unfinished
+            ended.unfinished = ~ended.done.unsqueeze(1) & torch.isfinite(beams.scores) & \
+                ~torch.isfinite(cand[:, :, eos])
             break
+        rows = beams.advance(t, is_eos, top_scores, top_lps, beam_idx, top_tokens, extra)
+        state = tuple(s.index_select(0, rows) for s in state)
+        ended.update_done(beams.scores)
+        if (t + 1) % sync_every == 0 and bool(ended.done.all()):
+            break
+    return trace_back(beams.buffers() + ended.buffers() + (beams.scores,), beams.extras(ended), t, n_best)
 
-        # The k best candidates that do not end continue (there are always >= k of them).
-        order = torch.argsort(is_eos.int() * (2 * k) + torch.arange(is_eos.size(1), device=device), dim=1)[:, :k]
-        scores = top_scores.gather(1, order)  # (B, k)
+
+class _Beams:
+    """The live beams of :func:`beam_search`: each one's last token and score, and per step t the token of each
+    surviving beam, its log-prob, the beam it extends and the step's extra, in buffers made for ``max_len``
+    steps (no history is copied)."""
+
+    def __init__(self, B: int, k: int, max_len: int, bos: int, device):
+        self.B, self.k, self.max_len = B, k, max_len
+        self.tokens = torch.full((B * k,), bos, dtype=torch.long, device=device)
+        self.scores = torch.full((B, k), float("-inf"), device=device)
+        self.scores[:, 0] = 0.0  # at t=0 all beams are the same: expand only the first
+        self.tok = torch.zeros(max_len, B, k, dtype=torch.long, device=device)
+        self.lp = torch.zeros(max_len, B, k, device=device)
+        self.src = torch.zeros(max_len, B, k, dtype=torch.long, device=device)
+        self.ext: Optional[torch.Tensor] = None  # (max_len, B, k, ...)
+        self.arange_b = torch.arange(B, device=device).unsqueeze(1)  # (B, 1)
+
+    def advance(self, t, is_eos, top_scores, top_lps, beam_idx, top_tokens, extra) -> torch.Tensor:
+        """The k best candidates that do not end continue (there are always >= k); returns the (B*k,) rows of
+        the beams they extend."""
+        n = is_eos.size(1)
+        order = torch.argsort(is_eos.int() * n + torch.arange(n, device=is_eos.device), dim=1)[:, :self.k]
+        self.scores = top_scores.gather(1, order)  # (B, k)
         src_beam = beam_idx.gather(1, order)  # (B, k)
         new_tokens = top_tokens.gather(1, order)  # (B, k)
-        tok_buf[t], lp_buf[t], src_buf[t] = new_tokens, top_lps.gather(1, order), src_beam
+        self.tok[t], self.lp[t], self.src[t] = new_tokens, top_lps.gather(1, order), src_beam
         if extra is not None:
-            ext_buf[t] = extra[arange_b, src_beam]
-        flat_src = (arange_b * k + src_beam).view(-1)  # (B*k,) rows of the surviving beams
-        state = tuple(s.index_select(0, flat_src) for s in state)
-        tokens = new_tokens.view(-1)
+            if self.ext is None:
+                self.ext = extra.new_zeros(self.max_len, *extra.shape)
+            self.ext[t] = extra[self.arange_b, src_beam]
+        self.tokens = new_tokens.view(-1)
+        return (self.arange_b * self.k + src_beam).view(-1)
 
-        # An input is done when k hypotheses ended and no live beam can beat the worst of them: a live beam's
-        # log-prob only falls, and its length (<end> included) can grow to max_len at most, so its best possible
-        # ranking score is score / max_len^p.
-        kth = fin_score[:, :slots].topk(k, dim=1).values[:, k - 1]  # −inf while fewer than k ended
-        best_live = scores.max(dim=1).values
-        bound = torch.where(best_live < 0, best_live / (max_len ** length_penalty), best_live) \
-            if length_penalty else best_live
-        done = done | (torch.isfinite(kth) & (bound <= kth))
-        if (t + 1) % sync_every == 0 and bool(done.all()):
-            break
-    return _trace_back((tok_buf, lp_buf, src_buf, fin_score, fin_lp, fin_end_lp, fin_t, fin_src, count, unfinished,
-                        scores), (ext_buf, fin_ext) if ext_buf is not None else None, t_last, n_best)
+    def buffers(self) -> tuple:
+        return self.tok, self.lp, self.src
 
-
-def _to_host(*tensors: torch.Tensor) -> List[np.ndarray]:
-    """The tensors as host arrays, in one device-to-host transfer (one wait for the device instead of one per
-    tensor): they travel as one float64 vector, which holds every int below 2^53 (token ids, steps, counts),
-    every bool and every float32/bf16 value exactly."""
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()
-    out, at = [], 0
-    for t in tensors:
-        out.append(flat[at:at + t.numel()].reshape(t.shape))
-        at += t.numel()
-    return out
+    def extras(self, ended: "_Ended"):
+        """(per-step extras, ended hypotheses' extras), or None without extras."""
+        if ended.ext is None:
+            return None
+        ext = self.ext if self.ext is not None else ended.ext.new_zeros(self.max_len, self.B, self.k,
+                                                                         *ended.ext.shape[2:])
+        return ext, ended.ext
 
 
-def _trace_back(bufs: Tuple[torch.Tensor, ...], ext_bufs: Optional[Tuple[torch.Tensor, torch.Tensor]], t_last: int,
-                n_best: int) -> List[List[Hypothesis]]:
-    """The hypotheses of :func:`beam_search`, read from its buffers in one transfer: for each input its
-    ``n_best`` best (stable: in the order they ended among equal scores), each traced back through the beams it
-    extended.
+class _Ended:
+    """The hypotheses of :func:`beam_search` that have ended, per input in the order they end (step, beam,
+    ``<end>``'s log-prob and extra, scores) in ``k * max_len`` slots per input, the last slot a spare that
+    takes the writes of the candidates that do not end; and which inputs are done."""
 
-    Args:
-        bufs: the search's buffers (tok, lp, src: (max_len, B, k); fin_score, fin_lp, fin_end_lp, fin_t,
-            fin_src: (B, slots + 1); count (B,); unfinished, scores: (B, k)).
-        ext_bufs: (ext (max_len, B, k, ...), fin_ext (B, slots + 1, ...)) the extras, or None.
-    """
-    host = _to_host(*bufs, *(ext_bufs or ()))
-    tok, lps, src, f_score, f_lp, f_end, f_t, f_src, count, unfin, live = host[:11]
-    ext, f_ext = (torch.from_numpy(host[11]), torch.from_numpy(host[12])) if ext_bufs else (None, None)
-    dtype = ext_bufs[0].dtype if ext_bufs else None
-    tok, src, f_t, f_src, count = (a.astype(np.int64) for a in (tok, src, f_t, f_src, count))
+    def __init__(self, B: int, k: int, max_len: int, length_penalty: float, device):
+        self.B, self.k, self.max_len, self.penalty = B, k, max_len, length_penalty
+        self.slots = slots = k * max_len
+        self.score = torch.full((B, slots + 1), float("-inf"), device=device)  # ranking score
+        self.lp = torch.zeros(B, slots + 1, device=device)  # log-prob, <end> included
+        self.end_lp = torch.zeros(B, slots + 1, device=device)
+        self.t = torch.zeros(B, slots + 1, dtype=torch.long, device=device)
+        self.src = torch.zeros(B, slots + 1, dtype=torch.long, device=device)
+        self.ext: Optional[torch.Tensor] = None  # (B, slots + 1, ...)
+        self.count = torch.zeros(B, dtype=torch.long, device=device)
+        self.done = torch.zeros(B, dtype=torch.bool, device=device)
+        self.unfinished = torch.zeros(B, k, dtype=torch.bool, device=device)  # live at max_len, no <end> possible
+        self.first_k = torch.arange(2 * k, device=device).unsqueeze(0) < k  # (1, 2k)
+        self.arange_b = torch.arange(B, device=device).unsqueeze(1)
 
-    def path(b: int, beam: int, t: int):
-        """Tokens, log-probs and extras ((t, ...) or None) of beam ``beam`` of input ``b`` after step t - 1."""
-        words, token_lps, beams = [0] * t, [0.0] * t, [0] * t
-        for s in range(t - 1, -1, -1):
-            words[s], token_lps[s], beams[s] = int(tok[s, b, beam]), float(lps[s, b, beam]), beam
-            beam = int(src[s, b, beam])
-        rows = ext[torch.arange(t), b, torch.tensor(beams, dtype=torch.long)] if ext is not None else None
-        return words, token_lps, rows
+    def add(self, t, is_eos, top_scores, top_lps, beam_idx, extra) -> None:
+        """Hypotheses that end at step t: ``<end>`` candidates among the k best (as in fairseq, so that k=1 is
+        greedy), of inputs not done. Each beam has one ``<end>`` candidate, so at most k of the 2k candidates
+        end and >= k continue. They go to the next free slots of their input, in candidate order."""
+        ends = is_eos & self.first_k[:, :is_eos.size(1)] & torch.isfinite(top_scores) & ~self.done.unsqueeze(1)
+        slot = (self.count.unsqueeze(1) + ends.long().cumsum(1) - 1).clamp_min(0)  # (B, 2k)
+        slot = torch.where(ends, slot, torch.full_like(slot, self.slots))  # the others: the spare slot
 
-    def joined(rows, last):  # a finished hypothesis's extras: its path's rows, then its <end> step's
-        if last is None:
-            out = rows if rows is not None and len(rows) else None
-        else:
-            out = torch.cat([rows, last.unsqueeze(0)]) if rows is not None else last.unsqueeze(0)
-        return out.to(dtype) if out is not None else None
+        def put(buf: torch.Tensor, values: torch.Tensor) -> None:  # buf[b, slot[b, j]] = values[b, j]
+            buf.scatter_(1, slot.view(self.B, -1, *([1] * (buf.dim() - 2))).expand(-1, -1, *buf.shape[2:]), values)
 
-    out = []
-    for b in range(len(count)):
-        # the n_best, chosen before tracing (stable: finished in the order they ended, then the unfinished)
-        scored = [(float(f_score[b, i]), "finished", i) for i in range(count[b])]
-        scored += [(float("-inf"), "unfinished", int(j)) for j in np.flatnonzero(unfin[b])]
-        hyps = []
-        for score, kind, i in sorted(scored, key=lambda x: x[0], reverse=True)[:n_best]:
-            if kind == "finished":
-                words, token_lps, rows = path(b, int(f_src[b, i]), int(f_t[b, i]))
-                hyps.append(Hypothesis(words, score, float(f_lp[b, i]),
-                                       joined(rows, f_ext[b, i] if f_ext is not None else None), True,
-                                       token_lps + [float(f_end[b, i])]))
-            else:
-                words, token_lps, rows = path(b, i, t_last)
-                hyps.append(Hypothesis(words, score, float(live[b, i]), joined(rows, None), False, token_lps))
-        out.append(hyps)
-    return out
+        put(self.score, top_scores / ((t + 1) ** self.penalty) if self.penalty else top_scores)
+        put(self.lp, top_scores)
+        put(self.end_lp, top_lps)
+        put(self.t, torch.full_like(slot, t))
+        put(self.src, beam_idx)
+        if extra is not None:
+            if self.ext is None:
+                self.ext = extra.new_zeros(self.B, self.slots + 1, *extra.shape[2:])
+            put(self.ext, extra[self.arange_b, beam_idx])
+        self.count = self.count + ends.sum(1)
+
+    def update_done(self, live_scores: torch.Tensor) -> None:
+        """An input is done when k hypotheses ended and no live beam can beat the worst of them: a live beam's
+        log-prob only falls, and its length (<end> included) can grow to max_len at most, so its best possible
+        ranking score is score / max_len^p."""
+        kth = self.score[:, :self.slots].topk(self.k, dim=1).values[:, self.k - 1]  # −inf while fewer ended
+        best = live_scores.max(dim=1).values
+        bound = torch.where(best < 0, best / (self.max_len ** self.penalty), best) if self.penalty else best
+        self.done = self.done | (torch.isfinite(kth) & (bound <= kth))
+
+    def buffers(self) -> tuple:
+        return self.score, self.lp, self.end_lp, self.t, self.src, self.count, self.unfinished
 
 
 @torch.no_grad()
@@ -333,7 +272,7 @@ def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
     parts = [torch.stack(out_tokens, dim=1), torch.stack(out_lps, dim=1)]  # (B, T) each
     if out_extra:
         parts.append(torch.stack(out_extra, dim=1))  # (B, T, ...)
-    host = _to_host(*parts)  # one transfer
+    host = to_host(*parts)  # one transfer
     seq, lps = host[0].astype(np.int64), host[1]
     ext = torch.from_numpy(host[2]).to(out_extra[0].dtype) if out_extra else None
     results = []
@@ -343,7 +282,7 @@ def greedy_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence
         m = n if fin else n - 1
         token_lps = [float(x) for x in lps[b, :m]]
         log_prob = float(sum(token_lps))
-        score = _normalise(log_prob, n, length_penalty) if fin else float("-inf")
+        score = normalise(log_prob, n, length_penalty) if fin else float("-inf")
         results.append(Hypothesis([int(x) for x in seq[b, : n - 1]], score, log_prob,
                                   ext[b, :m] if ext is not None else None, fin, token_lps))
     return results

@@ -33,7 +33,7 @@ class AllowedRead(NamedTuple):
 _SCALAR = "aten._local_scalar_dense.default"
 _DONE = "whether every sequence has ended: one read every sync_every steps, so that a batch stops early"
 _CHECKS = {_SCALAR: AllowedRead(1, _DONE, "check"), "Tensor.__bool__": AllowedRead(1, _DONE, "check")}
-_TRACE = {"Tensor.cpu": AllowedRead(1, "the results: every buffer in one device-to-host transfer (search._to_host)"),
+_TRACE = {"Tensor.cpu": AllowedRead(1, "the results: every buffer in one device-to-host transfer (hypotheses.to_host)"),
           "Tensor.numpy": AllowedRead(1, "the host copy of that transfer as an array (no device read)")}
 _PACK = {_SCALAR: AllowedRead(2, "pack_padded_sequence reads the lengths, which stay on the host (a CPU tensor "
                                  "from collate): no device read on a GPU")}
