@@ -234,7 +234,7 @@ def bench_end_to_end(device, out, sync, n: int = 100):
     import shutil
     import tempfile
 
-    from showattend.captioning.cache import build_feature_cache
+    from showattend.captioning.cache_build import build_feature_cache
     from showattend.captioning.images import load_image
 
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",

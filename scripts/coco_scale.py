@@ -46,7 +46,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from showattend.captioning.cache import FeatureStore, cache_meta, check_disk  # noqa: E402
+from showattend.captioning.cache import FeatureStore, cache_meta  # noqa: E402
+from showattend.captioning.cache_build import check_disk  # noqa: E402
 from showattend.captioning.data import CaptionDataset, collate_captions  # noqa: E402
 from showattend.captioning.network import Decoder  # noqa: E402
 from showattend.captioning.losses import caption_loss  # noqa: E402

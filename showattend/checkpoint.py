@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import time
 import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import torch
+
+from .faults import slow_save
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "export_checkpoint",
            "checksum", "load_weights"]
@@ -62,8 +63,8 @@ def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
     """Write ``payload`` and its :func:`checksum` to ``path`` atomically: a temporary file in the same folder,
     fsync, then rename.
 
-    An interrupted save leaves the previous checkpoint intact. (For the fault tests, the environment variable
-    ``SHOWATTEND_SLOW_SAVE_S`` makes the write pause that many seconds before the rename.)
+    An interrupted save leaves the previous checkpoint intact (the fault tests slow the write down with
+    :func:`showattend.faults.slow_save` to kill a process inside it).
 
     Args:
         path: destination file.
@@ -78,7 +79,7 @@ def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        time.sleep(float(os.environ.get("SHOWATTEND_SLOW_SAVE_S", "0")))  # fault tests: a kill lands in the write
+        slow_save()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

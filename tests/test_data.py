@@ -11,8 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import shared_path
-from showattend.captioning.cache import (FeatureStore, build_feature_cache, changed_images, check_disk, file_digests,
-                                         image_stats)
+from showattend.captioning.cache import FeatureStore, changed_images, file_digests, image_stats
+from showattend.captioning.cache_build import build_feature_cache, check_disk
 from showattend.captioning.data import (CaptionDataset, CaptionRecord, collate_captions, load_coco, load_karpathy,
                                         tokenize)
 from showattend.captioning.encoders import Encoder
@@ -131,7 +131,7 @@ def test_feature_store_works_with_several_workers(tmp_path):
     assert len(ds) == 8
     loaded = list(DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate_captions))
     feats = loaded[0][0]
-    direct = torch.stack([store.get(k) for k in keys])
+    direct = torch.stack([store.read(store.row[k]) for k in keys])
     assert all(any(torch.equal(f, d) for d in direct) for f in feats)
 
 
@@ -153,7 +153,7 @@ def test_caption_dataset_gives_each_caption_with_its_image_row(tmp_path):
     for i, (key, ids) in enumerate(expected):
         feats, caption, row = ds[i]
         assert caption.tolist() == ids and caption.dtype == torch.long and ds.length(i) == len(ids)
-        assert feats.dtype == torch.float16 and torch.equal(feats, store.get_half(key)) and row == store.row[key]
+        assert feats.dtype == torch.float16 and torch.equal(feats, store.read(store.row[key], half=True)) and row == store.row[key]
 
 
 def test_the_cache_states_its_size_and_refuses_a_disk_too_small(tmp_path, caplog):
@@ -206,12 +206,12 @@ def test_a_cache_is_reused_only_for_the_same_images_encoder_weights_and_size(tmp
     assert other_size.array.shape[1] == 9 and first.array.shape[1] == 4  # 3x3 and 2x2 grids
     assert first.meta["encoder_fingerprint"] != other_weights.meta["encoder_fingerprint"]
     # an image of the cache changed (other pixels, so another size or time): the cache is encoded again
-    before = first.get(keys[0]).clone()
+    before = first.read(first.row[keys[0]])
     Image.fromarray(np.zeros((50, 70, 3), dtype=np.uint8)).save(a / keys[0])
     os.utime(a / keys[0], ns=(1, 1))
     again = _prepare(tmp_path, a, keys)
     assert again.folder == first.folder and "1 images changed since the cache was built" in caplog.text  # a warning
-    assert not torch.allclose(before, again.get(keys[0]))
+    assert not torch.allclose(before, again.read(again.row[keys[0]]))
     assert again.meta["stats"][0][1] == 1
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .._compat import import_torchvision
 
-__all__ = ["ENCODERS", "EncoderSpec", "Encoder", "build_encoder"]
+__all__ = ["ENCODERS", "EncoderSpec", "Encoder"]
 
 
 @dataclass(frozen=True)
@@ -380,8 +380,3 @@ class Encoder(nn.Module):
             (B, L, D) annotation vectors, L = H'·W' locations in row-major order.
         """
         return self.top(self.trunk(images))
-
-
-def build_encoder(name: str = "efficientnet_lite0", **kwargs) -> Encoder:
-    """Builder function: ``build_encoder("efficientnet_lite0")``; see :class:`Encoder` for the arguments."""
-    return Encoder(name, **kwargs)

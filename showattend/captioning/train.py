@@ -23,7 +23,8 @@ from ..engine import (DistInfo, SettingsError, Trainer, check_out_dir, check_res
                       resolve_precision, setup_distributed)
 from .vocab import Vocab
 from .config import TrainConfig
-from .cache import FeatureStore, ImageStore, build_feature_cache, cache_meta, find_cache
+from .cache import FeatureStore, ImageStore, cache_meta, find_cache
+from .cache_build import build_feature_cache
 from .data import CaptionRecord, load_coco, load_karpathy
 from .encoders import Encoder
 from .captioner import CHECKPOINT_KIND, checkpoint_config
@@ -77,7 +78,7 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
                   device: Optional[torch.device] = None, dist_info: DistInfo = DistInfo(),
                   batch_size: int = 32) -> FeatureStore:
     """Reuse, resume or build the feature cache of every image in ``records``; under torchrun every process
-    calls this and encodes its share (see :func:`~showattend.captioning.cache.build_feature_cache`).
+    calls this and encodes its share (see :func:`~showattend.captioning.cache_build.build_feature_cache`).
 
     With ``model_cfg.fine_tune_blocks`` N > 0 the cache holds the activations below the top N blocks (the frozen
     trunk's, :meth:`~showattend.captioning.encoders.Encoder.trunk`), which training then runs through the top

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
@@ -17,6 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..checkpoint import save_checkpoint
+from ..faults import kill_if_reached
 from ..runs import atomic_write_text, plot_curves, write_metrics
 from .config import EngineConfig, resolve_num_workers, resolve_precision
 from .distributed import DistInfo, _LocalBatches, _Positioned, buffers_trained, runnable_batches, shard, to_device
@@ -239,7 +239,6 @@ class Trainer:
         self._truncate_step_log()
         if self.validate_start and self.step_count == 0 and not self.history:
             self._validate_start()
-        kill_at = int(os.environ.get("SHOWATTEND_KILL_AT_STEP", "0"))  # fault injection for the resume tests
         t_mark = time.time()
         if self.dist.main and self.history and self.pos == 0:
             done = self.history[-1]["epoch"]
@@ -294,8 +293,7 @@ class Trainer:
                     if summary is not None:
                         self._log_steps(summary)
                     self._save_last()
-                if kill_at and self.step_count == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                kill_if_reached("step", self.step_count - 1, self.step_count)  # the kill tests' fault
             bar.close()
             summary = self._flush()
             if summary is not None and self.step_count % cfg.log_every:
