@@ -12,7 +12,7 @@ import gc
 import logging
 import os
 import random
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -168,58 +168,23 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     resume = check_out_dir(cfg.out_dir, resume, overwrite)
     dist_info, device = setup_distributed(cfg.device)
     resolve_precision(cfg.precision, device)
-    last = os.path.join(cfg.out_dir, "last.pt")
-    ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=("config", "vocab", "model")) if resume else None
-    if ckpt is not None:  # settings that cannot change are refused here, before the data and cache work
-        saved_cfg, _ = checkpoint_config(ckpt, last)
-        check_same_model(model_cfg, saved_cfg, f"{last}", resume=True)
-        check_resume_settings(ckpt, cfg, SCSTTask if cfg.scst else CaptionTask)
-        model_cfg = saved_cfg
-    init = None
-    if ckpt is None and cfg.init:
-        init = init_checkpoint(cfg.init)
-        check_same_model(model_cfg, init[2], cfg.init)
-        model_cfg = init[2]
-    if cfg.length_buckets and (model_cfg.fine_tune_blocks or cfg.from_images or cfg.scst):
-        raise SettingsError("--length-buckets groups captions read from a feature cache; with --fine-tune-blocks or "
-                         "--from-images a batch holds whole images with their captions, and SCST's batches hold "
-                         "images")
+    start = _start(cfg, model_cfg, resume)  # settings that cannot go together are refused before the data
+    model_cfg = start.model_cfg
     records = load_records(cfg)
-    train_recs = [r for r in records if r.split == "train"]
-    val_recs = [r for r in records if r.split == "val"]
-    if cfg.val_images:
-        val_recs = val_recs[: cfg.val_images]
-    if not train_recs or not val_recs:
-        raise ValueError(f"{' '.join(cfg.data)}: needs train and val images, found {len(train_recs)} and "
-                         f"{len(val_recs)}")
+    train_recs, val_recs = _splits(cfg, records)
     if cfg.from_images:
         store = ImageStore(cfg.images, sorted({r.key for r in records}), model_cfg.image_size)
     else:
         store = prepare_cache(cfg, model_cfg, records, device, dist_info)
-    if ckpt is not None:
-        vocab = checkpoint_config(ckpt, last)[1]
-    elif init is not None:
-        vocab = init[3]
-    else:
-        vocab = Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split only
+    vocab = start.vocab or Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split
     _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
     task = (SCSTTask if cfg.scst else CaptionTask)(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
-    start, start_path = (ckpt, last) if ckpt is not None else (init[1], init[0]) if init is not None else (None, "")
-    if start is not None:
-        load_weights(task.decoder, start["model"], start_path, "decoder")  # fp16 exports load as fp32
+    if start.weights is not None:
+        load_weights(task.decoder, start.weights["model"], start.path, "decoder")  # fp16 exports load as fp32
         if model_cfg.fine_tune_blocks:
-            task.encoder.load_top_state_dict(start.get("encoder"), start_path)
-    too_long = getattr(task, "references", task.dataset).too_long
-    if dist_info.main and too_long:
-        log.warning(f"dropped {too_long} training captions longer than --max-caption-len {cfg.max_caption_len} "
-                    f"words")
+            task.encoder.load_top_state_dict(start.weights.get("encoder"), start.path)
     if dist_info.main:
-        source = f"from {init[0]}" if init is not None else f"min count {cfg.min_count}, train split"
-        items = f"{cfg.scst_samples} samples each" if cfg.scst else f"{len(task.dataset)} captions"
-        log.info(f"train: {len(train_recs)} images, {items}; val: {len(val_recs)} images; vocabulary "
-                 f"{len(vocab)} words ({source}); device {device}"
-                 f"{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
-                 f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}")
+        _log_start(cfg, task, start, len(train_recs), len(val_recs), vocab, device, dist_info)
     # The dataset holds the training captions as arrays. Drop the records (at COCO size ~1 GB of Python objects)
     # and keep the garbage collector off what is left, so that forked DataLoader workers do not copy it page by
     # page (copy-on-write) as the collector walks it.
@@ -227,4 +192,73 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     gc.collect()
     gc.freeze()
     # from --init, the starting model's validation score is the one to beat (and best.pt holds it until then)
-    return Trainer(task, cfg, dist_info, device, ckpt, validate_start=init is not None).fit()
+    return Trainer(task, cfg, dist_info, device, start.resumed, validate_start=start.init).fit()
+
+
+class _Start(NamedTuple):
+    """Where a run starts: ``resumed`` its own ``last.pt`` (loaded) or None; ``weights`` the checkpoint whose
+    weights it starts from (``last.pt`` or ``--init``'s) and its ``path``; ``init``: from ``--init``; its model
+    settings and vocabulary (None: built from the data)."""
+
+    resumed: Optional[dict]
+    weights: Optional[dict]
+    path: str
+    init: bool
+    model_cfg: ModelConfig
+    vocab: Optional[Vocab]
+
+
+def _start(cfg: TrainConfig, model_cfg: ModelConfig, resume: bool) -> _Start:
+    """Read ``last.pt`` (``--resume``) or ``--init``'s checkpoint and check the settings against it, before any
+    data or cache work.
+
+    Raises:
+        SettingsError: options that differ from the run resumed or the model started from, or that do not go
+            together; CheckpointError: an unusable checkpoint.
+    """
+    last = os.path.join(cfg.out_dir, "last.pt")
+    if resume:
+        ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=("config", "vocab", "model"))
+        saved_cfg, vocab = checkpoint_config(ckpt, last)
+        check_same_model(model_cfg, saved_cfg, f"{last}", resume=True)
+        check_resume_settings(ckpt, cfg, SCSTTask if cfg.scst else CaptionTask)
+        start = _Start(ckpt, ckpt, last, False, saved_cfg, vocab)
+    elif cfg.init:
+        path, ckpt, init_cfg, vocab = init_checkpoint(cfg.init)
+        check_same_model(model_cfg, init_cfg, cfg.init)
+        start = _Start(None, ckpt, path, True, init_cfg, vocab)
+    else:
+        start = _Start(None, None, "", False, model_cfg, None)
+    m = start.model_cfg
+    if cfg.length_buckets and (m.fine_tune_blocks or cfg.from_images or cfg.scst):
+        raise SettingsError("--length-buckets groups captions read from a feature cache; with --fine-tune-blocks or "
+                            "--from-images a batch holds whole images with their captions, and SCST's batches hold "
+                            "images")
+    return start
+
+
+def _splits(cfg: TrainConfig, records: List[CaptionRecord]):
+    """The training and validation records (``--val-images``: the first N of the validation split).
+
+    Raises:
+        ValueError: either is empty."""
+    train_recs = [r for r in records if r.split == "train"]
+    val_recs = [r for r in records if r.split == "val"]
+    if cfg.val_images:
+        val_recs = val_recs[: cfg.val_images]
+    if not train_recs or not val_recs:
+        raise ValueError(f"{' '.join(cfg.data)}: needs train and val images, found {len(train_recs)} and "
+                         f"{len(val_recs)}")
+    return train_recs, val_recs
+
+
+def _log_start(cfg, task, start: _Start, n_train: int, n_val: int, vocab, device, dist_info) -> None:
+    too_long = getattr(task, "references", task.dataset).too_long
+    if too_long:
+        log.warning(f"dropped {too_long} training captions longer than --max-caption-len {cfg.max_caption_len} "
+                    f"words")
+    source = f"from {start.path}" if start.init else f"min count {cfg.min_count}, train split"
+    items = f"{cfg.scst_samples} samples each" if cfg.scst else f"{len(task.dataset)} captions"
+    log.info(f"train: {n_train} images, {items}; val: {n_val} images; vocabulary {len(vocab)} words ({source}); "
+             f"device {device}{f' x {dist_info.world} processes' if dist_info.world > 1 else ''}; precision "
+             f"{'bf16' if resolve_precision(cfg.precision, device) else 'fp32'}")

@@ -223,23 +223,35 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> str:
         """Train until ``epochs``, early stopping or the time budget; returns the path of ``best.pt``."""
-        from tqdm import tqdm
-
-        cfg, task = self.cfg, self.task
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if self.dist.main:  # the resolved settings of this (re)start, beside the checkpoints
-            atomic_write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(
-                {"model": task.payload().get("config"), "train": asdict(cfg), "world": self.dist.world,
-                 "resumed_at_step": self.step_count,
-                 "resolved": {"device": str(self.device), "precision": "bf16" if self.amp_dtype else "fp32",
-                              "num_workers": self.workers,
-                              **({"ddp_broadcast_buffers": self.ddp.broadcast_buffers} if self.dist.world > 1
-                                 else {})}},
-                indent=2))
+        os.makedirs(self.cfg.out_dir, exist_ok=True)
+        if self.dist.main:
+            self._write_config()
         self._truncate_step_log()
         if self.validate_start and self.step_count == 0 and not self.history:
             self._validate_start()
         t_mark = time.time()
+        self._say_if_nothing_to_train()
+        ran = False  # an epoch ended in this call
+        while self.epoch <= self.cfg.epochs and not self._stop_before_epoch(ran):
+            global_batches, todo = self._epoch_plan()
+            t_mark = self._train_batches(global_batches, todo, t_mark)
+            self._end_epoch(sum(len(b) for b in global_batches if len(b) >= self.dist.world))
+            ran, t_mark = True, time.time()
+        if self.beat is not None and os.path.exists(self.beat.path):
+            os.remove(self.beat.path)
+        return self.best_path
+
+    def _write_config(self) -> None:
+        """The resolved settings of this (re)start, beside the checkpoints."""
+        resolved = {"device": str(self.device), "precision": "bf16" if self.amp_dtype else "fp32",
+                    "num_workers": self.workers,
+                    **({"ddp_broadcast_buffers": self.ddp.broadcast_buffers} if self.dist.world > 1 else {})}
+        atomic_write_text(os.path.join(self.cfg.out_dir, "config.json"), json.dumps(
+            {"model": self.task.payload().get("config"), "train": asdict(self.cfg), "world": self.dist.world,
+             "resumed_at_step": self.step_count, "resolved": resolved}, indent=2))
+
+    def _say_if_nothing_to_train(self) -> None:
+        cfg = self.cfg
         if self.dist.main and self.history and self.pos == 0:
             done = self.history[-1]["epoch"]
             if done >= cfg.epochs:
@@ -247,62 +259,71 @@ class Trainer:
             elif self.bad >= cfg.patience:
                 log.info(f"nothing to train: the run stopped early after epoch {done} ({self.bad} epochs without a "
                          f"new best, --patience {cfg.patience})")
-        ran = False  # an epoch ended in this call
-        while self.epoch <= cfg.epochs:
-            if self.pos == 0 and self.bad >= cfg.patience:
-                if self.dist.main and ran:
-                    log.info(f"early stopping: no new best {task.score_key} for {self.bad} epochs")
-                break
-            if self.pos == 0 and cfg.max_minutes > 0 and self.history:
-                last = self.history[-1]["train_s"] + self.history[-1]["val_s"]
-                if self.spent_s + last > 60 * cfg.max_minutes:
-                    if self.dist.main:
-                        log.info(f"stopping before epoch {self.epoch}: {self.spent_s / 60:.1f} min spent, another "
-                                 f"epoch would pass the {cfg.max_minutes:g}-minute budget")
-                    break
-            global_batches = task.epoch_batches(self.epoch)
-            if cfg.max_steps:
-                global_batches = global_batches[: cfg.max_steps]
-            # positions index the epoch's batches as they are for every world size; a batch with fewer items
-            # than processes (every process needs one) is skipped, and said so
-            todo, skipped = runnable_batches(global_batches, self.pos, self.dist.world)
-            if skipped and self.dist.main:
-                log.warning(f"epoch {self.epoch}: {len(skipped)} batch(es) with fewer items than the "
-                            f"{self.dist.world} processes are not trained ({sum(len(b) for _, b in skipped)} items; "
-                            f"positions {', '.join(str(i) for i, _ in skipped)})")
-            self.sampler.batches = [shard(b, self.dist.rank, self.dist.world) for _, b in todo]
-            self.ddp.train()
-            bar = tqdm(total=len(global_batches), initial=self.pos, desc=f"epoch {self.epoch}",
-                       disable=True if not (cfg.progress and self.dist.main) else None, leave=False)  # None: off
-            # when stderr is not a terminal
-            for batch, (at, gb) in zip(self.loader, todo):
-                ctx = StepContext(self.step_count, sum(task.words(i) for i in gb), len(gb), self.dist.world)
-                self.step(batch, ctx)
-                self.step_count, self.pos = self.step_count + 1, at + 1
-                now = time.time()
-                self.epoch_s, self.spent_s, t_mark = self.epoch_s + now - t_mark, self.spent_s + now - t_mark, now
-                bar.update(1)
-                if self.step_count % cfg.log_every == 0:
-                    summary = self._flush()
-                    self._log_steps(summary)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in summary.items()})
-                if self.beat is not None:
-                    self.beat(self.spent_s, self.saved_step)
-                if cfg.save_every and self.step_count % cfg.save_every == 0 and self.pos < len(global_batches):
-                    summary = self._flush()
-                    if summary is not None:
-                        self._log_steps(summary)
-                    self._save_last()
-                kill_if_reached("step", self.step_count - 1, self.step_count)  # the kill tests' fault
-            bar.close()
-            summary = self._flush()
-            if summary is not None and self.step_count % cfg.log_every:
+
+    def _stop_before_epoch(self, ran: bool) -> bool:
+        """Early stopping, or a time budget that the next epoch would pass (``ran``: an epoch ended in this
+        call, so the stop is news)."""
+        cfg = self.cfg
+        if self.pos == 0 and self.bad >= cfg.patience:
+            if self.dist.main and ran:
+                log.info(f"early stopping: no new best {self.task.score_key} for {self.bad} epochs")
+            return True
+        if self.pos == 0 and cfg.max_minutes > 0 and self.history:
+            last = self.history[-1]["train_s"] + self.history[-1]["val_s"]
+            if self.spent_s + last > 60 * cfg.max_minutes:
+                if self.dist.main:
+                    log.info(f"stopping before epoch {self.epoch}: {self.spent_s / 60:.1f} min spent, another "
+                             f"epoch would pass the {cfg.max_minutes:g}-minute budget")
+                return True
+        return False
+
+    def _epoch_plan(self):
+        """The epoch's global batches, and those to train from the current position with their positions.
+        Positions index the batches as they are for every world size; a batch with fewer items than processes
+        (every process needs one) is skipped, and said so."""
+        global_batches = self.task.epoch_batches(self.epoch)
+        if self.cfg.max_steps:
+            global_batches = global_batches[: self.cfg.max_steps]
+        todo, skipped = runnable_batches(global_batches, self.pos, self.dist.world)
+        if skipped and self.dist.main:
+            log.warning(f"epoch {self.epoch}: {len(skipped)} batch(es) with fewer items than the "
+                        f"{self.dist.world} processes are not trained ({sum(len(b) for _, b in skipped)} items; "
+                        f"positions {', '.join(str(i) for i, _ in skipped)})")
+        self.sampler.batches = [shard(b, self.dist.rank, self.dist.world) for _, b in todo]
+        return global_batches, todo
+
+    def _train_batches(self, global_batches, todo, t_mark: float) -> float:
+        """One epoch's steps from the current position: logs every ``--log-every``, ``last.pt`` every
+        ``--save-every``; returns the time mark of the last step."""
+        from tqdm import tqdm
+
+        cfg, task = self.cfg, self.task
+        self.ddp.train()
+        bar = tqdm(total=len(global_batches), initial=self.pos, desc=f"epoch {self.epoch}", leave=False,
+                   disable=True if not (cfg.progress and self.dist.main) else None)  # None: off when not a tty
+        for batch, (at, gb) in zip(self.loader, todo):
+            self.step(batch, StepContext(self.step_count, sum(task.words(i) for i in gb), len(gb), self.dist.world))
+            self.step_count, self.pos = self.step_count + 1, at + 1
+            now = time.time()
+            self.epoch_s, self.spent_s, t_mark = self.epoch_s + now - t_mark, self.spent_s + now - t_mark, now
+            bar.update(1)
+            if self.step_count % cfg.log_every == 0:
+                summary = self._flush()
                 self._log_steps(summary)
-            self._end_epoch(sum(len(b) for b in global_batches if len(b) >= self.dist.world))
-            ran, t_mark = True, time.time()
-        if self.beat is not None and os.path.exists(self.beat.path):
-            os.remove(self.beat.path)
-        return self.best_path
+                bar.set_postfix({k: f"{v:.3f}" for k, v in summary.items()})
+            if self.beat is not None:
+                self.beat(self.spent_s, self.saved_step)
+            if cfg.save_every and self.step_count % cfg.save_every == 0 and self.pos < len(global_batches):
+                summary = self._flush()
+                if summary is not None:
+                    self._log_steps(summary)
+                self._save_last()
+            kill_if_reached("step", self.step_count - 1, self.step_count)  # the kill tests' fault
+        bar.close()
+        summary = self._flush()
+        if summary is not None and self.step_count % cfg.log_every:
+            self._log_steps(summary)
+        return t_mark
 
     def _validate(self) -> float:
         """The task's validation score, computed on rank 0 and sent to every process."""
