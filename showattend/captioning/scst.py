@@ -153,34 +153,16 @@ class SCSTTask(CaptionTask):
         x, B = batch.features.float(), batch.features.size(0)
         was_training = model.training
         model.eval()  # the policy is the network without dropout, in both passes
-        g = torch.Generator(device=x.device)
-        g.manual_seed(_step_seed(cfg.seed, ctx.step))
-        with torch.no_grad():
-            if self.encoder is None:
-                annotations = x
-            else:
-                annotations = self.encoder.top(self.encoder.trunk(x) if cfg.from_images else x)
-            # sample j of the image at global position r draws row r·k + j of the step's uniforms: the same samples
-            # in whichever process holds the image
-            rows = (batch.rows.to(x.device) * k).repeat_interleave(k) + torch.arange(k, device=x.device).repeat(B)
-            tokens, lengths, words = self._sample(annotations, k, False, g, rows, ctx.items * k)  # (B·k, T)
-            image = torch.arange(B, device=x.device).repeat_interleave(k)  # each sample's row of x
-            counted = lengths if cfg.scst_reward_end else words  # <end>, when drawn, is a word of the reward
-            reward = self.cider(tokens, counted, batch.image[image]).float().view(B, k)
-            greedy = None
-            if cfg.scst_baseline == "greedy":
-                g_tokens, g_lengths, g_words = self._sample(annotations, 1, True)
-                greedy = self.cider(g_tokens, g_lengths if cfg.scst_reward_end else g_words, batch.image).float()
-            baseline = self_critical_baseline(reward, cfg.scst_baseline, greedy)
+        tokens, lengths, reward, baseline, greedy = self._samples_and_rewards(x, batch, ctx)
         # teacher-forced pass over the samples, longest first (the decoder's batched training pass)
         host_lengths = lengths.tolist()
         order = sorted(range(len(host_lengths)), key=lambda i: -host_lengths[i])
         idx = torch.tensor(order, device=x.device)
+        image = torch.arange(B, device=x.device).repeat_interleave(k)[idx]  # each sample's row of x
         start = torch.full((len(order), 1), self.vocab.start, dtype=torch.long, device=x.device)
         captions = torch.cat([start, tokens[idx]], dim=1)  # (S, T + 1)
         lens = [host_lengths[i] + 1 for i in order]
-        out = model(x[image[idx]], captions, lens) if self.encoder is None else \
-            model(x, image[idx], captions, lens)
+        out = model(x[image], captions, lens) if self.encoder is None else model(x, image, captions, lens)
         n_tokens = lengths.sum()
         if ctx.world > 1:
             n_tokens = n_tokens.clone()
@@ -189,25 +171,54 @@ class SCSTTask(CaptionTask):
                             self.banned, n_tokens)
         sums = {}
         if cfg.scst_xe_weight:  # λ x the cross-entropy of the batch images' references, per word
-            refs, ref_image, ref_lengths = batch.captions, batch.caption_image, batch.caption_lengths
-            ref_out = model(x[ref_image], refs, ref_lengths) if self.encoder is None else \
-                model(x, ref_image, refs, ref_lengths)
-            local = torch.tensor([float(sum(ref_lengths) - len(ref_lengths)), float(len(ref_lengths))],
-                                 device=x.device)  # predicted words and captions of this process's share
-            total = local.clone()
-            if ctx.world > 1:
-                dist.all_reduce(total)
-            ref_words = local[0]
-            xe, ce, _ = caption_loss(ref_out, refs, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation,
-                                     words=total[0], num_captions=total[1])
+            xe, sums = self._references_xe(model, x, batch, ctx)
             loss = loss + cfg.scst_xe_weight * xe
-            sums = {"xe": ce * total[0], "xe_words": ref_words}  # summed over processes in the logs
         model.train(was_training)
         sums.update({"reward": reward.sum(), "samples": torch.full((), float(B * k), device=x.device),
                      "tokens": lengths.sum().float()})
         if greedy is not None:
             sums["greedy"] = greedy.sum() * k
         return loss, sums
+
+    @torch.no_grad()
+    def _samples_and_rewards(self, x: torch.Tensor, batch: ImageBatch, ctx: StepContext):
+        """k captions sampled per image, their CIDEr-D rewards (B, k) and baselines, and the greedy captions'
+        rewards (B,) with the greedy baseline (else None)."""
+        cfg, k, B = self.cfg, self.cfg.scst_samples, x.size(0)
+        g = torch.Generator(device=x.device)
+        g.manual_seed(_step_seed(cfg.seed, ctx.step))
+        if self.encoder is None:
+            annotations = x
+        else:
+            annotations = self.encoder.top(self.encoder.trunk(x) if cfg.from_images else x)
+        # sample j of the image at global position r draws row r·k + j of the step's uniforms: the same samples in
+        # whichever process holds the image
+        rows = (batch.rows.to(x.device) * k).repeat_interleave(k) + torch.arange(k, device=x.device).repeat(B)
+        tokens, lengths, words = self._sample(annotations, k, False, g, rows, ctx.items * k)  # (B·k, T)
+        image = torch.arange(B, device=x.device).repeat_interleave(k)
+        counted = lengths if cfg.scst_reward_end else words  # <end>, when drawn, is a word of the reward
+        reward = self.cider(tokens, counted, batch.image[image]).float().view(B, k)
+        greedy = None
+        if cfg.scst_baseline == "greedy":
+            g_tokens, g_lengths, g_words = self._sample(annotations, 1, True)
+            greedy = self.cider(g_tokens, g_lengths if cfg.scst_reward_end else g_words, batch.image).float()
+        return tokens, lengths, reward, self_critical_baseline(reward, cfg.scst_baseline, greedy), greedy
+
+    def _references_xe(self, model, x: torch.Tensor, batch: ImageBatch, ctx: StepContext):
+        """The cross-entropy per word of the batch images' reference captions (``--scst-xe-weight``), and its
+        sums for the logs."""
+        cfg = self.cfg
+        refs, ref_image, ref_lengths = batch.captions, batch.caption_image, batch.caption_lengths
+        ref_out = model(x[ref_image], refs, ref_lengths) if self.encoder is None else \
+            model(x, ref_image, refs, ref_lengths)
+        local = torch.tensor([float(sum(ref_lengths) - len(ref_lengths)), float(len(ref_lengths))],
+                             device=x.device)  # predicted words and captions of this process's share
+        total = local.clone()
+        if ctx.world > 1:
+            dist.all_reduce(total)
+        xe, ce, _ = caption_loss(ref_out, refs, cfg.ds_lambda, cfg.label_smoothing, cfg.ds_normalisation,
+                                 words=total[0], num_captions=total[1])
+        return xe, {"xe": ce * total[0], "xe_words": local[0]}  # summed over processes in the logs
 
     def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
         n = max(sums.get("samples", 0.0), 1e-9)
