@@ -6,7 +6,7 @@ is the expected one (1 for a bad input, 2 for a bad option, 0 where the input is
 says in plain words which input is wrong and what is wrong with it (the case's ``message``), there is no
 traceback, and the good inputs of the same call are still processed.
 
-    python tests/bad_inputs.py            # run the corpus, print the README's table (Markdown)
+    python tests/bad_inputs.py            # run the corpus, print docs/reliability.md's table (Markdown)
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Case:
         offline: the outcome holds only without internet access (a download would succeed otherwise).
         env: environment variables set while the case runs.
         no_cuda: the outcome holds only where torch sees no CUDA device; where it sees one, the case expects the
-            command to work (exit 0, its good inputs processed) and the README's row is not compared.
+            command to work (exit 0, its good inputs processed) and its documented row is not compared.
     """
 
     kind: str
@@ -504,7 +504,7 @@ def said(case: Case, outcome: Outcome, root: str) -> str:
 
 
 def table(cases: List[Case], outcomes: List[Outcome], root: str) -> str:
-    """The README's corpus table (Markdown): each case, its exit code and the first line it printed."""
+    """The corpus table of docs/reliability.md (Markdown): each case, its exit code and the first line it printed."""
     rows = ["| input | exit code | what showattend says on stderr |", "|---|---|---|"]
     for kind, title in (("image", "Images (`caption`)"), ("checkpoint", "Checkpoints"),
                         ("data", "Text and data files"), ("option", "Options")):

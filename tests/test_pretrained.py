@@ -129,9 +129,10 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
     out = subprocess.run([str(venv / "bin" / "showattend"), "caption", PHOTO, "--device", "cpu"], cwd=elsewhere,
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0 and len(out.stdout.split()) >= 3, out.stderr
-    code = ("from showattend.captioning import Captioner, open_rgb, plot_attention\n"
+    code = ("from showattend import Captioner\n"
+            "from showattend.captioning import open_rgb, plot_attention\n"
             "cap = Captioner.from_pretrained('flickr8k-lite2-soft')\n"
-            f"r = cap.caption([{PHOTO!r}], beam_size=3)[0]\n"
+            f"r = cap.caption({PHOTO!r}, beam_size=3)\n"
             f"plot_attention(open_rgb({PHOTO!r}), r.words, r.alphas, r.grid, 'coffee.png')\n"
             "print(r.text)\n")
     api = subprocess.run([py, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)

@@ -1,4 +1,5 @@
-"""The README's examples, extracted from its fenced blocks, so that the README cannot rot.
+"""The examples of the README and of every page of ``docs/``, extracted from their fenced blocks, so that the
+documentation cannot rot.
 
 Every ``python`` block is executed. Every ``bash`` block is either executed (in a scratch folder that has the
 repository's ``assets``, with the inputs the block names made there) or, where it needs what a test cannot have
@@ -19,8 +20,13 @@ import pytest
 from conftest import ROOT
 from showattend.cli import parse
 
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-BLOCKS = [(m.group(1), m.group(2)) for m in re.finditer(r"```(\w+)\n(.*?)```", README, re.S)]
+DOCS = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+                              if f.endswith(".md"))
+#: (file, language, block) of every fenced block
+FILE_BLOCKS = [(name, m.group(1), m.group(2)) for name in DOCS
+               for m in re.finditer(r"```(\w+)\n(.*?)```", open(os.path.join(ROOT, name), encoding="utf-8").read(),
+                                    re.S)]
+BLOCKS = [(lang, block) for _, lang, block in FILE_BLOCKS]
 
 #: bash blocks that are executed, by their first line, with the files they need (made from the sample photos)
 RUN = {
@@ -73,13 +79,14 @@ def _first(block: str) -> str:
 
 
 def test_every_block_is_run_or_listed():
-    for lang, block in BLOCKS:
+    for name, lang, block in FILE_BLOCKS:
         if lang == "bash":
             first = _first(block)
-            assert any(first.startswith(k) for k in [*RUN, *NOT_RUN]), f"README block not covered: {first}"
+            assert any(first.startswith(k) for k in [*RUN, *NOT_RUN]), f"{name}: block not covered: {first}"
         else:
-            assert lang in ("python", "yaml"), lang
-    assert sum(lang == "python" for lang, _ in BLOCKS) >= 1
+            assert lang in ("python", "yaml"), (name, lang)
+    assert {name for name, lang, _ in FILE_BLOCKS if lang == "python"} >= {"README.md", "docs/translation.md"}
+    assert len(DOCS) >= 7  # the README and the six pages
 
 
 @pytest.mark.parametrize("index", [i for i, (lang, _) in enumerate(BLOCKS) if lang == "python"])
@@ -94,6 +101,7 @@ def test_python_blocks_run(index, tmp_path):
 @pytest.mark.parametrize("first", list(RUN))
 def test_bash_blocks_run(first, tmp_path):
     block = next(b for lang, b in BLOCKS if lang == "bash" and _first(b).startswith(first))
+    assert all(b == block for lang, b in BLOCKS if lang == "bash" and _first(b).startswith(first))  # one text
     for name, photo in RUN[first].items():
         shutil.copy(os.path.join(ROOT, "assets", "photos", photo), tmp_path / name)
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
@@ -113,8 +121,9 @@ def test_blocks_not_run_have_commands_that_parse(first, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "run.yaml").write_text(next(b for lang, b in BLOCKS if lang == "yaml"))
-    block = next(b for lang, b in BLOCKS if lang == "bash" and _first(b).startswith(first))
-    for args in _commands(block):
+    blocks = [b for lang, b in BLOCKS if lang == "bash" and _first(b).startswith(first)]
+    assert blocks, f"no block starts with {first!r}: remove it from NOT_RUN"
+    for args in (a for block in blocks for a in _commands(block)):
         if not args or args[0] in ("--version", "--help"):
             continue
         name, command = parse(args)
