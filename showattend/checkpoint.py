@@ -19,16 +19,13 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from .errors import CheckpointError
 from .faults import slow_save
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "export_checkpoint",
            "checksum", "load_weights"]
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, of another kind or of another format version."""
 
 
 def checksum(payload: Dict[str, Any]) -> str:

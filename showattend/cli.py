@@ -212,9 +212,8 @@ def _dispatch(argv: List[str]) -> int:
 
 def _run(cls, name: str, argv: List[str]) -> int:
     """Parse one command's options, check them, run it; errors become one line on stderr and an exit code."""
-    from .captioning.images import ImageError
-    from .checkpoint import CheckpointError
-    from .engine import SettingsError
+    from .engine.config import SettingsError
+    from .errors import CheckpointError, ImageError
 
     try:
         command = _parse(cls, name, argv)

@@ -28,8 +28,6 @@ def layered_settings(argv: Sequence[str], classes, default_out_dir: str, ignore=
         FileNotFoundError: no such ``--config`` file. ValueError: a bad ``--config`` file (see
             :func:`read_config`). CheckpointError: an unreadable ``last.pt`` with ``--resume``.
     """
-    from .checkpoint import load_checkpoint
-
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default="")
     pre.add_argument("--resume", action="store_true")
@@ -39,6 +37,8 @@ def layered_settings(argv: Sequence[str], classes, default_out_dir: str, ignore=
     values = {}
     out_dir = known.out_dir or from_file.get("out_dir") or default_out_dir
     if known.resume and os.path.isfile(os.path.join(out_dir, "last.pt")):
+        from .checkpoint import load_checkpoint  # torch: not for --help
+
         ckpt = load_checkpoint(os.path.join(out_dir, "last.pt"), None)
         values.update({k: v for k, v in ckpt.get("config", {}).items() if k not in ignore})
         values.update(ckpt.get("train_config", {}))

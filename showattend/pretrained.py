@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Literal, Optional
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 
 __all__ = ["PretrainedModel", "PRETRAINED", "DEFAULT_CAPTIONER", "DEFAULT_TRANSLATOR", "list_models", "get_model",
            "weights_file"]

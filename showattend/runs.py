@@ -5,9 +5,10 @@ import csv
 import io
 import json
 import os
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["resolve_device", "atomic_write_text", "save_figure", "write_metrics", "plot_curves"]
 
@@ -18,6 +19,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     Raises:
         ValueError: another device string, or cuda asked for where torch sees no CUDA device.
     """
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

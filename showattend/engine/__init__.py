@@ -27,11 +27,26 @@ The package, by what each part does: :mod:`~showattend.engine.config` (settings,
 :mod:`~showattend.engine.distributed` (processes, slices of a batch, devices), :mod:`~showattend.engine.state`
 (RNG states and the heartbeat a resume restores) and :mod:`~showattend.engine.trainer` (the loop).
 """
-from .config import PRECISIONS, RUN_FILES, EngineConfig, Precision, SettingsError, check_out_dir, resolve_precision
-from .distributed import DistInfo, main_process, setup_distributed, shard, to_device
-from .resume import check_resume_settings, differing_options
-from .task import StepContext, Task
-from .trainer import Trainer
+from typing import TYPE_CHECKING
 
-__all__ = ["EngineConfig", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir", "DistInfo",
-           "SettingsError", "check_resume_settings", "differing_options", "setup_distributed", "main_process", "shard", "to_device", "StepContext", "Task", "Trainer"]
+from .._lazy import lazy_names
+
+_NAMES = {
+    "EngineConfig": ".config", "Precision": ".config", "PRECISIONS": ".config", "resolve_precision": ".config",
+    "RUN_FILES": ".config", "check_out_dir": ".config", "SettingsError": ".config", "main_process": ".config",
+    "DistInfo": ".distributed", "setup_distributed": ".distributed", "shard": ".distributed",
+    "to_device": ".distributed", "check_resume_settings": ".resume", "differing_options": ".resume",
+    "StepContext": ".task", "Task": ".task", "Trainer": ".trainer",
+}
+
+__all__ = list(_NAMES)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .config import (PRECISIONS, RUN_FILES, EngineConfig, Precision, SettingsError, check_out_dir, main_process,
+                         resolve_precision)
+    from .distributed import DistInfo, setup_distributed, shard, to_device
+    from .resume import check_resume_settings, differing_options
+    from .task import StepContext, Task
+    from .trainer import Trainer
+
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)  # the settings import without torch (--help)

@@ -6,16 +6,17 @@ import glob
 import logging
 import os
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence, get_args
-
-import torch
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, get_args
 
 from ..runs import check_output_folder, resolve_device
-from .distributed import main_process
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SettingsError", "EngineConfig", "resolve_num_workers", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES", "check_out_dir"]
+__all__ = ["SettingsError", "EngineConfig", "resolve_num_workers", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES",
+           "check_out_dir", "main_process"]
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS = get_args(Precision)
@@ -170,6 +171,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def main_process() -> bool:
+    """Whether this is rank 0 (or the only process), from torchrun's environment; usable before the process
+    group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_num_workers(num_workers: int, device: torch.device, local_processes: int = 1) -> int:
     """The DataLoader workers of ``--num-workers``: as given when >= 0; for -1, 0 on a CPU (the training
     process uses the cores; on a 2-core machine a worker only competes with it) and on CUDA the CPU cores of this
@@ -193,6 +200,8 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
         ValueError: unknown precision, or bf16 on a CUDA device without bf16 support (emulated bf16 is allowed
             when asked for, with a warning).
     """
+    import torch
+
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":

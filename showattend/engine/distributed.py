@@ -12,14 +12,8 @@ from torch.utils.data import Dataset, Sampler
 
 from ..runs import resolve_device
 
-__all__ = ["DistInfo", "setup_distributed", "main_process", "runnable_batches", "shard", "to_device",
+__all__ = ["DistInfo", "setup_distributed", "runnable_batches", "shard", "to_device",
            "buffers_trained"]
-
-
-def main_process() -> bool:
-    """Whether this is rank 0 (or the only process), from torchrun's environment; usable before the process
-    group exists."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 class DistInfo(NamedTuple):
