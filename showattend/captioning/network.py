@@ -330,7 +330,7 @@ def reference_forward(decoder: Decoder, annotations: torch.Tensor, captions: tor
     arrangement of the arithmetic: the attention module on h_{t-1}, f_β, one ``nn.LSTMCell`` call on
     [E y_{t-1}; β_t ẑ_t], per-step weight gradients. Same arguments and outputs as :meth:`Decoder.forward`
     (``locations`` for hard attention at given locations); the tests check that the two agree, and
-    ``scripts/benchmark.py`` times it as the baseline (it is showattend's training step before 0.5)."""
+    ``scripts/benchmark.py`` times it as the baseline that the arranged step is measured against)."""
     steps = [n - 1 for n in lengths]
     B, T = captions.shape
     keys = decoder.attention.project_keys(annotations)
