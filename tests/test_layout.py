@@ -139,3 +139,16 @@ def test_help_answers_without_importing_torch():
     sizes, torch_loaded = json.loads(p.stdout.strip().splitlines()[-1])
     assert all(n > 200 for n in sizes), sizes  # every help printed
     assert torch_loaded is False
+
+
+def test_both_model_configs_read_checkpoints_strictly():
+    import pytest
+
+    from showattend.captioning.config import ModelConfig
+    from showattend.errors import CheckpointError
+    from showattend.translation.config import TranslatorConfig
+
+    for cls in (ModelConfig, TranslatorConfig):
+        assert cls.from_dict({}) == cls()  # every field has a default
+        with pytest.raises(CheckpointError, match=r"unknown model config fields \['bogus'\]"):
+            cls.from_dict({"bogus": 1})

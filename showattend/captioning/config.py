@@ -110,6 +110,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """The config stored in a checkpoint (strict, as the translator's :class:`TranslatorConfig`).
+
+        Raises:
+            CheckpointError: a field this version does not know.
+        """
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

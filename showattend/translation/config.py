@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import tyro
 
 from ..engine import EngineConfig
+from ..errors import CheckpointError
 
 __all__ = ["TranslatorConfig", "TranslationTrainConfig"]
 
@@ -54,8 +55,15 @@ class TranslatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TranslatorConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The config stored in a checkpoint (strict, as the captioner's :class:`ModelConfig`).
+
+        Raises:
+            CheckpointError: a field this version does not know.
+        """
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise CheckpointError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**d)
 
 
 @dataclass
