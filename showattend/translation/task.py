@@ -2,9 +2,9 @@
 cross-entropy per target subword, validation sacreBLEU by decoding."""
 from __future__ import annotations
 
-import random
 from typing import Dict, List, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,9 +53,8 @@ class TranslationTask(Task):
         self._lengths = [len(s) for s, _ in pairs]
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
-        rng = random.Random(self.cfg.seed * 1000 + epoch)
-        order = list(range(len(self._lengths)))
-        rng.shuffle(order)
+        rng = np.random.default_rng([self.cfg.seed, epoch])  # the captioning task's seeding
+        order = rng.permutation(len(self._lengths)).tolist()
         return bucket_batches(order, self._lengths, self.cfg.batch_size, rng.shuffle)
 
     def words(self, index: int) -> int:
