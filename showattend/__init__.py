@@ -3,13 +3,14 @@
 The package is the core (attention, search, checkpoints, the training engine, the registry of bundled models)
 and two applications of it, each with its own public API: ``showattend.captioning`` (``Captioner``,
 ``open_rgb``, ``load_image``, ``plot_attention``, ``train``, ``evaluate``) and ``showattend.translation``
-(``Translator``, ``plot_alignment``, ``train``, ``evaluate``). The user-facing objects of both are here too::
+(``Translator``, ``plot_alignment``, ``train``, ``evaluate``)::
 
-    from showattend import Captioner, Translator
+    from showattend.captioning import Captioner
+    from showattend.translation import Translator
     Captioner.from_pretrained("flickr8k-lite2-soft").caption("photo.jpg").text
     Translator.from_pretrained("multi30k-de-en").translate("Ein Hund läuft.").text
 
-The core never imports an application. Names are imported on first use, so ``import showattend`` (and
+The core never imports an application, this module included. Names are imported on first use, so ``import showattend`` (and
 ``showattend --version``) loads no application module.
 """
 from __future__ import annotations
@@ -19,18 +20,15 @@ from typing import TYPE_CHECKING
 from ._lazy import lazy_names
 from ._version import __version__
 
-_NAMES = {"Captioner": ".captioning.captioner", "Translator": ".translation.translator",
-          "Attention": ".attention", "CheckpointError": ".checkpoint", "PRETRAINED": ".pretrained",
+_NAMES = {"Attention": ".attention", "CheckpointError": ".checkpoint", "PRETRAINED": ".pretrained",
           "list_models": ".pretrained"}
 
 __all__ = ["__version__", *_NAMES]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .attention import Attention
-    from .captioning.captioner import Captioner
     from .checkpoint import CheckpointError
     from .pretrained import PRETRAINED, list_models
-    from .translation.translator import Translator
 
 
 __getattr__, __dir__ = lazy_names(__name__, _NAMES)

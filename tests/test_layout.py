@@ -152,3 +152,20 @@ def test_both_model_configs_read_checkpoints_strictly():
         assert cls.from_dict({}) == cls()  # every field has a default
         with pytest.raises(CheckpointError, match=r"unknown model config fields \['bogus'\]"):
             cls.from_dict({"bogus": 1})
+
+
+def test_the_core_and_each_application_import_no_other_application():
+    """Only the program's entry point (cli.py, and __main__ that runs it) puts the applications together."""
+    modules = _modules()
+    apps = ("showattend.captioning", "showattend.translation")
+    entry = {"showattend.cli", "showattend.__main__"}
+    found = []
+    for name, path in modules.items():
+        own = next((a for a in apps if name == a or name.startswith(a + ".")), None)
+        if name in entry:
+            continue
+        for dep in _imports(name, path, modules):
+            other = next((a for a in apps if dep == a or dep.startswith(a + ".")), None)
+            if other is not None and other != own:
+                found.append((name, dep))
+    assert found == []

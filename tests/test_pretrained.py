@@ -87,7 +87,6 @@ def test_public_api_names_resolve():
             assert getattr(module, name) is not None, (module.__name__, name)
         assert set(module.__all__) <= set(dir(module))
     assert showattend.captioning.Captioner is Captioner and showattend.translation.Translator is Translator
-    assert showattend.Captioner is Captioner and showattend.Translator is Translator  # from showattend import ...
     with pytest.raises(AttributeError):
         showattend.translation.TranslatorBundle  # the old name is gone
     assert os.path.isfile(os.path.join(os.path.dirname(showattend.__file__), "py.typed"))
@@ -129,8 +128,7 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
     out = subprocess.run([str(venv / "bin" / "showattend"), "caption", PHOTO, "--device", "cpu"], cwd=elsewhere,
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0 and len(out.stdout.split()) >= 3, out.stderr
-    code = ("from showattend import Captioner\n"
-            "from showattend.captioning import open_rgb, plot_attention\n"
+    code = ("from showattend.captioning import Captioner, open_rgb, plot_attention\n"
             "cap = Captioner.from_pretrained('flickr8k-lite2-soft')\n"
             f"r = cap.caption({PHOTO!r}, beam_size=3)\n"
             f"plot_attention(open_rgb({PHOTO!r}), r.words, r.alphas, r.grid, 'coffee.png')\n"
