@@ -30,12 +30,12 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from showattend.captioning.cache import FeatureStore  # noqa: E402
 from showattend.captioning.config import TrainConfig  # noqa: E402
@@ -44,6 +44,7 @@ from showattend.captioning.task import CaptionTask  # noqa: E402
 from showattend.captioning.train import load_records  # noqa: E402
 from showattend.engine import DistInfo, StepContext, Trainer  # noqa: E402
 from showattend.engine.batches import bucket_batches, padded_fraction  # noqa: E402
+from counters import DispatchReads  # noqa: E402  (tests/counters.py: the dispatcher counter)
 from showattend.captioning.vocab import Vocab  # noqa: E402
 
 
@@ -72,25 +73,6 @@ def coco_steps(n_images: int = 113_287, seed: int = 0) -> np.ndarray:
     return (np.clip(rng.poisson(2.5, (n_images, 5)) + 8, 6, 30) + 1).reshape(-1)
 
 
-class OpCount:
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        self.ops, counter = Counter(), self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                counter.ops[str(func)] += 1
-                return func(*args, **(kwargs or {}))
-
-        self.mode = Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
-
-
 def make_task(data: str, cache: str, bucketed: bool) -> CaptionTask:
     store = FeatureStore(cache)
     cfg = TrainConfig(data=(data,), images="", progress=False, device="cpu", length_buckets=bucketed,
@@ -114,7 +96,7 @@ def train_speed(task: CaptionTask, steps: int) -> dict:
         ctx = StepContext(k, sum(task.words(i) for i in b), len(b), 1)
         if k == 1:  # one step's ops, counted apart from the timed ones (eager only: a compiled step is kernels)
             compiled = hasattr(task.decoder.recurrence, "_torchdynamo_orig_callable")
-            with OpCount() if not compiled else contextlib.nullcontext() as c:
+            with DispatchReads(every=True) if not compiled else contextlib.nullcontext() as c:
                 trainer.step(batch, ctx)
             ops, rec = (sum(c.ops.values()) if c else 0), max(task.words(i) for i in b)
             continue

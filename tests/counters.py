@@ -57,9 +57,13 @@ class SyncCounter:
 class DispatchReads:
     """Counts, at the dispatcher, the ops that read a tensor on the host (:mod:`showattend.engine.reads`): inside
     torch's own functions too, and in function forms (``torch.nonzero``), which :class:`SyncCounter` misses; but it
-    cannot tell a host tensor from a device one, so the allowed reads are listed by name."""
+    cannot tell a host tensor from a device one, so the allowed reads are listed by name. With ``every``, it
+    counts every op that reaches the dispatcher (``scripts/batching.py``'s ops per step)."""
 
     OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.unique", "aten._unique", "aten.masked_select")
+
+    def __init__(self, every: bool = False):
+        self.every = every
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -70,7 +74,7 @@ class DispatchReads:
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 name = str(func)
-                if name.startswith(DispatchReads.OPS) or name.startswith("aten.index") and any(
+                if counter.every or name.startswith(DispatchReads.OPS) or name.startswith("aten.index") and any(
                         isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) and t.dtype == torch.bool
                                                              for t in a) for a in args):
                     counter.ops[name] += 1
