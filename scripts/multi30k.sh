@@ -27,7 +27,7 @@ run() {  # src tgt decoder
         echo "$name: test report up to date"; return
     fi
     showattend --threads 1 translate evaluate --checkpoint "$dir/best.pt" --data "$DATA" --src "$1" --tgt "$2" \
-        --split test_2016_flickr --beam-size 5 --output "$OUT/${name}_test.txt" > "$OUT/${name}_test.json.tmp"
+        --split test_2016_flickr --beam-size 5 --translations-out "$OUT/${name}_test.txt" > "$OUT/${name}_test.json.tmp"
     mv "$OUT/${name}_test.json.tmp" "$OUT/${name}_test.json"
     echo "$name: $(python -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['BLEU'], r['chrF'])" \
         "$OUT/${name}_test.json") (BLEU, chrF on test_2016_flickr)"

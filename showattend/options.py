@@ -9,7 +9,17 @@ import os
 import typing
 from typing import Sequence
 
-__all__ = ["layered_settings", "settings_instance", "read_config"]
+__all__ = ["layered_settings", "settings_instance", "read_config", "data_path", "DATA_VARIABLE"]
+
+#: the environment variable naming the folder that the data options default to (flickr8k/, multi30k/ under it)
+DATA_VARIABLE = "SHOWATTEND_DATA"
+
+
+def data_path(*parts: str) -> str:
+    """A data option's default: ``parts`` under the folder that ``$SHOWATTEND_DATA`` names, or "" (no default)
+    when it is unset, so that a command without ``--data`` says what is missing."""
+    root = os.environ.get(DATA_VARIABLE, "")
+    return os.path.join(root, *parts) if root else ""
 
 
 def layered_settings(argv: Sequence[str], classes, default_out_dir: str, ignore=()) -> dict:

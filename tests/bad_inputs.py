@@ -416,8 +416,10 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
     cases.append(Case("option", "translate --model: no such bundled translator",
                       ["translate", "--model", "multi30k-de-fr", "ein hund"], 2,
                       "no bundled translation model 'multi30k-de-fr' (did you mean 'multi30k-de-en'?)"))
-    cases.append(Case("option", "evaluate with no --data outside the development checkout",
-                      ["evaluate", "--checkpoint", tiny, "--limit", "1"], 1, "no --data given, and the default"))
+    cases.append(Case("option", "evaluate with no --data (and SHOWATTEND_DATA unset)",
+                      ["evaluate", "--checkpoint", tiny, "--limit", "1"], 2, "no --data given: pass a Karpathy-format"))
+    cases.append(Case("option", "translate evaluate with no --data (and SHOWATTEND_DATA unset)",
+                      ["translate", "evaluate", "--checkpoint", translator], 2, "no --data given: pass a folder of"))
     return cases
 
 

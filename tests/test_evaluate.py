@@ -8,7 +8,7 @@ import torch
 from conftest import write_toy_images
 from showattend.captioning.evaluate import evaluate
 from showattend.captioning.captioner import Captioner
-from showattend.captioning.config import ModelConfig
+from showattend.captioning.config import DataConfig, ModelConfig
 from showattend.captioning.network import build_decoder
 from showattend.captioning.metrics import _ptb_tokenize, caption_metrics, java_available
 from showattend.captioning.vocab import Vocab
@@ -27,8 +27,9 @@ def test_images_with_the_same_id_in_two_files_are_all_scored(tmp_path):
     vocab = Vocab.build([t for img in toy for s in img["sentences"] for t in s["tokens"]], 1)
     cfg = ModelConfig(embed_dim=8, hidden_dim=8, attention_dim=4, image_size=64)
     Captioner(build_decoder(cfg, len(vocab)), vocab, cfg, device="cpu").save(str(tmp_path / "model.pt"))
-    report = evaluate(str(tmp_path / "model.pt"), [str(root / "a.json"), str(root / "b.json")], str(root / "images"),
-                      split="test", beam_size=1, max_len=5, cache_dir=str(tmp_path / "cache"), device="cpu",
+    dataset = DataConfig(data=(str(root / "a.json"), str(root / "b.json")), images=str(root / "images"),
+                         cache_dir=str(tmp_path / "cache"))
+    report = evaluate(str(tmp_path / "model.pt"), dataset, split="test", beam_size=1, max_len=5, device="cpu",
                       metrics=("bleu", "cider"), captions_out=str(tmp_path / "captions.json"))
     assert report["images"] == report["images_scored"] == 4
     assert sorted(c["image"] for c in json.loads((tmp_path / "captions.json").read_text())) == \

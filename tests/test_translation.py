@@ -14,7 +14,7 @@ import showattend.translation.network as tm
 from conftest import shared_path
 from showattend.cli import main
 from showattend.translation.data import pad_batch, read_parallel
-from showattend.translation.config import TranslationTrainConfig, TranslatorConfig
+from showattend.translation.config import DataConfig, TranslationTrainConfig, TranslatorConfig
 from showattend.translation.evaluate import evaluate as evaluate_translator
 from showattend.translation.network import Seq2Seq
 from showattend.translation.train import train as train_translator
@@ -240,7 +240,7 @@ def test_training_resume_and_checkpoint_round_trip(trained):
     assert bundle.src_tok.to_bytes() == best["src_tokenizer"] and bundle.tgt_tok.to_bytes() == best["tgt_tokenizer"]
     # The validation BLEU that training measured on the model in memory is reproduced from the saved file.
     tc = best["train_config"]
-    report = evaluate_translator(str(trained / "run" / "best.pt"), str(trained), "de", "en", "val",
+    report = evaluate_translator(str(trained / "run" / "best.pt"), DataConfig(str(trained), "de", "en"), "val",
                                  beam_size=tc["val_beam_size"], length_penalty=tc["length_penalty"], device="cpu")
     assert report["sentences"] == 30 and "nrefs:1" in report["BLEU_signature"] and 0 <= report["chrF"] <= 100
     assert report["BLEU"] == pytest.approx(best["best_score"], abs=1e-9)

@@ -13,8 +13,7 @@ import tyro
 
 from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flag, flat, report_json
 from ..pretrained import DEFAULT_CAPTIONER
-from .config import ModelConfig
-from .config import TrainConfig
+from .config import DataConfig, ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,7 @@ class Cache:
         encoder: backbone, a key of ENCODERS.
         encoder_weights: optional local .pth for the backbone.
         image_size: input side in pixels (the model's --image-size; 0: the encoder's native size).
-        data: a Karpathy JSON, or one or more official COCO captions_*.json files.
-        images: image folder the file names are relative to (for COCO files: holding train2014/, val2014/ ...).
-        karpathy_split: for COCO annotation files, the dataset_coco.json that assigns splits.
-        cache_dir: where feature caches live (one sub-folder per dataset and encoder).
+        dataset: the caption files, their images and the cache folder.
         device: "auto" (cuda when available), "cpu" or "cuda".
         batch_size: images per encoder forward pass.
     """
@@ -95,15 +91,13 @@ class Cache:
     encoder: str = ModelConfig.encoder
     encoder_weights: Optional_ = ""
     image_size: int = ModelConfig.image_size
-    data: Tuple[str, ...] = TrainConfig.data
-    images: str = TrainConfig.images
-    karpathy_split: Optional_ = ""
-    cache_dir: str = TrainConfig.cache_dir
+    dataset: Annotated[DataConfig, flat] = field(default_factory=DataConfig)
     device: str = "auto"
     batch_size: int = 32
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
+        self.dataset.validate()
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
 
@@ -113,11 +107,10 @@ class Cache:
 
         model_cfg = ModelConfig(encoder=self.encoder, encoder_weights=self.encoder_weights or None,
                                 image_size=self.image_size)
-        cfg = TrainConfig(data=self.data, images=self.images, karpathy_split=self.karpathy_split,
-                          cache_dir=self.cache_dir, device=self.device)
         t0 = time.time()
-        dist_info, device = setup_distributed(cfg.device)
-        store = prepare_cache(cfg, model_cfg, load_records(cfg), device, dist_info, batch_size=self.batch_size)
+        dist_info, device = setup_distributed(self.device)
+        store = prepare_cache(self.dataset, model_cfg, load_records(self.dataset), device, dist_info,
+                              batch_size=self.batch_size)
         print(f"feature cache: {store.folder} ({len(store.row)} images, {time.time() - t0:.0f} s)")
         return 0
 
@@ -284,11 +277,8 @@ class Evaluate:
 
     Attributes:
         decoding: how the output is decoded.
-        data: a Karpathy JSON, or one or more COCO captions files.
-        images: image folder.
-        karpathy_split: for COCO annotation files, the dataset_coco.json that assigns splits.
+        dataset: the caption files, their images and the feature cache folder.
         split: the split to caption and score.
-        cache_dir: feature cache folder (frozen encoders).
         limit: only the first N images of the split (0: all).
         output: also write the JSON report to this file.
         captions_out: write the generated captions as JSON to this file.
@@ -299,11 +289,8 @@ class Evaluate:
     """
 
     decoding: Annotated[CaptionDecoding, flat] = field(default_factory=CaptionDecoding)
-    data: Tuple[str, ...] = TrainConfig.data
-    images: str = TrainConfig.images
-    karpathy_split: Optional_ = ""
+    dataset: Annotated[DataConfig, flat] = field(default_factory=DataConfig)
     split: Literal["train", "val", "test"] = "test"
-    cache_dir: str = TrainConfig.cache_dir
     limit: int = 0
     output: Optional_ = ""
     captions_out: Optional_ = ""
@@ -315,6 +302,7 @@ class Evaluate:
         from ..runs import check_output_file
 
         self.decoding.validate()
+        self.dataset.validate()
         if self.limit < 0:
             raise ValueError(f"--limit must not be negative, got {self.limit}")
         for option, value in (("--html", self.html), ("--output", self.output), ("--captions-out", self.captions_out)):
@@ -324,10 +312,8 @@ class Evaluate:
         from .evaluate import evaluate
 
         d = self.decoding
-        report = evaluate(d.model_file(), data=self.data, images=self.images,
-                          karpathy_split=self.karpathy_split, split=self.split, beam_size=d.beam_size,
-                          max_len=d.max_len, length_penalty=d.length_penalty,
-                          cache_dir=self.cache_dir, device=d.device, limit=self.limit,
+        report = evaluate(d.model_file(), self.dataset, split=self.split, beam_size=d.beam_size,
+                          max_len=d.max_len, length_penalty=d.length_penalty, device=d.device, limit=self.limit,
                           captions_out=self.captions_out or None, attention=d.attention, samples=d.samples,
                           metrics=self.metrics, html=self.html or None, precision=d.precision)
         return report_json(report, self.output)

@@ -1,14 +1,16 @@
-"""The settings of a captioner: its architecture (:class:`ModelConfig`, stored in its checkpoints) and its
-training (:class:`TrainConfig`), below the code that uses them."""
+"""The settings of a captioner: its architecture (:class:`ModelConfig`, stored in its checkpoints), its data
+(:class:`DataConfig`: caption files, images, split file, cache folder; used by training, ``cache`` and
+``evaluate``) and its training (:class:`TrainConfig`), below the code that uses them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, Dict, Literal, Optional, Sequence, Tuple, get_args
 
 from ..engine import EngineConfig
 from ..errors import CheckpointError
+from ..options import data_path
 
-__all__ = ["ModelConfig", "TrainConfig", "ENCODERS", "EncoderSpec", "DS_NORMALISATIONS", "DSNormalisation", "SCST_BASELINES", "SCSTBaseline"]
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "ENCODERS", "EncoderSpec", "DS_NORMALISATIONS", "DSNormalisation", "SCST_BASELINES", "SCSTBaseline"]
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -123,19 +125,52 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig(EngineConfig):
-    """Training settings of a captioner (stored in the checkpoint; every field is a `showattend train --field`
-    option). The engine's settings (epochs, batch size, learning rate, device, precision, ...) are
-    EngineConfig's.
+class DataConfig:
+    """Where a captioning dataset is: the settings that `showattend train`, `cache` and `evaluate` share (each a
+    `--field` option). Without `--data` and `--images`, the defaults come from the environment variable
+    ``SHOWATTEND_DATA``, a folder holding ``flickr8k/dataset_flickr8k.json`` and ``flickr8k/images/``; unset,
+    there are none.
 
     Attributes:
         data: the caption files: a Karpathy JSON (`dataset_flickr8k.json` ...), or one or more official COCO
-            `captions_*.json` (e.g. `captions_train2014.json captions_val2014.json`).
+            `captions_*.json` (e.g. `captions_train2014.json captions_val2014.json`); by default
+            `$SHOWATTEND_DATA/flickr8k/dataset_flickr8k.json`, and none when that variable is unset.
         images: image folder the file names are relative to; for a COCO file, the folder named like the file's
-            split under it (`images/train2014` for `captions_train2014.json`) when there is one.
+            split under it (`images/train2014` for `captions_train2014.json`) when there is one; by default
+            `$SHOWATTEND_DATA/flickr8k/images`, and none when that variable is unset.
         karpathy_split: for COCO annotation files, the `dataset_coco.json` that assigns splits (every image it
             assigns is kept, from whichever file holds it).
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
+    """
+
+    data: Tuple[str, ...] = field(default_factory=lambda: tuple(filter(None, [data_path("flickr8k",
+                                                                                      "dataset_flickr8k.json")])))
+    images: str = field(default_factory=lambda: data_path("flickr8k", "images"))
+    karpathy_split: str = ""
+    cache_dir: str = "runs/cache"
+
+    def __post_init__(self):
+        data = (self.data,) if isinstance(self.data, str) else tuple(self.data)  # one file, or a list
+        self.data = tuple(p for p in data if p)
+
+    def validate(self) -> None:
+        """Raises ValueError: no caption file or no image folder given (and ``SHOWATTEND_DATA`` unset)."""
+        if not self.data:
+            raise ValueError("no --data given: pass a Karpathy-format JSON (dataset_flickr8k.json, "
+                             "dataset_coco.json) or COCO captions_*.json files, or set SHOWATTEND_DATA to a folder "
+                             "holding flickr8k/dataset_flickr8k.json")
+        if not self.images:
+            raise ValueError("no --images given: pass the image folder that the caption file's names are "
+                             "relative to, or set SHOWATTEND_DATA to a folder holding flickr8k/images")
+
+
+@dataclass
+class TrainConfig(DataConfig, EngineConfig):
+    """Training settings of a captioner (stored in the checkpoint; every field is a `showattend train --field`
+    option). The engine's settings (epochs, batch size, learning rate, device, precision, ...) are
+    EngineConfig's; where the data is, DataConfig's.
+
+    Attributes:
         from_images: train from the images instead of the feature cache: every step decodes its batch's images
             (Pillow, in the DataLoader workers of `--num-workers`) and runs the whole encoder, its top
             `--fine-tune-blocks` with gradients. For fine-tuning many blocks on a GPU; on a CPU the cache is far
@@ -181,10 +216,6 @@ class TrainConfig(EngineConfig):
             (0: SCST alone); it holds the captions' length and wording near the references'.
     """
 
-    data: Tuple[str, ...] = ("../shared/data/flickr8k/dataset_flickr8k.json",)
-    images: str = "../shared/data/flickr8k/images"
-    karpathy_split: str = ""
-    cache_dir: str = "runs/cache"
     from_images: bool = False
     encoder_lr: float = 1e-4
     out_dir: str = "runs/captioner"
@@ -214,16 +245,15 @@ class TrainConfig(EngineConfig):
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def __post_init__(self):
-        self.data = (self.data,) if isinstance(self.data, str) else tuple(self.data)  # one file, or a list
-
     def validate(self) -> None:
-        """Check every setting before any long work (a feature cache can take half an hour), the engine's too.
+        """Check every setting before any long work (a feature cache can take half an hour), the engine's and the
+        data's too.
 
         Raises:
             ValueError: the first bad setting, named as its option.
         """
-        super().validate(("hard_samples", "val_beam_size", "val_max_len", "max_caption_len", "scst_samples"))
+        EngineConfig.validate(self, ("hard_samples", "val_beam_size", "val_max_len", "max_caption_len",
+                                     "scst_samples"))
         if self.scst_baseline not in SCST_BASELINES:
             raise ValueError(f"--scst-baseline {self.scst_baseline!r}: choose one of {', '.join(SCST_BASELINES)}")
         if self.scst_xe_weight < 0:
@@ -243,3 +273,4 @@ class TrainConfig(EngineConfig):
             raise ValueError(f"--encoder-lr must be positive, got {self.encoder_lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        DataConfig.validate(self)

@@ -4,22 +4,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 from .metrics import METRICS, SPICE_NOTE, caption_metrics, check_java, java_available
 from ..runs import atomic_write_text
 from .cache import FeatureStore
 from .captioner import Captioner
 from .task import evaluate_split
-from .train import TrainConfig, load_records, prepare_cache
+from .config import DataConfig
+from .train import load_records, prepare_cache
 
 __all__ = ["evaluate"]
 
 
-def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data, images: str = TrainConfig.images,
-             split: str = "test", karpathy_split: str = "", beam_size: int = 3, max_len: int = 20,
-             length_penalty: float = 0.0, cache_dir: str = "runs/cache",
-             device: str = "auto", limit: int = 0, captions_out: Optional[str] = None, attention: str = "soft",
+def evaluate(checkpoint: str, dataset: DataConfig, split: str = "test", beam_size: int = 3, max_len: int = 20,
+             length_penalty: float = 0.0, device: str = "auto", limit: int = 0, captions_out: Optional[str] = None, attention: str = "soft",
              samples: int = 5, metrics: Sequence[str] = METRICS, html: Optional[str] = None,
              precision: str = "fp32") -> Dict:
     """Caption every image of a split and score the captions against its references.
@@ -30,10 +29,9 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
 
     Args:
         checkpoint: captioner checkpoint.
-        data, images, karpathy_split: caption file(s), image folder and split file (as for training).
+        dataset: caption file(s), image folder, split file and feature cache folder (as for training).
         split: "train", "val" or "test".
         beam_size, max_len, length_penalty: decoding settings (stated in the report).
-        cache_dir: feature cache folder.
         device: "auto", "cpu", "cuda".
         limit: first N images only (0: all).
         captions_out: optional JSON file for the generated captions.
@@ -47,18 +45,18 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         a report dict: metrics (0-100), decoding settings, split size, wall time.
 
     Raises:
-        ValueError: the split has no images. JavaMissing: METEOR asked for without Java (checked first).
+        ValueError: no data given (:meth:`DataConfig.validate`), or the split has no images. JavaMissing: METEOR asked for without Java (checked first).
     """
     t0 = time.time()
+    dataset.validate()
     check_java(metrics)  # before the decoding, not after it
     captioner = Captioner.from_checkpoint(checkpoint, device=device)
-    cfg = TrainConfig(data=data, images=images, karpathy_split=karpathy_split, cache_dir=cache_dir)
-    records = [r for r in load_records(cfg) if r.split == split]
+    records = [r for r in load_records(dataset) if r.split == split]
     if limit:
         records = records[:limit]
     if not records:
-        raise ValueError(f"{data}: no images in split {split!r}")
-    store: FeatureStore = prepare_cache(cfg, captioner.config, records, captioner.device)
+        raise ValueError(f"{' '.join(dataset.data)}: no images in split {split!r}")
+    store: FeatureStore = prepare_cache(dataset, captioner.config, records, captioner.device)
     results = evaluate_split(captioner, store, records, beam_size, max_len, progress=True,
                              length_penalty=length_penalty, attention=attention, samples=samples,
                              precision=precision)
@@ -72,7 +70,7 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         raise RuntimeError(f"{len(records)} images decoded, {len(per_image)} scored")
     lengths = [len(results[r.key].words) for r in records]
     report = {
-        "checkpoint": checkpoint, "data": list(cfg.data), "split": split, "images": len(records),
+        "checkpoint": checkpoint, "data": list(dataset.data), "split": split, "images": len(records),
         "images_scored": len(per_image),
         "references_per_image": round(sum(len(r.raw) for r in records) / len(records), 2),
         "model_attention": captioner.config.attention,
@@ -91,7 +89,7 @@ def evaluate(checkpoint: str, data: Union[str, Sequence[str]] = TrainConfig.data
         from ..report import write_caption_report
         from .overlay import report_item
 
-        items = [report_item(r.key, os.path.join(images, r.key), results[r.key], r.raw, per_image[r.key])
+        items = [report_item(r.key, os.path.join(dataset.images, r.key), results[r.key], r.raw, per_image[r.key])
                  for r in records]
         write_caption_report(html, items, f"showattend evaluate: {checkpoint}, {split} split, beam {beam_size}",
                              summary=report["metrics"])

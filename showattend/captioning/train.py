@@ -22,13 +22,12 @@ from ..engine import (DistInfo, SettingsError, Trainer, check_out_dir, check_res
                       differing_options,
                       resolve_precision, setup_distributed)
 from .vocab import Vocab
-from .config import TrainConfig
+from .config import DataConfig, ModelConfig, TrainConfig
 from .cache import FeatureStore, ImageStore, cache_meta, find_cache
 from .cache_build import build_feature_cache
 from .data import CaptionRecord, load_coco, load_karpathy
 from .encoders import Encoder
 from .captioner import CHECKPOINT_KIND, checkpoint_config
-from .config import ModelConfig
 from .scst import SCSTTask
 from .task import CaptionTask
 
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "load_records", "prepare_cache", "init_checkpoint", "train"]
 
 
-def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
+def load_records(cfg: DataConfig) -> List[CaptionRecord]:
     """The caption records of every file of ``cfg.data``: Karpathy JSONs, or official COCO annotation files read
     with pycocotools (each file's images under the folder named like its split, ``images/train2014``, when that
     folder exists; with ``cfg.karpathy_split``, every image the split file assigns is kept, from whichever file
@@ -55,14 +54,10 @@ def load_records(cfg: TrainConfig) -> List[CaptionRecord]:
     return records
 
 
-def _load_caption_file(path: str, cfg: TrainConfig) -> List[CaptionRecord]:
+def _load_caption_file(path: str, cfg: DataConfig) -> List[CaptionRecord]:
     if os.path.isdir(path):
         raise ValueError(f"{path}: a folder, not a Karpathy JSON or COCO captions file (--data)")
     if not os.path.isfile(path):
-        if path in TrainConfig.data:  # the default: a development checkout's path
-            raise FileNotFoundError(f"no --data given, and the default {path} is not here: pass --data with a "
-                                    f"Karpathy-format JSON (dataset_flickr8k.json, dataset_coco.json) or COCO "
-                                    f"captions_*.json files, and --images with their image folder")
         raise FileNotFoundError(f"caption file not found: {path} (--data)")
     with open(path, encoding="utf-8") as f:
         head = f.read(4096)
@@ -74,9 +69,9 @@ def _load_caption_file(path: str, cfg: TrainConfig) -> List[CaptionRecord]:
     return load_karpathy(path)
 
 
-def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[CaptionRecord],
+def prepare_cache(cfg: DataConfig, model_cfg: ModelConfig, records: List[CaptionRecord],
                   device: Optional[torch.device] = None, dist_info: DistInfo = DistInfo(),
-                  batch_size: int = 32) -> FeatureStore:
+                  batch_size: int = 32, progress: bool = True) -> FeatureStore:
     """Reuse, resume or build the feature cache of every image in ``records``; under torchrun every process
     calls this and encodes its share (see :func:`~showattend.captioning.cache_build.build_feature_cache`).
 
@@ -85,7 +80,8 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     blocks. A finished cache under ``cfg.cache_dir`` is reused when it holds all these images, made from the same
     files (sizes and modification times, or content digests) by the same encoder weights, transform and size;
     otherwise the cache is built in ``{dataset}-{encoder}-{size}-{id}``, ``id`` the start of
-    :func:`~showattend.captioning.cache.cache_id`. ``batch_size`` images go through the encoder at once.
+    :func:`~showattend.captioning.cache.cache_id`. ``batch_size`` images go through the encoder at once;
+    ``progress``: a progress bar.
 
     Raises:
         ImageError: images are missing under ``cfg.images`` (checked before anything is encoded), or unreadable.
@@ -103,7 +99,7 @@ def prepare_cache(cfg: TrainConfig, model_cfg: ModelConfig, records: List[Captio
     if store is not None:
         return store
     return build_feature_cache(encoder, cfg.images, keys, folder, batch_size=batch_size,
-                               device=str(device or "cpu"), progress=cfg.progress, rank=dist_info.rank,
+                               device=str(device or "cpu"), progress=progress, rank=dist_info.rank,
                                world=dist_info.world, image_size=model_cfg.image_size, meta=meta)
 
 
@@ -175,7 +171,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
     if cfg.from_images:
         store = ImageStore(cfg.images, sorted({r.key for r in records}), model_cfg.image_size)
     else:
-        store = prepare_cache(cfg, model_cfg, records, device, dist_info)
+        store = prepare_cache(cfg, model_cfg, records, device, dist_info, progress=cfg.progress)
     vocab = start.vocab or Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split
     _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
     task = (SCSTTask if cfg.scst else CaptionTask)(model_cfg, cfg, train_recs, val_recs, store, vocab, device)

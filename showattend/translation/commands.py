@@ -11,7 +11,7 @@ import tyro
 
 from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flat, report_json
 from ..pretrained import DEFAULT_TRANSLATOR
-from .config import TranslationTrainConfig, TranslatorConfig
+from .config import DataConfig, TranslationTrainConfig, TranslatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,38 +139,39 @@ class TranslateTrain(TrainingCommand):
 class TranslateEvaluate:
     """Score a translator on a split: sacreBLEU's BLEU and chrF.
 
-    The split is translated and scored on detokenized text (the signatures are printed).
+    The split is translated and scored on detokenized text; the JSON report (with sacreBLEU's signatures) goes
+    to standard output.
 
     Attributes:
         decoding: how the output is decoded.
-        data: folder of {split}.{lang}[.gz] files.
-        src: source language code, the file suffix.
-        tgt: target language code: the references.
+        dataset: the data folder and the language pair (the references are the target language's file).
         split: the split to translate.
-        output: write the translations to this file, one per line.
+        output: also write the JSON report to this file.
+        translations_out: write the translations to this file, one per line.
     """
 
     decoding: Annotated[TranslationDecoding, flat] = field(default_factory=TranslationDecoding)
-    data: str = TranslationTrainConfig.data
-    src: str = TranslationTrainConfig.src
-    tgt: str = TranslationTrainConfig.tgt
+    dataset: Annotated[DataConfig, flat] = field(default_factory=DataConfig)
     split: str = "test_2016_flickr"
     output: Optional_ = ""
+    translations_out: Optional_ = ""
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
         from ..runs import check_output_file
 
         self.decoding.validate()
+        self.dataset.validate()
         check_output_file(self.output, "--output")
+        check_output_file(self.translations_out, "--translations-out")
 
     def run(self) -> int:
         from .evaluate import evaluate
 
         d = self.decoding
-        report = evaluate(d.model_file(), self.data, self.src, self.tgt, self.split, d.beam_size, d.length_penalty,
-                          d.device, self.output or None)
-        return report_json(report, "")
+        report = evaluate(d.model_file(), self.dataset, self.split, d.beam_size, d.length_penalty, d.device,
+                          self.translations_out or None)
+        return report_json(report, self.output)
 
 
 def _stdin_lines():

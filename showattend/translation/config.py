@@ -1,16 +1,18 @@
-"""The settings of a translator: its architecture (:class:`TranslatorConfig`, stored in its checkpoints) and its
+"""The settings of a translator: its architecture (:class:`TranslatorConfig`, stored in its checkpoints), its data
+(:class:`DataConfig`: the folder and the language pair; used by training and ``translate evaluate``) and its
 training (:class:`TranslationTrainConfig`), below the code that uses them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Literal
 
 import tyro
 
 from ..engine import EngineConfig
 from ..errors import CheckpointError
+from ..options import data_path
 
-__all__ = ["TranslatorConfig", "TranslationTrainConfig"]
+__all__ = ["TranslatorConfig", "DataConfig", "TranslationTrainConfig"]
 
 
 @dataclass
@@ -67,15 +69,36 @@ class TranslatorConfig:
 
 
 @dataclass
-class TranslationTrainConfig(EngineConfig):
-    """Training settings of `showattend translate train` (each is a `--field` option). The engine's settings
-    (epochs, batch size, learning rate, budget, device, precision, ...) are
-    EngineConfig's.
+class DataConfig:
+    """Where a parallel corpus is: the settings that `showattend translate train` and `translate evaluate` share
+    (each a `--field` option). Without `--data`, the default comes from the environment variable
+    ``SHOWATTEND_DATA``, a folder holding ``multi30k/``; unset, there is none.
 
     Attributes:
-        data: folder with `{train,val,test_2016_flickr}.{lang}[.gz]` files.
+        data: folder with `{train,val,test_2016_flickr}.{lang}[.gz]` files; by default `$SHOWATTEND_DATA/multi30k`,
+            and none when that variable is unset.
         src: source language code, the file suffix (`train.de`: `de`).
         tgt: target language code.
+    """
+
+    data: str = field(default_factory=lambda: data_path("multi30k"))
+    src: str = "de"
+    tgt: str = "en"
+
+    def validate(self) -> None:
+        """Raises ValueError: no data folder given (and ``SHOWATTEND_DATA`` unset)."""
+        if not self.data:
+            raise ValueError("no --data given: pass a folder of {split}.{lang}[.gz] files (train.de, train.en, "
+                             "val.de, ...), or set SHOWATTEND_DATA to a folder holding multi30k/")
+
+
+@dataclass
+class TranslationTrainConfig(DataConfig, EngineConfig):
+    """Training settings of `showattend translate train` (each is a `--field` option). The engine's settings
+    (epochs, batch size, learning rate, budget, device, precision, ...) are
+    EngineConfig's; the data folder and the language pair, DataConfig's.
+
+    Attributes:
         train_split: split the model and the subword vocabularies are trained on.
         val_split: split whose BLEU selects `best.pt` and drives early stopping.
         vocab_size: sentencepiece vocabulary size per language.
@@ -85,9 +108,6 @@ class TranslationTrainConfig(EngineConfig):
         length_penalty: p of score / length^p when decoding.
     """
 
-    data: str = "../shared/data/multi30k"
-    src: str = "de"
-    tgt: str = "en"
     train_split: str = "train"
     val_split: str = "val"
     out_dir: str = "runs/translator"
@@ -106,6 +126,7 @@ class TranslationTrainConfig(EngineConfig):
         Raises:
             ValueError: the first bad setting, named as its option.
         """
-        super().validate(("vocab_size", "max_len", "val_beam_size"))
+        EngineConfig.validate(self, ("vocab_size", "max_len", "val_beam_size"))
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        DataConfig.validate(self)

@@ -5,6 +5,7 @@ import time
 from typing import Dict, Optional, Sequence
 
 from ..runs import atomic_write_text
+from .config import DataConfig
 from .data import find_split, read_parallel
 from .translator import Translator
 
@@ -49,15 +50,33 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], lang: st
     return out
 
 
-def evaluate(checkpoint: str, data: str, src: str, tgt: str, split: str = "test_2016_flickr", beam_size: int = 5,
-             length_penalty: float = 1.0, device: str = "auto", output: Optional[str] = None) -> Dict:
-    """Translate a split and score it with sacreBLEU (BLEU and chrF, signatures included)."""
+def evaluate(checkpoint: str, dataset: DataConfig, split: str = "test_2016_flickr", beam_size: int = 5,
+             length_penalty: float = 1.0, device: str = "auto", translations_out: Optional[str] = None) -> Dict:
+    """Translate a split and score it with sacreBLEU (BLEU and chrF, signatures included).
+
+    Args:
+        checkpoint: translator checkpoint.
+        dataset: the data folder and the language pair (as for training).
+        split: the split's file name stem (``test_2016_flickr`` for ``test_2016_flickr.de``).
+        beam_size, length_penalty: decoding settings (stated in the report).
+        device: "auto", "cpu", "cuda".
+        translations_out: optional text file for the translations, one per line.
+
+    Returns:
+        a report dict: scores (0-100) with sacreBLEU's signatures, decoding settings, split size, wall time.
+
+    Raises:
+        ValueError: no data given (:meth:`DataConfig.validate`), unreadable or unaligned split files (named).
+        FileNotFoundError: no such split file.
+    """
     t0 = time.time()
+    dataset.validate()
+    src, tgt = dataset.src, dataset.tgt
     bundle = Translator.from_checkpoint(checkpoint, device)
-    sources, refs = read_parallel(find_split(data, split, src), find_split(data, split, tgt))
+    sources, refs = read_parallel(find_split(dataset.data, split, src), find_split(dataset.data, split, tgt))
     hyps = [r.text for r in bundle.translate(sources, beam_size=beam_size, length_penalty=length_penalty)]
-    if output:
-        atomic_write_text(output, "\n".join(hyps) + "\n")
+    if translations_out:
+        atomic_write_text(translations_out, "\n".join(hyps) + "\n")
     return {"checkpoint": checkpoint, "direction": f"{src}->{tgt}", "split": split, "sentences": len(sources),
             "decoder": bundle.model.cfg.decoder, "beam_size": beam_size, "length_penalty": length_penalty,
             **corpus_scores(hyps, refs, tgt), "wall_s": round(time.time() - t0, 1)}
