@@ -108,7 +108,8 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
     wheel, = glob.glob(str(dist / "showattend-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {"showattend/weights/flickr8k-lite2-soft.pt", "showattend/weights/multi30k-de-en.pt",
-            "showattend/weights/multi30k-de-en.md", "showattend/py.typed"} <= set(names)
+            "showattend/weights/multi30k-de-en.md", "showattend/py.typed",
+            *(f"showattend/page/{f}" for f in os.listdir(os.path.join(ROOT, "showattend", "page")))} <= set(names)
     assert os.path.getsize(wheel) < 60 * 2 ** 20
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -125,9 +126,10 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
     where = subprocess.run([py, "-c", "import showattend; print(showattend.__file__)"], cwd=elsewhere, env=env,
                            check=True, capture_output=True, text=True).stdout
     assert where.startswith(site), where  # the wheel's copy, not the checkout
-    out = subprocess.run([str(venv / "bin" / "showattend"), "caption", PHOTO, "--device", "cpu"], cwd=elsewhere,
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run([str(venv / "bin" / "showattend"), "caption", PHOTO, "--device", "cpu", "--html", "r.html"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and len(out.stdout.split()) >= 3, out.stderr
+    assert "function colour" in (elsewhere / "r.html").read_text()  # the page's script, from the wheel's data
     code = ("from showattend.captioning import Captioner, open_rgb, plot_attention\n"
             "cap = Captioner.from_pretrained('flickr8k-lite2-soft')\n"
             f"r = cap.caption({PHOTO!r}, beam_size=3)\n"
