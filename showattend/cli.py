@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import io
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 __all__ = ["main", "parse", "UsageError"]
@@ -94,56 +96,108 @@ class UsageError(ValueError):
     """A command line that names no command, an unknown one, or a bad option before it."""
 
 
-def _split(argv: List[str]) -> Tuple[int, str, type, List[str]]:
-    """(threads, command name, command class, its arguments) of a command line without -h/--version
-    (--quiet and --verbose are read by :func:`main`).
+@dataclass
+class _Line:
+    """A command line, read once: the options before the command, then the command and its arguments."""
+
+    threads: int = 0
+    quiet: bool = False
+    verbose: bool = False
+    help: bool = False
+    version: bool = False
+    name: str = ""
+    command: Optional[type] = None
+    rest: List[str] = field(default_factory=list)
+
+
+def _read(argv: List[str]) -> _Line:
+    """The options before the command, and the command with its arguments (not parsed yet: tyro does that).
 
     Raises:
-        UsageError: no command, an unknown command or option, a bad --threads.
+        UsageError: an unknown option before the command (even beside --help or --version), a bad --threads, no
+            command (unless --help or --version), an unknown one.
     """
-    tree = _tree()
-    threads, i = 0, 0
-    while i < len(argv) and argv[i].startswith("-"):  # the options before the command
-        opt, _, value = argv[i].partition("=")
-        if opt in ("--quiet", "--verbose"):
-            i += 1
-            continue
-        if opt != "--threads":
+    line, i = _Line(), 0
+    while i < len(argv) and argv[i].startswith("-"):
+        opt, eq, value = argv[i].partition("=")
+        flag = {"-h": "help", "--help": "help", "--version": "version", "--quiet": "quiet", "--verbose": "verbose"}
+        if opt in flag and not eq:
+            setattr(line, flag[opt], True)
+        elif opt == "--threads":
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            if not value.isdigit():
+                raise UsageError(f"--threads needs a number of threads >= 0, got {value!r}")
+            line.threads = int(value)
+        else:
             raise UsageError(f"unknown option {argv[i]} before the command")
-        if not value:
-            i += 1
-            value = argv[i] if i < len(argv) else ""
-        if not value.lstrip("-").isdigit() or int(value) < 0:
-            raise UsageError(f"--threads needs a number of threads >= 0, got {value!r}")
-        threads, i = int(value), i + 1
+        i += 1
+    if line.help or line.version:
+        return line
+    if line.quiet and line.verbose:
+        raise UsageError("--quiet and --verbose exclude each other")
+    tree = _tree()
     if i == len(argv):
         raise UsageError("a command is required: " + ", ".join(tree))
-    name, rest = argv[i], argv[i + 1:]
-    if name not in tree:
-        close = difflib.get_close_matches(name, tree, n=1)
-        raise UsageError(f"unknown command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") +
+    line.name, line.rest = argv[i], argv[i + 1:]
+    if line.name not in tree:
+        close = difflib.get_close_matches(line.name, tree, n=1)
+        raise UsageError(f"unknown command {line.name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") +
                          "; the commands are " + ", ".join(tree))
-    node = tree[name]
-    if not isinstance(node, dict):
-        return threads, name, node, rest
-    if rest and rest[0] in node and rest[0]:  # translate: a first argument naming a subcommand selects it
-        return threads, f"{name} {rest[0]}", node[rest[0]], rest[1:]
-    return threads, name, node[""], rest
+    node = tree[line.name]
+    line.command = node
+    if isinstance(node, dict):  # translate: a first argument naming a subcommand selects it
+        sub = line.rest[0] if line.rest and line.rest[0] in node and line.rest[0] else ""
+        line.command, line.name = node[sub], f"{line.name} {sub}".strip()
+        line.rest = line.rest[1:] if sub else line.rest
+    return line
+
+
+def _tyro_error(text: str) -> str:
+    """tyro's boxed usage error as one line: its message. The box (a title, then sections between rules: the
+    message, the option's help, where to find help) is drawn with box characters on a terminal and with dashes
+    elsewhere."""
+    sections, current = [], []
+    for row in text.splitlines():
+        row = row.strip().strip("│").strip()
+        title = row.startswith("╭")
+        row = row.strip("╭╮╰╯─ ") if title or row.startswith("╰") else row
+        if title or not row or set(row) <= set("-─"):  # a rule: the section before it ends
+            sections += [current, [row]] if title else [current]
+            current = []
+        else:
+            current.append(row)
+    parts = [s for s in sections + [current] if s]
+    message = " ".join(" ".join(parts[1] if len(parts) > 1 else parts[0] if parts else ["bad command line"]).split())
+    close = [w for p in parts if p[0].startswith(("Perhaps you meant", "Arguments similar"))
+             for w in " ".join(p[1:]).split() if w.startswith("--")]
+    return message + (f" (did you mean {close[0]}?)" if close else "")
 
 
 def _parse(cls, name: str, argv: List[str]):
-    """One command's dataclass from its arguments (over its starting settings, for the training commands), every
-    setting checked.
+    """One command's dataclass from its arguments, parsed once by tyro; a training command then puts the layers
+    of settings beneath them (--scst's and --init's defaults, --resume's run, --config's file); every setting is
+    checked.
 
     Raises:
-        ValueError, FileNotFoundError, CheckpointError: a bad setting, --config file or last.pt.
-        SystemExit: tyro's own usage errors (2) and --help (0).
+        UsageError: tyro refused the command line (its message, one line).
+        InputError, FileNotFoundError: a missing or unreadable --config file, last.pt or --init checkpoint.
+        ValueError: a bad setting (from the command line or a --config file), options that exclude each other.
+        SystemExit: --help (0).
     """
     import tyro
 
-    default = cls.starting_settings(argv) if hasattr(cls, "starting_settings") else None
-    kwargs = {"default": default} if default is not None else {}
-    command = tyro.cli(cls, args=argv, prog=f"showattend {name}", description=_description(cls), **kwargs)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            command = tyro.cli(cls, args=argv, prog=f"showattend {name}", description=_description(cls))
+    except SystemExit as exit_:
+        if exit_.code:
+            raise UsageError(_tyro_error(errors.getvalue())) from None
+        raise
+    if hasattr(command, "settle"):
+        command.settle(argv)
     if hasattr(command, "validate"):  # every setting, before any long work
         command.validate()
     return command
@@ -155,15 +209,16 @@ def parse(argv: List[str]) -> Tuple[str, object]:
     with it).
 
     Raises:
-        UsageError, ValueError, FileNotFoundError, CheckpointError, SystemExit: as :func:`main` reports them.
+        UsageError, ValueError, InputError, FileNotFoundError, SystemExit: as :func:`main` reports them.
     """
-    _, name, cls, rest = _split(list(argv))
-    return name, _parse(cls, name, rest)
+    line = _read(list(argv))
+    return line.name, _parse(line.command, line.name, line.rest)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point; returns the process exit code: 0 success, 1 failed input, 2 a usage error or a bad setting
-    (tyro's own usage errors and ``--help`` exit through SystemExit, with code 2 and 0)."""
+    """Entry point; returns the process exit code: 0 success; 1 an input that is missing, unreadable or wrong
+    (a file, an image, a checkpoint, data), or a run that failed; 2 a bad command line: an unknown command or
+    option, a bad value (also from a --config file), options that exclude each other; 130 interrupted."""
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
@@ -175,49 +230,43 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(argv: List[str]) -> int:
-    k, head = 0, []
-    while k < len(argv) and argv[k].startswith("-"):  # the options before the command
-        head.append(argv[k])
-        k += 2 if argv[k] == "--threads" else 1
-    if any(a in ("-h", "--help") for a in head):
-        print(_usage(_tree()))
-        return 0
-    if "--version" in head:
-        from ._version import __version__
-
-        print(f"showattend {__version__}")
-        return 0
-    if "--quiet" in head and "--verbose" in head:
-        print(_USAGE, file=sys.stderr)
-        print("showattend: error: --quiet and --verbose exclude each other", file=sys.stderr)
-        return 2
-    with _logging_to_stderr(logging.WARNING if "--quiet" in head else logging.DEBUG if "--verbose" in head
-                            else logging.INFO):
-        return _dispatch(argv)
-
-
-def _dispatch(argv: List[str]) -> int:
     try:
-        threads, name, cls, rest = _split(argv)
+        line = _read(argv)
     except UsageError as err:
         print(_USAGE, file=sys.stderr)
         print(f"showattend: error: {err}", file=sys.stderr)
         return 2
-    if threads:
+    if line.help:
+        print(_usage(_tree()))
+        return 0
+    if line.version:
+        from ._version import __version__
+
+        print(f"showattend {__version__}")
+        return 0
+    if line.threads:
         import torch
 
-        torch.set_num_threads(threads)
-    return _run(cls, name, rest)
+        torch.set_num_threads(line.threads)
+    with _logging_to_stderr(logging.WARNING if line.quiet else logging.DEBUG if line.verbose else logging.INFO):
+        return _run(line.command, line.name, line.rest)
 
 
 def _run(cls, name: str, argv: List[str]) -> int:
-    """Parse one command's options, check them, run it; errors become one line on stderr and an exit code."""
+    """Parse one command's options, check them, run it; errors become one line on stderr and an exit code
+    (see :func:`main`)."""
     from .engine.config import SettingsError
-    from .errors import CheckpointError, ImageError
+    from .errors import InputError
 
     try:
         command = _parse(cls, name, argv)
-    except (FileNotFoundError, ValueError, CheckpointError) as err:  # a bad setting, --config file or last.pt
+    except UsageError as err:
+        print(f"showattend {name}: error: {err} (see showattend {name} --help)", file=sys.stderr)
+        return 2
+    except (InputError, FileNotFoundError) as err:  # an input read while the settings are put together
+        print(f"showattend {name}: error: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:  # a bad setting
         print(f"showattend {name}: error: {err}", file=sys.stderr)
         return 2
     try:
@@ -225,7 +274,7 @@ def _run(cls, name: str, argv: List[str]) -> int:
     except SettingsError as err:  # a setting refused once the run's checkpoint was read (--resume)
         print(f"showattend {name}: error: {err}", file=sys.stderr)
         return 2
-    except (CheckpointError, ImageError, OSError, ValueError, KeyError) as err:  # OSError: e.g. a full disk
+    except (InputError, OSError, ValueError, KeyError) as err:  # OSError: e.g. a full disk
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         if "Original Traceback" in str(msg):  # an error raised in a DataLoader worker: its own last line
             msg = str(msg).strip().splitlines()[-1]

@@ -16,22 +16,24 @@ from typing import Annotated, ClassVar, Literal, Sequence
 
 import tyro
 
-from .options import layered_settings, settings_instance
+from .options import given_options, read_config, rebuild, run_settings
 from .pretrained import DEFAULT_CAPTIONER, DEFAULT_TRANSLATOR, PRETRAINED, get_model, weights_file
 
-__all__ = ["TrainingCommand", "Export", "Models", "BundledOrFile", "check_decoding", "report_json", "flat", "flag", "File",
-           "Optional_"]
+__all__ = ["TrainingCommand", "Export", "Models", "BundledOrFile", "check_decoding", "report_json",
+           "UnprefixedOptions", "SwitchOnly", "OptionalFile"]
 
-flat = tyro.conf.OmitArgPrefixes  # a nested dataclass's options keep their own names: --batch-size
-flag = tyro.conf.FlagCreatePairsOff  # --resume only, no --no-resume
-File = Annotated[str, tyro.conf.arg(metavar="FILE")]
-Optional_ = Annotated[str, tyro.conf.arg(help_behavior_hint="(optional)")]  # "" is unset
+#: marks a nested settings dataclass whose options keep their own names (--batch-size, not --train.batch-size)
+UnprefixedOptions = tyro.conf.OmitArgPrefixes
+#: marks a bool option given as --resume only (no --no-resume)
+SwitchOnly = tyro.conf.FlagCreatePairsOff
+#: a file option that may be left out ("" is unset)
+OptionalFile = Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")]
 
 
 @dataclass
 class TrainingCommand:
-    """What both training commands share: the options about the run, the settings they start from, the checks
-    and the call. A subclass names its settings classes and its training function.
+    """What both training commands share: the options about the run, the layers of settings beneath the command
+    line, the checks and the call. A subclass names its settings classes and its training function.
 
     Attributes:
         resume: continue from OUT_DIR/last.pt exactly where it was saved, with the run's own settings (options
@@ -41,33 +43,44 @@ class TrainingCommand:
             config.json; the options given on the command line win.
     """
 
-    resume: Annotated[bool, flag] = False
-    overwrite: Annotated[bool, flag] = False
-    config: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+    resume: Annotated[bool, SwitchOnly] = False
+    overwrite: Annotated[bool, SwitchOnly] = False
+    config: OptionalFile = ""
 
-    #: the model and training settings classes, and the model settings never taken from a file or last.pt
+    #: the model and training settings classes, and the model settings never taken from a file or last.pt (set
+    #: by the program)
     _SETTINGS: ClassVar[tuple] = ()
     _DERIVED: ClassVar[tuple] = ()
 
-    @classmethod
-    def starting_settings(cls, argv: Sequence[str]):
-        """The defaults the command line overrides: the run's settings with --resume, then --config's."""
-        model_cls, train_cls = cls._SETTINGS
-        values = {**cls.base_settings(argv),
-                  **layered_settings(argv, cls._SETTINGS, train_cls.out_dir, ignore=cls._DERIVED)}
-        model = settings_instance(model_cls, values)
-        for name, auto in getattr(model_cls, "AUTO_DEFAULTS", {}).items():
-            if name not in values:  # resolved from the final options when the command line is parsed
-                setattr(model, name, auto)
-        return cls(model=model, train=settings_instance(train_cls, values))
+    def settle(self, argv: Sequence[str]) -> None:
+        """Put the layers beneath the options given in ``argv`` (the command's arguments, which tyro parsed into
+        this object): the defaults of a kind of run (:meth:`derived_settings`, from the final ``--scst`` and
+        ``--init``, wherever they were set), then with --resume the run's own settings, then --config's.
 
-    @classmethod
-    def base_settings(cls, argv: Sequence[str]) -> dict:
-        """Defaults of a kind of run, beneath --resume's and --config's settings: {field: (value, source)}."""
+        Raises:
+            FileNotFoundError, InputError (CheckpointError): a missing or unreadable --config file, last.pt or
+                --init checkpoint. ValueError: a bad setting in the file, named with the file.
+        """
+        model_cls, train_cls = self._SETTINGS
+        given = given_options(argv)
+        from_file = read_config(self.config, self._SETTINGS, self._DERIVED) if self.config else {}
+        out_dir = self.train.out_dir if "out_dir" in given else from_file.get("out_dir", self.train.out_dir)
+        values = run_settings(out_dir, self._DERIVED) if self.resume else {}
+        values.update({k: (v, self.config) for k, v in from_file.items()})
+        values = {**self.derived_settings(rebuild(train_cls, self.train, given, values)), **values}
+        self.model = rebuild(model_cls, self.model, given, values)
+        self.train = rebuild(train_cls, self.train, given, values)
+
+    def derived_settings(self, train) -> dict:
+        """Defaults of a kind of run (given its training settings), beneath --resume's and --config's:
+        {field: (value, source)}."""
         return {}
 
     def validate(self) -> None:
-        """Raises ValueError: a bad training setting (the model's are checked when it is built)."""
+        """Raises ValueError: a bad training setting (the model's are checked when it is built), or --resume
+        with --overwrite."""
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in OUT_DIR and --overwrite replaces it: give one of them")
         self.train.validate()
 
     def run(self) -> int:
@@ -95,7 +108,7 @@ class Export:
 
     checkpoint: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     output: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="OUTPUT")]
-    half: Annotated[bool, flag] = False
+    half: Annotated[bool, SwitchOnly] = False
 
     def validate(self) -> None:
         """Raises ValueError: OUTPUT cannot be written (named), checked before the checkpoint is read."""
@@ -142,18 +155,27 @@ class Models:
 
 class BundledOrFile:
     """What a decoding command's ``--model NAME`` / ``--checkpoint FILE`` pair shares: the subclass (a dataclass with
-    ``model`` and ``checkpoint`` fields) names its task in ``task``."""
+    ``model`` and ``checkpoint`` fields, "" when not given) names its task and default model in ``task`` and
+    ``default_model``."""
 
     task: ClassVar[str]
+    default_model: ClassVar[str]
 
     def check_model(self) -> None:
-        """Raises ValueError: no bundled model of that name for this task (checked when no --checkpoint is given)."""
+        """Raises ValueError: both --model and --checkpoint given, or no bundled model of that name for this
+        task."""
+        if self.model and self.checkpoint:
+            raise ValueError(f"--model {self.model} and --checkpoint {self.checkpoint} exclude each other: give one")
         if not self.checkpoint:
-            get_model(self.model, self.task)
+            get_model(self.model_name(), self.task)
+
+    def model_name(self) -> str:
+        """--checkpoint, or the bundled model's name (--model, or the task's default)."""
+        return self.checkpoint or self.model or self.default_model
 
     def model_file(self) -> str:
-        """--checkpoint, or the bundled --model's file."""
-        return self.checkpoint or str(weights_file(self.model, self.task))
+        """--checkpoint, or the bundled model's file."""
+        return self.checkpoint or str(weights_file(self.model or self.default_model, self.task))
 
 
 def check_decoding(beam_size: int, max_len: int, length_penalty: float, device: str) -> None:

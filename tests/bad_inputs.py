@@ -83,6 +83,11 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    return path
+
+
 def _jpeg(path, size=(64, 48), **kw):
     from PIL import Image
 
@@ -248,6 +253,11 @@ def _checkpoints(root: Path, tiny: str, translator: str) -> List[Case]:
     for f in (0.1, 0.5, 0.9):
         bad(f"checkpoint cut at {f:.0%}", _cut(tiny, d / f"cut{int(f * 100)}.pt", f),
             f"cut{int(f * 100)}.pt: cannot read checkpoint: truncated or damaged file")
+    (d / "run").mkdir()  # the same damage under train --resume: the same exit code
+    _cut(tiny, d / "run" / "last.pt", 0.5)
+    cases.append(Case("checkpoint", "train --resume from a last.pt cut at 50%",
+                      ["train", "--resume", "--out-dir", str(d / "run")], 1,
+                      "last.pt: cannot read checkpoint: truncated or damaged file"))
     for f in (0.3, 0.6, 0.9):
         bad(f"4 KB of flipped bits at {f:.0%}", _flip(tiny, d / f"flip{int(f * 100)}.pt", f),
             f"flip{int(f * 100)}.pt: c")  # "corrupt checkpoint" or "cannot read checkpoint"
@@ -323,15 +333,14 @@ def _data(root: Path, tiny: str, translator: str) -> List[Case]:
     train("translate train: --vocab-size larger than the data can fill", corpus("small", src, tgt), 0,
           "--vocab-size 5000: the training text fills only", "--vocab-size", "5000")
     (d / "folder.json").mkdir()
-    cases.append(Case("data", "evaluate --data given a folder", ["evaluate", "--data", str(d / "folder.json"),
-                                                                  "--device", "cpu"], 1,
+    ev = ["evaluate", "--images", str(d), "--device", "cpu", "--data"]
+    cases.append(Case("data", "evaluate --data given a folder", [*ev, str(d / "folder.json")], 1,
                       "folder.json: a folder, not a Karpathy JSON or COCO captions file"))
     (d / "broken.json").write_text('{"images": [')
-    cases.append(Case("data", "evaluate --data: JSON cut short", ["evaluate", "--data", str(d / "broken.json"),
-                                                                   "--device", "cpu"], 1, "broken.json: not valid JSON"))
+    cases.append(Case("data", "evaluate --data: JSON cut short", [*ev, str(d / "broken.json")], 1,
+                      "broken.json: not valid JSON"))
     (d / "other.json").write_text('{"licenses": []}')
-    cases.append(Case("data", "evaluate --data: JSON of another kind", ["evaluate", "--data", str(d / "other.json"),
-                                                                         "--device", "cpu"], 1,
+    cases.append(Case("data", "evaluate --data: JSON of another kind", [*ev, str(d / "other.json")], 1,
                       "other.json: not a Karpathy-format caption file"))
     toy = d / "toy"
     (toy / "images").mkdir(parents=True)
@@ -352,8 +361,9 @@ def _data(root: Path, tiny: str, translator: str) -> List[Case]:
     cases.append(Case("data", "evaluate without Java, --metrics bleu rouge cider", [*evaluate, "--metrics", "bleu",
                                                                                     "rouge", "cider"], 0,
                       env=nojava, good_outputs=1))
-    cases.append(Case("data", "train --data: no such file", ["train", "--data", str(d / "none.json"), "--out-dir",
-                                                             str(d / "run"), "--device", "cpu"], 1, "none.json"))
+    cases.append(Case("data", "train --data: no such file", ["train", "--data", str(d / "none.json"), "--images",
+                                                             str(d), "--out-dir", str(d / "run"), "--device", "cpu"],
+                      1, "none.json"))
     return cases
 
 
@@ -381,14 +391,33 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
         ("train --encoder resnet9", ["train", "--encoder", "resnet9"], "--encoder 'resnet9'"),
         ("train --lr -1", ["train", "--lr", "-1"], "--lr must not be negative"),
         ("train --scst without --init", ["train", "--scst"], "--scst trains a captioner that has learnt with"),
-        ("train --init: no such file or bundled model", ["train", "--init", "runs/nope/best.pt"],
-         "--init runs/nope/best.pt: no such checkpoint file"),
         ("train --init with other model options", ["train", "--init", "flickr8k-lite2-soft", "--hidden-dim", "256"],
          "--hidden-dim 256 (the checkpoint: 512)"),
         ("translate train --max-len 0", ["translate", "train", "--max-len", "0"], "--max-len must be at least 1"),
         ("evaluate --split dev", ["evaluate", "--split", "dev"], "invalid choice 'dev' for argument '--split'"),
         ("--threads -1", ["--threads", "-1", "caption", good], "--threads needs a number of threads >= 0"),
         ("a misspelt command: captoin", ["captoin", good], "unknown command 'captoin' (did you mean 'caption'?)"),
+        ("an unknown option beside --version", ["--bogus", "--version"], "unknown option --bogus before the command"),
+        ("caption --model and --checkpoint together", [*cap, "--model", "flickr8k-lite2-soft"],
+         "--model flickr8k-lite2-soft and --checkpoint"),
+        ("caption --beam-siz 3 (misspelt)", [*cap, "--beam-siz", "3"],
+         "Unrecognized options: --beam-siz, 3 (did you mean --beam-size?)"),
+        ("train --resume --overwrite", ["train", "--resume", "--overwrite"], "--overwrite replaces it: give one"),
+        *[(f"train --config with {text!r}", ["train", "--config", str(_text(d / f"cfg{i}.yaml", text))], message)
+          for i, (text, message) in enumerate([
+              ("epochs: null", "epochs must be an integer, got null"),
+              ("epochs: true", "epochs must be an integer, got True"),
+              ("data:", "data must be a file name or a list of them, got None"),
+              ("attention: bogus", "attention must be one of soft, hard, got 'bogus'"),
+              ("scst: true", "--scst trains a captioner that has learnt with"),
+              ("bogus: 1", "unknown settings bogus")])],
+    ]]
+    cases += [Case("option", what, argv, 1, message) for what, argv, message in [
+        ("train --init: no such file or bundled model", ["train", "--init", "runs/nope/best.pt"],
+         "--init runs/nope/best.pt: no such checkpoint file"),
+        ("train --config: no such file", ["train", "--config", str(d / "none.yaml")], "config file not found"),
+        ("train --config: not YAML", ["train", "--config", str(_text(d / "bad.yaml", "a: [b"))],
+         "not a YAML or JSON file"),
     ]]
     cases.append(Case("option", "export over its own source", ["export", tiny, tiny], 1,
                       "export would overwrite its own source"))

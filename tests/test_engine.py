@@ -180,10 +180,11 @@ def test_the_compiled_step_has_no_graph_breaks_and_gives_the_eager_loss_and_grad
     b = task.epoch_batches(1)[0]
     batch = task.collate([task.dataset[i] for i in b], list(range(len(b))))
     ctx = StepContext(0, sum(task.words(i) for i in b), len(b), 1)
-    baseline = copy.deepcopy(getattr(task, "baseline", None))  # hard attention's b moves with each loss
+    objective = getattr(task, "objective", task)
+    baseline = copy.deepcopy(getattr(objective, "baseline", None))  # hard attention's b moves with each loss
     eager, eager_grads = _loss_and_grads(task, batch, ctx)
     if baseline is not None:
-        task.baseline = baseline
+        objective.baseline = baseline
     torch._dynamo.reset()
     counters.clear()
     task.compile()
@@ -221,11 +222,11 @@ def test_a_bad_setting_fails_before_the_data_is_read(tmp_path, capsys, args, mes
 
     missing = str(tmp_path / "missing")  # were the data read first, the error would name this path
     try:
-        code = main([*args, "--data", missing, "--out-dir", str(tmp_path / "run")])
+        code = main([*args, "--data", missing, "--images", missing, "--out-dir", str(tmp_path / "run")])
     except SystemExit as e:
         code = e.code
-    err = " ".join(capsys.readouterr().err.replace("│", " ").split())  # tyro's box, unwrapped
-    assert code == 2  # a usage error, whether tyro or the settings' own checks find it
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1  # a usage error, one line, whether tyro or the settings find it
     assert message in err and missing not in err
 
 
@@ -457,5 +458,5 @@ def test_the_feature_cache_is_encoded_at_the_models_image_size(toy_images, tmp_p
 def test_a_baseline_decay_given_on_resume_is_applied(tmp_path):
     """The REINFORCE baseline's state comes from last.pt, its decay from the settings (the saved one won)."""
     trainer, ckpt = _resumed_trainer(tmp_path, lambda p: toy_caption_task(p, attention="hard"), baseline_decay=0.5)
-    assert ckpt["task_state"]["baseline"]["decay"] == 0.9 and trainer.task.baseline.decay == 0.5
-    assert trainer.task.baseline.steps == ckpt["task_state"]["baseline"]["steps"] > 0
+    assert ckpt["task_state"]["baseline"]["decay"] == 0.9 and trainer.task.objective.baseline.decay == 0.5
+    assert trainer.task.objective.baseline.steps == ckpt["task_state"]["baseline"]["steps"] > 0

@@ -177,14 +177,21 @@ def test_scst_raises_the_reward_and_resumes_exactly(toy_xe):
     assert not torch.equal(a["L_o.weight"], torch.load(root / "xe" / "last.pt", weights_only=True)["model"]["L_o.weight"])
 
 
-def test_scst_defaults_and_errors(toy_xe, capsys):
-    from showattend.captioning.commands import Train
+def test_scst_defaults_and_errors(toy_xe, capsys, tmp_path):
+    from showattend.cli import parse
 
     root, common = toy_xe
     init = str(root / "xe" / "last.pt")
-    t = Train.starting_settings(["--scst", "--init", init])
+    t = parse(["train", *common, "--scst", "--init", init])[1]
     assert (t.train.lr, t.train.batch_size, t.model.embed_dim) == (5e-5, 16, 16)  # SCST defaults, the init's model
-    assert Train.starting_settings([]).train.lr == 4e-4
+    assert parse(["train", *common])[1].train.lr == 4e-4
+    assert parse(["train", *common, "--scst", "--init", init, "--lr", "1e-3"])[1].train.lr == 1e-3  # given: kept
+    (tmp_path / "scst.yaml").write_text(f"scst: true\ninit: {init}\n")  # the same from a file: the same run
+    f = parse(["train", *common, "--config", str(tmp_path / "scst.yaml")])[1]
+    assert (f.train.lr, f.train.batch_size, f.model.embed_dim, f.train.init) == (5e-5, 16, 16, init)
+    (tmp_path / "bad.yaml").write_text(f"init: {init}\nembed_dim: 32\n")  # checked against the init's model
+    with pytest.raises(ValueError, match="--embed-dim 32"):
+        parse(["train", *common, "--config", str(tmp_path / "bad.yaml")])
     assert main(["train", *common, "--scst", "--out-dir", str(root / "x")]) != 0
     assert "--init" in capsys.readouterr().err
     assert main(["train", *common, "--scst", "--init", init, "--embed-dim", "32", "--out-dir", str(root / "y")]) != 0

@@ -11,7 +11,8 @@ from typing import Annotated, ClassVar, List, Literal, Tuple
 
 import tyro
 
-from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flag, flat, report_json
+from ..commands import (BundledOrFile, OptionalFile, SwitchOnly, TrainingCommand, UnprefixedOptions, check_decoding,
+                        report_json)
 from ..pretrained import DEFAULT_CAPTIONER
 from .config import DataConfig, ModelConfig, TrainConfig
 
@@ -33,37 +34,37 @@ class Train(TrainingCommand):
         train: the training settings.
     """
 
-    model: Annotated[ModelConfig, flat] = field(default_factory=ModelConfig)
-    train: Annotated[TrainConfig, flat] = field(default_factory=TrainConfig)
+    model: Annotated[ModelConfig, UnprefixedOptions] = field(default_factory=ModelConfig)
+    train: Annotated[TrainConfig, UnprefixedOptions] = field(default_factory=TrainConfig)
     _SETTINGS: ClassVar[tuple] = (ModelConfig, TrainConfig)
     #: what --scst changes among the defaults (RL fine-tuning takes small steps; a batch counts images)
     SCST_DEFAULTS: ClassVar[dict] = {"lr": 5e-5, "batch_size": 16}
 
-    @classmethod
-    def base_settings(cls, argv):
-        """With --scst, :attr:`SCST_DEFAULTS`; with --init, the checkpoint's model settings."""
-        import argparse
+    def derived_settings(self, train: TrainConfig) -> dict:
+        """With --scst, :attr:`SCST_DEFAULTS`; with --init, the checkpoint's model settings (wherever --scst and
+        --init were set: the command line or --config).
+
+        Raises:
+            FileNotFoundError, CheckpointError: --init names neither a file nor a bundled captioner, or no
+                captioner checkpoint.
+        """
         from dataclasses import asdict
 
-        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        pre.add_argument("--init", default="")
-        pre.add_argument("--scst", action="store_true")
-        known, _ = pre.parse_known_args(list(argv))
-        values = {k: (v, "--scst") for k, v in cls.SCST_DEFAULTS.items()} if known.scst else {}
-        if known.init:
+        values = {k: (v, "--scst") for k, v in self.SCST_DEFAULTS.items()} if train.scst else {}
+        if train.init:
             from .train import init_checkpoint
 
-            values.update({k: (v, known.init) for k, v in asdict(init_checkpoint(known.init)[2]).items()})
+            values.update({k: (v, train.init) for k, v in asdict(init_checkpoint(train.init)[2]).items()})
         return values
 
     def validate(self) -> None:
-        """Raises ValueError: a bad training setting, or model options that differ from --init's checkpoint."""
-        super().validate()
+        """Raises ValueError: model options that differ from --init's checkpoint, or a bad training setting."""
         if self.train.init and not self.resume:
             from .train import check_same_model, init_checkpoint
 
             init_cfg = init_checkpoint(self.train.init)[2]
             check_same_model(self.model, init_cfg, self.train.init)
+        super().validate()
 
     @staticmethod
     def _train(*args, **kwargs):
@@ -89,9 +90,9 @@ class Cache:
     """
 
     encoder: str = ModelConfig.encoder
-    encoder_weights: Optional_ = ""
+    encoder_weights: OptionalFile = ""
     image_size: int = ModelConfig.image_size
-    dataset: Annotated[DataConfig, flat] = field(default_factory=DataConfig)
+    dataset: Annotated[DataConfig, UnprefixedOptions] = field(default_factory=DataConfig)
     device: str = "auto"
     batch_size: int = 32
 
@@ -136,8 +137,9 @@ class CaptionDecoding(BundledOrFile):
     """
 
     task: ClassVar[str] = "captioning"
-    model: str = DEFAULT_CAPTIONER
-    checkpoint: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+    default_model: ClassVar[str] = DEFAULT_CAPTIONER
+    model: Annotated[str, tyro.conf.arg(metavar="NAME", help_behavior_hint=f"(default: {DEFAULT_CAPTIONER})")] = ""
+    checkpoint: OptionalFile = ""
     beam_size: int = 3
     max_len: int = 20
     length_penalty: float = 0.0
@@ -179,14 +181,14 @@ class Caption:
     """
 
     images: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE", help_behavior_hint="")]
-    decoding: Annotated[CaptionDecoding, flat] = field(default_factory=CaptionDecoding)
+    decoding: Annotated[CaptionDecoding, UnprefixedOptions] = field(default_factory=CaptionDecoding)
     format: Literal["text", "tsv", "jsonl"] = "text"
-    alphas: Annotated[bool, flag] = False
-    attention_dir: Optional_ = ""
-    show_beta: Annotated[bool, flag] = False
-    colorbar: Annotated[bool, flag] = False
+    alphas: Annotated[bool, SwitchOnly] = False
+    attention_dir: Annotated[str, tyro.conf.arg(metavar="FOLDER", help_behavior_hint="(optional)")] = ""
+    show_beta: Annotated[bool, SwitchOnly] = False
+    colorbar: Annotated[bool, SwitchOnly] = False
     batch_size: int = 16
-    html: Optional_ = ""
+    html: OptionalFile = ""
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
@@ -239,7 +241,7 @@ class Caption:
             from ..report import write_caption_report
 
             write_caption_report(self.html, items, f"showattend caption: {len(items)} images, "
-                                                   f"{d.checkpoint or d.model}, beam {d.beam_size}")
+                                                   f"{d.model_name()}, beam {d.beam_size}")
             log.info(f"report: {self.html}")
         if errors or arg_errors:
             log.error(f"{len(errors) + len(arg_errors)} of {len(sources) + len(arg_errors)} images failed")
@@ -288,14 +290,14 @@ class Evaluate:
             filterable), and each word's attention map on hover or click.
     """
 
-    decoding: Annotated[CaptionDecoding, flat] = field(default_factory=CaptionDecoding)
-    dataset: Annotated[DataConfig, flat] = field(default_factory=DataConfig)
+    decoding: Annotated[CaptionDecoding, UnprefixedOptions] = field(default_factory=CaptionDecoding)
+    dataset: Annotated[DataConfig, UnprefixedOptions] = field(default_factory=DataConfig)
     split: Literal["train", "val", "test"] = "test"
     limit: int = 0
-    output: Optional_ = ""
-    captions_out: Optional_ = ""
+    output: OptionalFile = ""
+    captions_out: OptionalFile = ""
     metrics: Tuple[Literal["bleu", "meteor", "rouge", "cider"], ...] = ("bleu", "meteor", "rouge", "cider")
-    html: Optional_ = ""
+    html: OptionalFile = ""
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""

@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar, List
 
 import tyro
 
-from ..commands import BundledOrFile, Optional_, TrainingCommand, check_decoding, flat, report_json
+from ..commands import BundledOrFile, OptionalFile, TrainingCommand, UnprefixedOptions, check_decoding, report_json
 from ..pretrained import DEFAULT_TRANSLATOR
 from .config import DataConfig, TranslationTrainConfig, TranslatorConfig
 
@@ -34,8 +34,9 @@ class TranslationDecoding(BundledOrFile):
     """
 
     task: ClassVar[str] = "translation"
-    model: str = DEFAULT_TRANSLATOR
-    checkpoint: Annotated[str, tyro.conf.arg(metavar="FILE", help_behavior_hint="(optional)")] = ""
+    default_model: ClassVar[str] = DEFAULT_TRANSLATOR
+    model: Annotated[str, tyro.conf.arg(metavar="NAME", help_behavior_hint=f"(default: {DEFAULT_TRANSLATOR})")] = ""
+    checkpoint: OptionalFile = ""
     beam_size: int = 5
     length_penalty: float = 1.0
     device: str = "auto"
@@ -64,10 +65,10 @@ class Translate:
 
     text: Annotated[List[str], tyro.conf.Positional, tyro.conf.arg(metavar="TEXT", help_behavior_hint="")] = \
         field(default_factory=list)
-    decoding: Annotated[TranslationDecoding, flat] = field(default_factory=TranslationDecoding)
+    decoding: Annotated[TranslationDecoding, UnprefixedOptions] = field(default_factory=TranslationDecoding)
     max_len: int = 100
-    alignment: Optional_ = ""
-    html: Optional_ = ""
+    alignment: OptionalFile = ""
+    html: OptionalFile = ""
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
@@ -123,8 +124,8 @@ class TranslateTrain(TrainingCommand):
         train: the training settings.
     """
 
-    model: Annotated[TranslatorConfig, flat] = field(default_factory=TranslatorConfig)
-    train: Annotated[TranslationTrainConfig, flat] = field(default_factory=TranslationTrainConfig)
+    model: Annotated[TranslatorConfig, UnprefixedOptions] = field(default_factory=TranslatorConfig)
+    train: Annotated[TranslationTrainConfig, UnprefixedOptions] = field(default_factory=TranslationTrainConfig)
     _SETTINGS: ClassVar[tuple] = (TranslatorConfig, TranslationTrainConfig)
     _DERIVED: ClassVar[tuple] = ("src_vocab_size", "tgt_vocab_size")  # set from the trained subword models
 
@@ -150,11 +151,11 @@ class TranslateEvaluate:
         translations_out: write the translations to this file, one per line.
     """
 
-    decoding: Annotated[TranslationDecoding, flat] = field(default_factory=TranslationDecoding)
-    dataset: Annotated[DataConfig, flat] = field(default_factory=DataConfig)
+    decoding: Annotated[TranslationDecoding, UnprefixedOptions] = field(default_factory=TranslationDecoding)
+    dataset: Annotated[DataConfig, UnprefixedOptions] = field(default_factory=DataConfig)
     split: str = "test_2016_flickr"
-    output: Optional_ = ""
-    translations_out: Optional_ = ""
+    output: OptionalFile = ""
+    translations_out: OptionalFile = ""
 
     def validate(self) -> None:
         """Raises ValueError: a bad option (named)."""
