@@ -95,7 +95,7 @@ def _coerce(value, hint, name: str, source: str):
         return value
     if origin is tuple:
         items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items or not all(isinstance(x, str) and x for x in items):
+        if not isinstance(items, (list, tuple)) or not items or not all(isinstance(x, str) and x for x in items):
             raise ValueError(f"{source}: {name} must be a file name or a list of them, got {value!r}")
         return tuple(items)
     target = {int: int, float: float, bool: bool, str: str}.get(hint)

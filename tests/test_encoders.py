@@ -66,16 +66,20 @@ def test_the_native_size_is_the_default():
 
 def test_the_command_line_gives_the_chosen_encoders_native_size(tmp_path):
     """`train --encoder efficientnet_lite2` trains at 260 px (the default size follows the encoder given on the
-    command line, not the default encoder's); a size given, on the command line or in --config, wins."""
+    command line or in --config, not the default encoder's); a size given, on the command line or in --config,
+    wins."""
     from showattend.cli import parse
 
     def size(*argv):
-        return parse(["train", "--out-dir", str(tmp_path / "run"), *argv])[1].model.image_size
+        return parse(["train", "--out-dir", str(tmp_path / "run"), "--data", "d.json", "--images", "im", *argv]
+                     )[1].model.image_size
 
     assert size() == 224 and size("--encoder", "efficientnet_lite2") == 260
     assert size("--encoder", "efficientnet_lite2", "--image-size", "300") == 300
     (tmp_path / "c.yaml").write_text("image_size: 224\n")
     assert size("--encoder", "efficientnet_lite2", "--config", str(tmp_path / "c.yaml")) == 224
+    (tmp_path / "e.yaml").write_text("encoder: efficientnet_lite2\n")  # the encoder from a file: its size too
+    assert size("--config", str(tmp_path / "e.yaml")) == 260
 
 
 def test_unknown_encoder_and_missing_weights(tmp_path):

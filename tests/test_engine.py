@@ -222,7 +222,8 @@ def test_a_bad_setting_fails_before_the_data_is_read(tmp_path, capsys, args, mes
 
     missing = str(tmp_path / "missing")  # were the data read first, the error would name this path
     try:
-        code = main([*args, "--data", missing, "--images", missing, "--out-dir", str(tmp_path / "run")])
+        images = [] if args[0] == "translate" else ["--images", missing]
+        code = main([*args, "--data", missing, *images, "--out-dir", str(tmp_path / "run")])
     except SystemExit as e:
         code = e.code
     err = capsys.readouterr().err

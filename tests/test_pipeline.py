@@ -45,7 +45,8 @@ def test_train_resume_evaluate(dataset, tmp_path, capsys):
 
 
 def test_missing_caption_file_is_a_clear_cli_error(tmp_path, capsys):
-    assert main(["train", "--data", str(tmp_path / "none.json"), "--out-dir", str(tmp_path / "r")]) == 1
+    assert main(["train", "--data", str(tmp_path / "none.json"), "--images", str(tmp_path), "--out-dir",
+                 str(tmp_path / "r")]) == 1
     assert "none.json" in capsys.readouterr().err
 
 

@@ -8,9 +8,8 @@ import torch
 
 from showattend import search
 from showattend.captioning import captioner as captioning_model
-from showattend.captioning import scst as scst_module
 from showattend.captioning.cider import CiderD
-from showattend.captioning.scst import SCSTTask
+from showattend.captioning.scst import SelfCritical
 from showattend.engine import DistInfo, StepContext, Trainer
 
 from counters import HostReads, SyncCounter, DispatchReads, search_checks, PKG
@@ -70,7 +69,7 @@ def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, app, pre
     assert reads.unlisted(path, len(batches)) == {}, reads.methods.calls  # every read is on the path's list
     assert trainer.interval_steps == 4 and any(not torch.equal(a, p) for a, p in zip(before, task.model.parameters()))
     if app == "hard":
-        assert task.baseline.steps == 4
+        assert task.objective.baseline.steps == 4
     summary = trainer._flush()  # the log point reads the sums once
     assert all(np.isfinite(v) for v in summary.values()) and trainer.interval == {}
 
@@ -142,10 +141,10 @@ def test_captioning_decode_reads_its_checks_the_word_table_and_one_transfer(tmp_
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("baseline", ["mean", "greedy"])
 def test_the_scst_step_reads_its_sample_lengths_and_loop_checks(tmp_path, monkeypatch, baseline, device):
-    task, cfg = toy_caption_task(tmp_path, device=device, task_class=SCSTTask, scst=True, scst_samples=3,
+    task, cfg = toy_caption_task(tmp_path, device=device, objective=SelfCritical, scst=True, scst_samples=3,
                                  scst_baseline=baseline, scst_xe_weight=0.5, val_max_len=10)
     sampler = StepCount(search.sample_search, forced_end=False)
-    monkeypatch.setattr(scst_module, "sample_search", sampler)
+    monkeypatch.setattr(captioning_model, "sample_search", sampler)
     trainer = Trainer(task, cfg, DistInfo(), torch.device(device))
     batches = task.epoch_batches(1)[:2]
     trainer.sampler.batches = [[(i, p) for p, i in enumerate(b)] for b in batches]

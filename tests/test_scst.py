@@ -262,6 +262,7 @@ def test_scst_validation_is_coco_captions_cider_on_words(tmp_path, monkeypatch):
     from showattend.captioning.data import CaptionRecord
     from showattend.captioning.captioner import CaptionResult
     from showattend.captioning.config import ModelConfig
+    from showattend.captioning.task import CaptionTask
     from showattend.captioning.train import TrainConfig
     from showattend.captioning.vocab import Vocab
 
@@ -280,8 +281,8 @@ def test_scst_validation_is_coco_captions_cider_on_words(tmp_path, monkeypatch):
     assert "runs" not in vocab.itos
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), scst=True, init="x", max_caption_len=10, progress=False,
                       device="cpu")
-    task = scst_module.SCSTTask(ModelConfig(embed_dim=8, hidden_dim=8, attention_dim=4), cfg, records[:2],
-                                records[2:], FeatureStore(str(folder)), vocab, torch.device("cpu"))
+    task = CaptionTask(ModelConfig(embed_dim=8, hidden_dim=8, attention_dim=4), cfg, records[:2], records[2:],
+                       FeatureStore(str(folder)), vocab, torch.device("cpu"), objective=scst_module.SelfCritical)
     hyps = {"2.jpg": ["a", "zebu", "grazes"], "3.jpg": long}
     monkeypatch.setattr(scst_module, "evaluate_split", lambda *a, **k: {
         key: CaptionResult(words, 0.0, torch.zeros(0), torch.zeros(0), (2, 2)) for key, words in hyps.items()})

@@ -19,7 +19,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
                                                                 reason="no CUDA device"))]
 
 
-def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", fine_tune_blocks=0, task_class=CaptionTask,
+def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", fine_tune_blocks=0, objective=None,
                      **cfg):
     """A CaptionTask over a synthetic feature cache (L=4, D=1280, the Lite0 size; with ``fine_tune_blocks`` 1,
     Lite0's trunk activations below its head, D=320): 10 train images, 2 val."""
@@ -41,8 +41,9 @@ def toy_caption_task(tmp_path, attention="soft", n_images=12, device="cpu", fine
     cfg = TrainConfig(**{"out_dir": str(tmp_path / "run"), "batch_size": 6, "val_beam_size": 1, "progress": False,
                          "device": device, **cfg})
     torch.manual_seed(0)
-    task = task_class(model_cfg, cfg, [r for r in records if r.split == "train"],
-                       [r for r in records if r.split == "val"], store, vocab, torch.device(device))
+    task = CaptionTask(model_cfg, cfg, [r for r in records if r.split == "train"],
+                       [r for r in records if r.split == "val"], store, vocab, torch.device(device),
+                       **({"objective": objective} if objective else {}))
     return task, cfg
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from ..runs import resolve_device
-from ..search import beam_search, greedy_search
+from ..search import beam_search, greedy_search, sample_search
 from .vocab import Vocab
 from .network import Decoder, build_decoder
 from .config import ModelConfig
@@ -257,6 +257,29 @@ class Captioner:
         return out
 
     @torch.no_grad()
+    @torch.no_grad()
+    def sample(self, annotations: torch.Tensor, samples: int = 1, greedy: bool = False, max_len: int = 20,
+               generator: Optional[torch.Generator] = None, rows: Optional[torch.Tensor] = None,
+               total_rows: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Captions drawn from the model, y_t ~ p(y_t | y_<t, a), or its argmax (``greedy``), on the device, as
+        self-critical sequence training needs them (Rennie et al. 2017): token ids, nothing forced at the last
+        step (:func:`~showattend.search.sample_search`). The decoder runs in the mode it is in (the caller's
+        choice: SCST samples from the network without dropout).
+
+        Args:
+            annotations: (B, L, D) annotation vectors on the device.
+            samples: k captions per image (rows b·k .. b·k + k − 1 are image b's).
+            greedy, max_len, generator, rows, total_rows: as for :func:`~showattend.search.sample_search`.
+
+        Returns:
+            tokens (B·k, T) long, ``<end>`` included when drawn; lengths (B·k,) long, the tokens drawn.
+        """
+        dec = self.decoder
+        step = functools.partial(self._step, banned=self.banned_tokens(), weights=dec.step_weights())
+        keys = dec.attention.project_keys(annotations)  # (B, L, A), once per image
+        return sample_search(step, dec.init_state(annotations), (annotations, keys), self.vocab.start,
+                             self.vocab.end, max_len, samples, greedy, generator, rows=rows, total_rows=total_rows)
+
     @torch.no_grad()
     def encode(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """Images (any :data:`~showattend.captioning.images.ImageSource`: paths, URLs, PIL images, arrays,

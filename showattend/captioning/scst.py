@@ -1,5 +1,6 @@
 """Self-critical sequence training of a captioner (Rennie et al. 2017, CVPR): ``showattend train --scst --init
-CHECKPOINT``.
+CHECKPOINT``, the captioning task's second loss strategy (:class:`SelfCritical`, an
+:class:`~showattend.captioning.task.Objective`).
 
 After cross-entropy training, the captioner is trained to maximise the expected CIDEr-D of its own captions,
 E_{w ~ p}[r(w)], by REINFORCE: for each image of a batch, k captions are sampled from the model, each is scored
@@ -9,8 +10,9 @@ image's other samples (Luo 2020) or the reward of its greedy caption (Rennie et 
 
 One step:
 
-1. sample k captions per image without gradients (the decoder's own step, on the device, one host read every
-   few steps; :func:`~showattend.search.sample_search`);
+1. sample k captions per image without gradients (:meth:`Captioner.sample
+   <showattend.captioning.captioner.Captioner.sample>`: the decoder's own step, on the device, one host read every
+   few steps);
 2. rewards and baselines (with ``--scst-reward-end``, the default, ``<end>`` counts as a word of the sample and of
    every reference, so that the n-grams that end a caption are rewarded too, as in Luo's self-critical.pytorch:
    without it, CIDEr-D is indifferent to where a caption stops, and a caption cut after its surest words scores
@@ -28,7 +30,6 @@ validation references, on words: rare reference words count as themselves, as in
 """
 from __future__ import annotations
 
-import functools
 from typing import Dict, List, NamedTuple, Optional, Union
 
 import numpy as np
@@ -37,18 +38,15 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from ..engine import StepContext
-from .metrics import cider
-from ..search import sample_search
-from .vocab import Vocab
-from .config import TrainConfig
 from .cache import FeatureStore, ImageStore
 from .cider import CiderD
-from .data import CaptionRecord, collate_captions
+from .data import CaptionDataset, CaptionRecord, collate_captions
 from .losses import caption_loss, scst_loss, self_critical_baseline
-from .config import ModelConfig
-from .task import CaptionTask, _step_seed, evaluate_split
+from .metrics import cider
+from .task import CaptionTask, Objective, _step_seed, evaluate_split
+from .vocab import Vocab
 
-__all__ = ["ImageBatch", "SCSTTask"]
+__all__ = ["ImageBatch", "SelfCritical"]
 
 
 class _Images(Dataset):
@@ -88,11 +86,11 @@ def _references(records: List[CaptionRecord], vocab: Vocab, end: bool = False) -
     return [[vocab.encode(t, add_specials=False) + tail for t in r.tokens if t] for r in records]
 
 
-class SCSTTask(CaptionTask):
-    """The captioning task trained by self-critical sequence training (see the module docstring). Items are
-    images; ``--batch-size`` counts images, each sampled ``--scst-samples`` times.
+class SelfCritical(Objective):
+    """Self-critical sequence training, a loss strategy of the captioning task (see the module docstring). Items
+    are images; ``--batch-size`` counts images, each sampled ``--scst-samples`` times; validation is CIDEr-D.
 
-    Args: as for :class:`~showattend.captioning.task.CaptionTask`.
+    Args: as for :class:`~showattend.captioning.task.Objective`.
 
     Raises:
         ValueError: an image without references.
@@ -100,11 +98,12 @@ class SCSTTask(CaptionTask):
 
     loss_key, score_key, item_name = "train_reward", "val_cider", "images"
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
-                 val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
-                 device: torch.device):
-        super().__init__(model_cfg, cfg, train_records, val_records, store, vocab, device)
-        self.references = self.dataset  # the parent's captions, for the cross-entropy term
+    def __init__(self, task: CaptionTask, train_records: List[CaptionRecord]):
+        super().__init__(task, train_records)
+        store, vocab, cfg = task.store, task.vocab, self.cfg
+        # the images' reference captions, for the cross-entropy term
+        self.references = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True,
+                                         read=not isinstance(store, ImageStore))
         self.dataset = _Images(train_records, store)
         # each image's caption indices in self.references (grouped by cache row)
         by_row: Dict[int, List[int]] = {}
@@ -112,8 +111,9 @@ class SCSTTask(CaptionTask):
             by_row.setdefault(row, []).append(c)
         self.image_captions = [by_row.get(int(row), []) for row in self.dataset.rows]
         self.cider = CiderD(_references(train_records, vocab, cfg.scst_reward_end), len(vocab),
-                            device=device)
-        self.banned = self.captioner.banned_tokens()  # never drawn, as in decoding
+                            device=task.captioner.device)
+        self.banned = task.captioner.banned_tokens()  # never drawn, as in decoding (and masked in the loss)
+        self.vocab = vocab
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)).tolist()
@@ -137,15 +137,11 @@ class SCSTTask(CaptionTask):
 
     def _sample(self, annotations: torch.Tensor, samples: int, greedy: bool, generator=None, rows=None,
                 total_rows=None):
-        """(tokens (B·k, T), lengths (B·k,), words before <end> (B·k,)) drawn from the decoder (``rows``,
+        """(tokens (B·k, T), lengths (B·k,), words before <end> (B·k,)) drawn by the captioner (``rows``,
         ``total_rows``: see :func:`~showattend.search.sample_search`)."""
-        dec, v = self.decoder, self.vocab
-        step = functools.partial(self.captioner._step, banned=self.banned, weights=dec.step_weights())
-        keys = dec.attention.project_keys(annotations)
-        tokens, lengths = sample_search(step, dec.init_state(annotations), (annotations, keys), v.start, v.end,
-                                        self.cfg.val_max_len, samples, greedy, generator, rows=rows,
-                                        total_rows=total_rows)
-        ended = tokens.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1) == v.end
+        tokens, lengths = self.task.captioner.sample(annotations, samples, greedy, self.cfg.val_max_len, generator,
+                                                     rows, total_rows)
+        ended = tokens.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1) == self.vocab.end
         return tokens, lengths, lengths - ended.long()
 
     def loss(self, model, batch: ImageBatch, ctx: StepContext):
@@ -162,7 +158,7 @@ class SCSTTask(CaptionTask):
         start = torch.full((len(order), 1), self.vocab.start, dtype=torch.long, device=x.device)
         captions = torch.cat([start, tokens[idx]], dim=1)  # (S, T + 1)
         lens = [host_lengths[i] + 1 for i in order]
-        out = model(x[image], captions, lens) if self.encoder is None else model(x, image, captions, lens)
+        out = model(x[image], captions, lens) if self.task.encoder is None else model(x, image, captions, lens)
         n_tokens = lengths.sum()
         if ctx.world > 1:
             n_tokens = n_tokens.clone()
@@ -187,10 +183,8 @@ class SCSTTask(CaptionTask):
         cfg, k, B = self.cfg, self.cfg.scst_samples, x.size(0)
         g = torch.Generator(device=x.device)
         g.manual_seed(_step_seed(cfg.seed, ctx.step))
-        if self.encoder is None:
-            annotations = x
-        else:
-            annotations = self.encoder.top(self.encoder.trunk(x) if cfg.from_images else x)
+        encoder = self.task.encoder
+        annotations = x if encoder is None else encoder.top(encoder.trunk(x) if cfg.from_images else x)
         # sample j of the image at global position r draws row r·k + j of the step's uniforms: the same samples in
         # whichever process holds the image
         rows = (batch.rows.to(x.device) * k).repeat_interleave(k) + torch.arange(k, device=x.device).repeat(B)
@@ -209,7 +203,7 @@ class SCSTTask(CaptionTask):
         sums for the logs."""
         cfg = self.cfg
         refs, ref_image, ref_lengths = batch.captions, batch.caption_image, batch.caption_lengths
-        ref_out = model(x[ref_image], refs, ref_lengths) if self.encoder is None else \
+        ref_out = model(x[ref_image], refs, ref_lengths) if self.task.encoder is None else \
             model(x, ref_image, refs, ref_lengths)
         local = torch.tensor([float(sum(ref_lengths) - len(ref_lengths)), float(len(ref_lengths))],
                              device=x.device)  # predicted words and captions of this process's share
@@ -233,6 +227,6 @@ class SCSTTask(CaptionTask):
     def validate(self) -> float:
         """coco-caption CIDEr-D (× 100) of beam-search captions of the validation images, on words (the
         references as tokenised, rare words included and uncut), comparable with ``showattend evaluate``."""
-        results = evaluate_split(self.captioner, self.store, self.val_records, self.cfg.val_beam_size,
-                                 self.cfg.val_max_len)
-        return cider({r.key: r.tokens for r in self.val_records}, {k: r.words for k, r in results.items()})
+        t = self.task
+        results = evaluate_split(t.captioner, t.store, t.val_records, self.cfg.val_beam_size, self.cfg.val_max_len)
+        return cider({r.key: r.tokens for r in t.val_records}, {k: r.words for k, r in results.items()})

@@ -1,19 +1,22 @@
 """The captioning :class:`~showattend.engine.Task`: what one training step and one validation of a captioner are.
 
-Caption batches (an image's annotation vectors, or its trunk activations when fine-tuning, once per distinct
-image), the loss of a batch (teacher forcing with the doubly stochastic penalty, or the hard-attention objective
-of eq. 12 with its REINFORCE baseline), the validation score (BLEU-4 of free-running beam-search captions, never
-teacher-forced argmax) and the checkpoint payload. :mod:`showattend.captioning.train` prepares the data and
+The task holds the captioner's model parts and the checkpoint payload; what a run maximises is its
+:class:`Objective`, a loss strategy: :class:`Likelihood` here (caption batches: an image's annotation vectors, or
+its trunk activations when fine-tuning, once per distinct image; teacher forcing with the doubly stochastic
+penalty, or the hard-attention objective of eq. 12 with its REINFORCE baseline; validation BLEU-4 of
+free-running beam-search captions, never teacher-forced argmax), or self-critical sequence training
+(:class:`~showattend.captioning.scst.SelfCritical`). :mod:`showattend.captioning.train` prepares the data and
 runs the engine with it.
 """
 from __future__ import annotations
 
 import random
-from typing import Dict, List, NamedTuple, Union
+from typing import Dict, List, NamedTuple, Type, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 
 from ..engine import StepContext, Task
 from ..engine.batches import bucket_batches
@@ -27,7 +30,7 @@ from .metrics import bleu4
 from .network import FineTuned, build_decoder
 from .vocab import Vocab
 
-__all__ = ["CaptionBatch", "CaptionTask", "evaluate_split"]
+__all__ = ["CaptionBatch", "CaptionTask", "Objective", "Likelihood", "evaluate_split"]
 
 
 @torch.no_grad()
@@ -85,42 +88,57 @@ def _step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
-class CaptionTask(Task):
-    """Captioning for the engine: caption batches from the feature cache (or the images), soft or hard attention
-    losses, validation BLEU-4 by beam search.
+class Objective:
+    """What a captioning run maximises: the captioning task's loss strategy. It owns the items of an epoch (its
+    dataset, batches and their collation), the loss of a batch with its log values, and the validation score.
+    :class:`Likelihood` (teacher forcing: soft or hard attention) and
+    :class:`~showattend.captioning.scst.SelfCritical` (SCST) are the two.
 
     Args:
-        model_cfg: architecture; cfg: training settings.
-        train_records, val_records: the two splits.
-        store: the feature cache; vocab: the vocabulary; device: where the decoder trains.
+        task: the captioning task whose model parts (decoder, encoder, captioner), settings, store, vocabulary and
+            validation images the objective uses.
+        train_records: the training split.
+
+    Attributes:
+        dataset, loss_key, score_key, item_name: as :class:`~showattend.engine.Task`'s.
     """
 
-    kind, loss_key, score_key, item_name = CHECKPOINT_KIND, "train_ce", "val_bleu4", "captions"
-    fixed_settings = ("min_count", "init", "scst", "from_images")  # the vocabulary, the start, the task, the model
-    data_settings = ("data", "images", "karpathy_split", "max_caption_len", "length_buckets")
+    dataset: Dataset
+    loss_key: str
+    score_key: str
+    item_name: str
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
-                 val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
-                 device: torch.device):
-        self.cfg, self.model_cfg, self.vocab, self.store, self.val_records = cfg, model_cfg, vocab, store, val_records
-        self.decoder = build_decoder(model_cfg, len(vocab))
-        self.encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights,
-                               fine_tune_blocks=model_cfg.fine_tune_blocks) \
-            if model_cfg.fine_tune_blocks or cfg.from_images else None
-        self.model = FineTuned(self.decoder, self.encoder, cfg.from_images) if self.encoder is not None \
-            else self.decoder
-        self.captioner = Captioner(self.decoder, vocab, model_cfg, encoder=self.encoder, device=device)
-        self.dataset = CaptionDataset(train_records, store, vocab, cfg.max_caption_len, half=True,
-                                      read=not isinstance(store, ImageStore))  # images: once per batch (collate)
-        self.baseline = MovingAverageBaseline(cfg.baseline_decay)
-        self.hard = model_cfg.attention == "hard"
+    def __init__(self, task: "CaptionTask", train_records: List[CaptionRecord]):
+        self.task, self.cfg = task, task.cfg
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Likelihood(Objective):
+    """Maximum likelihood of the reference captions by teacher forcing, with the doubly stochastic penalty (eq.
+    14); for a hard-attention model, the variational lower bound of eq. 12 trained by REINFORCE with a moving
+    baseline (eq. 11), on the expected context with probability ``--expected-context-prob`` (§4.1). Items are
+    captions; validation is BLEU-4 of beam-search captions."""
+
+    loss_key, score_key, item_name = "train_ce", "val_bleu4", "captions"
+
+    def __init__(self, task: "CaptionTask", train_records: List[CaptionRecord]):
+        super().__init__(task, train_records)
+        self.dataset = CaptionDataset(train_records, task.store, task.vocab, self.cfg.max_caption_len, half=True,
+                                      read=not isinstance(task.store, ImageStore))  # images: once per batch
+        self.baseline = MovingAverageBaseline(self.cfg.baseline_decay)
+        self.hard = task.model_cfg.attention == "hard"
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
-        """Shuffled captions (with ``--length-buckets``, grouped by length); when the encoder runs in the step (fine-tuning, --from-images), shuffled images with
-        their captions side by side, so that a batch holds few images and the encoder runs once for all captions
-        of each."""
+        """Shuffled captions (with ``--length-buckets``, grouped by length); when the encoder runs in the step
+        (fine-tuning, --from-images), shuffled images with their captions side by side, so that a batch holds few
+        images and the encoder runs once for all captions of each."""
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        if self.encoder is None:
+        if self.task.encoder is None:
             order = rng.permutation(len(self.dataset)).tolist()
             if self.cfg.length_buckets:
                 return bucket_batches(order, self.dataset.steps.tolist(), self.cfg.batch_size, rng.shuffle)
@@ -130,16 +148,6 @@ class CaptionTask(Task):
             order = np.argsort(rank[image], kind="stable").tolist()
         b = self.cfg.batch_size
         return [order[i:i + b] for i in range(0, len(order), b)]
-
-    def param_groups(self, lr: float):
-        if not self.model_cfg.fine_tune_blocks:
-            return super().param_groups(lr)
-        top = [p for p in self.encoder.parameters() if p.requires_grad]
-        return [{"params": list(self.decoder.parameters()), "lr": lr},
-                {"params": top, "lr": self.cfg.encoder_lr}]
-
-    def lr_settings(self):
-        return ["lr", "encoder_lr"] if self.model_cfg.fine_tune_blocks else ["lr"]
 
     def words(self, index: int) -> int:
         return self.dataset.length(index) - 1  # predicted tokens: the words and <end>
@@ -152,7 +160,7 @@ class CaptionTask(Task):
         for k in order:
             if items[k][2] not in distinct:
                 distinct[items[k][2]] = len(feats)
-                feats.append(items[k][0] if items[k][0] is not None else self.store.read(items[k][2], True))
+                feats.append(items[k][0] if items[k][0] is not None else self.task.store.read(items[k][2], True))
             image.append(distinct[items[k][2]])
         return CaptionBatch(torch.stack(feats), torch.tensor(image), caps, lengths.tolist(),
                             torch.tensor([rows[k] for k in order]))
@@ -164,7 +172,7 @@ class CaptionTask(Task):
         sampled = self.hard and coin >= cfg.expected_context_prob  # else soft, or a hard model's expected context
         n = cfg.hard_samples if sampled else 1  # N sampled location sequences per caption (eq. 12)
         words, items = ctx.words * n, ctx.items * n
-        if self.encoder is None:  # the decoder alone: each caption's annotation vectors
+        if self.task.encoder is None:  # the decoder alone: each caption's annotation vectors
             forward = lambda image, *args, **kw: model(x[image], *args, **kw)  # noqa: E731
         else:  # the top blocks run once per distinct image (FineTuned)
             forward = lambda image, *args, **kw: model(x, image, *args, **kw)  # noqa: E731
@@ -196,20 +204,87 @@ class CaptionTask(Task):
                 "train_loss": sums["loss"] / max(steps, 1)}
 
     def validate(self) -> float:
-        results = evaluate_split(self.captioner, self.store, self.val_records, self.cfg.val_beam_size,
-                                 self.cfg.val_max_len)
-        return bleu4({r.key: r.tokens for r in self.val_records}, {k: r.words for k, r in results.items()})
-
-    def payload(self) -> dict:
-        return self.captioner.state()
+        t = self.task
+        results = evaluate_split(t.captioner, t.store, t.val_records, self.cfg.val_beam_size, self.cfg.val_max_len)
+        return bleu4({r.key: r.tokens for r in t.val_records}, {k: r.words for k, r in results.items()})
 
     def state_dict(self) -> dict:
         return {"baseline": self.baseline.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("baseline"):
-            self.baseline.load_state_dict(state["baseline"], self.captioner.device)
+            self.baseline.load_state_dict(state["baseline"], self.task.captioner.device)
             self.baseline.decay = self.cfg.baseline_decay  # a --baseline-decay given on --resume applies
+
+
+class CaptionTask(Task):
+    """Captioning for the engine: the captioner's model parts (decoder; the encoder when it runs in the step) and
+    an :class:`Objective` that makes the items, the loss and the validation score of the run.
+
+    Args:
+        model_cfg: architecture; cfg: training settings.
+        train_records, val_records: the two splits.
+        store: the feature cache; vocab: the vocabulary; device: where the decoder trains.
+        objective: the loss strategy's class: :class:`Likelihood` (the default) or
+            :class:`~showattend.captioning.scst.SelfCritical` (``--scst``).
+    """
+
+    kind = CHECKPOINT_KIND
+    fixed_settings = ("min_count", "init", "scst", "from_images")  # the vocabulary, the start, the task, the model
+    data_settings = ("data", "images", "karpathy_split", "max_caption_len", "length_buckets")
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
+                 val_records: List[CaptionRecord], store: Union[FeatureStore, ImageStore], vocab: Vocab,
+                 device: torch.device, objective: Type[Objective] = Likelihood):
+        self.cfg, self.model_cfg, self.vocab, self.store, self.val_records = cfg, model_cfg, vocab, store, val_records
+        self.decoder = build_decoder(model_cfg, len(vocab))
+        self.encoder = Encoder(model_cfg.encoder, weights=model_cfg.encoder_weights,
+                               fine_tune_blocks=model_cfg.fine_tune_blocks) \
+            if model_cfg.fine_tune_blocks or cfg.from_images else None
+        self.model = FineTuned(self.decoder, self.encoder, cfg.from_images) if self.encoder is not None \
+            else self.decoder
+        self.captioner = Captioner(self.decoder, vocab, model_cfg, encoder=self.encoder, device=device)
+        self.objective = objective(self, train_records)
+        self.dataset = self.objective.dataset
+        self.loss_key, self.score_key, self.item_name = (self.objective.loss_key, self.objective.score_key,
+                                                         self.objective.item_name)
+
+    def epoch_batches(self, epoch: int) -> List[List[int]]:
+        return self.objective.epoch_batches(epoch)
+
+    def words(self, index: int) -> int:
+        return self.objective.words(index)
+
+    def collate(self, items, rows):
+        return self.objective.collate(items, rows)
+
+    def loss(self, model, batch, ctx: StepContext):
+        return self.objective.loss(model, batch, ctx)
+
+    def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
+        return self.objective.summarise(sums, steps)
+
+    def validate(self) -> float:
+        return self.objective.validate()
+
+    def param_groups(self, lr: float):
+        if not self.model_cfg.fine_tune_blocks:
+            return super().param_groups(lr)
+        top = [p for p in self.encoder.parameters() if p.requires_grad]
+        return [{"params": list(self.decoder.parameters()), "lr": lr},
+                {"params": top, "lr": self.cfg.encoder_lr}]
+
+    def lr_settings(self):
+        return ["lr", "encoder_lr"] if self.model_cfg.fine_tune_blocks else ["lr"]
+
+    def payload(self) -> dict:
+        return self.captioner.state()
+
+    def state_dict(self) -> dict:
+        return self.objective.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.objective.load_state_dict(state)
 
     def compile(self) -> None:
         self.decoder.defer_weight_grads = False  # the deferred products record into Python lists: a graph break

@@ -28,8 +28,8 @@ from .cache_build import build_feature_cache
 from .data import CaptionRecord, load_coco, load_karpathy
 from .encoders import Encoder
 from .captioner import CHECKPOINT_KIND, checkpoint_config
-from .scst import SCSTTask
-from .task import CaptionTask
+from .scst import SelfCritical
+from .task import CaptionTask, Likelihood
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, resume: bool = False,
         store = prepare_cache(cfg, model_cfg, records, device, dist_info, progress=cfg.progress)
     vocab = start.vocab or Vocab.build([t for r in train_recs for t in r.tokens], cfg.min_count)  # train split
     _seed_all(cfg.seed)  # here, so the initial weights do not depend on whether the cache had to be built
-    task = (SCSTTask if cfg.scst else CaptionTask)(model_cfg, cfg, train_recs, val_recs, store, vocab, device)
+    task = CaptionTask(model_cfg, cfg, train_recs, val_recs, store, vocab, device,
+                       objective=SelfCritical if cfg.scst else Likelihood)
     if start.weights is not None:
         load_weights(task.decoder, start.weights["model"], start.path, "decoder")  # fp16 exports load as fp32
         if model_cfg.fine_tune_blocks:
@@ -217,7 +218,7 @@ def _start(cfg: TrainConfig, model_cfg: ModelConfig, resume: bool) -> _Start:
         ckpt = load_checkpoint(last, CHECKPOINT_KIND, required=("config", "vocab", "model"))
         saved_cfg, vocab = checkpoint_config(ckpt, last)
         check_same_model(model_cfg, saved_cfg, f"{last}", resume=True)
-        check_resume_settings(ckpt, cfg, SCSTTask if cfg.scst else CaptionTask)
+        check_resume_settings(ckpt, cfg, CaptionTask)
         start = _Start(ckpt, ckpt, last, False, saved_cfg, vocab)
     elif cfg.init:
         path, ckpt, init_cfg, vocab = init_checkpoint(cfg.init)
@@ -249,7 +250,7 @@ def _splits(cfg: TrainConfig, records: List[CaptionRecord]):
 
 
 def _log_start(cfg, task, start: _Start, n_train: int, n_val: int, vocab, device, dist_info) -> None:
-    too_long = getattr(task, "references", task.dataset).too_long
+    too_long = getattr(task.objective, "references", task.dataset).too_long
     if too_long:
         log.warning(f"dropped {too_long} training captions longer than --max-caption-len {cfg.max_caption_len} "
                     f"words")
