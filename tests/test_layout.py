@@ -155,7 +155,8 @@ def test_both_model_configs_read_checkpoints_strictly():
 
 
 def test_the_core_and_each_application_import_no_other_application():
-    """Only the program's entry point (cli.py, and __main__ that runs it) puts the applications together."""
+    """Only the program's entry point (cli.py, and __main__ that runs it) puts the applications together; the
+    package root names Captioner and Translator by module path only (see the next test)."""
     modules = _modules()
     apps = ("showattend.captioning", "showattend.translation")
     entry = {"showattend.cli", "showattend.__main__"}
@@ -169,3 +170,22 @@ def test_the_core_and_each_application_import_no_other_application():
             if other is not None and other != own:
                 found.append((name, dep))
     assert found == []
+
+
+def test_the_package_root_offers_both_applications_faces_lazily():
+    """``from showattend import Captioner, Translator`` gives the applications' own classes, and ``import
+    showattend`` loads no application module (nor torch) until one of them is asked for."""
+    import subprocess
+    import sys
+
+    code = ("import sys, showattend\n"
+            "loaded = lambda: sorted(m for m in sys.modules if m.startswith(('showattend.captioning', "
+            "'showattend.translation')) or m == 'torch')\n"
+            "assert loaded() == [], loaded()\n"
+            "from showattend import Captioner, Translator\n"
+            "from showattend.captioning import Captioner as C\n"
+            "from showattend.translation import Translator as T\n"
+            "assert Captioner is C and Translator is T\n"
+            "assert {'Captioner', 'Translator'} <= set(showattend.__all__) <= set(dir(showattend))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(PKG))
+    assert out.returncode == 0, out.stderr
