@@ -85,4 +85,13 @@ probe "folded trunk: TF padding for every size (not the network's static padding
 probe "folded trunk: not folded again after new weights" $ENC "$(sub "'            if self._trunk_versions() != self._folded_from:'" "'            if False:'")" tests/test_encoders.py -k "folded"
 probe "caption_stream: results out of order" showattend/captioning/captioner.py "$(sub "'            for p, x in batch:'" "'            for p, x in reversed(batch):'")" tests/test_inputs.py -k "caption_stream"
 
+# -- issue "The shape": the command line parsed once, its layers, one exit-code rule, SCST as a loss strategy
+OPT=showattend/options.py
+probe "--config wins over an option given on the command line" $OPT "$(sub "'        if f.name in given:'" "'        if False:'")" tests/test_engine.py -k "config_file" tests/test_encoders.py -k "native_size"
+probe "--config: true taken as an integer" $OPT "$(sub "'    if value is None or isinstance(value, bool) != (target is bool) or wrong:'" "'    if value is None or wrong:'")" tests/test_bad_inputs.py -k "exit_code"
+probe "--scst and --init from a file bring no defaults" showattend/commands.py "$(sub "'        values = {**self.derived_settings(rebuild(train_cls, self.train, given, values)), **values}'" "'        values = {**self.derived_settings(self.train), **values}'")" tests/test_scst.py -k "defaults_and_errors"
+probe "tyro's boxed errors printed as they are" showattend/cli.py "$(sub "'            raise UsageError(_tyro_error(errors.getvalue())) from None'" "'            raise UsageError(errors.getvalue()) from None'")" tests/test_inputs.py -k "top_level_help"
+probe "--model and --checkpoint together accepted" showattend/commands.py "$(sub "'        if self.model and self.checkpoint:'" "'        if False:'")" tests/test_bad_inputs.py -k "exit_code"
+probe "--scst trains the likelihood objective" showattend/captioning/train.py "$(sub "'                       objective=SelfCritical if cfg.scst else Likelihood)'" "'                       objective=Likelihood)'")" tests/test_scst.py -k "raises_the_reward"
+
 exit $SURVIVED
