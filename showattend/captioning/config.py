@@ -10,7 +10,9 @@ from ..engine import EngineConfig
 from ..errors import CheckpointError
 from ..options import data_path
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "ENCODERS", "EncoderSpec", "DS_NORMALISATIONS", "DSNormalisation", "SCST_BASELINES", "SCSTBaseline"]
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "ENCODERS", "EncoderSpec", "DS_NORMALISATIONS", "DSNormalisation",
+           "SCST_BASELINES", "SCSTBaseline"]
+
 
 @dataclass(frozen=True)
 class EncoderSpec:

@@ -18,8 +18,8 @@ __all__ = ["evaluate"]
 
 
 def evaluate(checkpoint: str, dataset: DataConfig, split: str = "test", beam_size: int = 3, max_len: int = 20,
-             length_penalty: float = 0.0, device: str = "auto", limit: int = 0, captions_out: Optional[str] = None, attention: str = "soft",
-             samples: int = 5, metrics: Sequence[str] = METRICS, html: Optional[str] = None,
+             length_penalty: float = 0.0, device: str = "auto", limit: int = 0, captions_out: Optional[str] = None,
+             attention: str = "soft", samples: int = 5, metrics: Sequence[str] = METRICS, html: Optional[str] = None,
              precision: str = "fp32") -> Dict:
     """Caption every image of a split and score the captions against its references.
 
@@ -45,7 +45,8 @@ def evaluate(checkpoint: str, dataset: DataConfig, split: str = "test", beam_siz
         a report dict: metrics (0-100), decoding settings, split size, wall time.
 
     Raises:
-        ValueError: no data given (:meth:`DataConfig.validate`), or the split has no images. JavaMissing: METEOR asked for without Java (checked first).
+        ValueError: no data given (:meth:`DataConfig.validate`), or the split has no images. JavaMissing: METEOR
+            asked for without Java (checked first).
     """
     t0 = time.time()
     dataset.validate()

@@ -113,7 +113,6 @@ class SelfCritical(Objective):
         self.cider = CiderD(_references(train_records, vocab, cfg.scst_reward_end), len(vocab),
                             device=task.captioner.device)
         self.banned = task.captioner.banned_tokens()  # never drawn, as in decoding (and masked in the loss)
-        self.vocab = vocab
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)).tolist()
@@ -132,7 +131,7 @@ class SelfCritical(Objective):
         refs = [(b, torch.from_numpy(ids[offsets[c]:offsets[c + 1]].astype(np.int64)))
                 for b, (_, i) in enumerate(items) for c in self.image_captions[i]]
         refs.sort(key=lambda r: -len(r[1]))
-        _, captions, lengths = collate_captions([(torch.zeros(0), ids) for _, ids in refs], self.vocab.pad)
+        _, captions, lengths = collate_captions([(torch.zeros(0), ids) for _, ids in refs], self.task.vocab.pad)
         return ImageBatch(feats, image, captions, torch.tensor([b for b, _ in refs]), lengths.tolist(), positions)
 
     def _sample(self, annotations: torch.Tensor, samples: int, greedy: bool, generator=None, rows=None,
@@ -141,7 +140,7 @@ class SelfCritical(Objective):
         ``total_rows``: see :func:`~showattend.search.sample_search`)."""
         tokens, lengths = self.task.captioner.sample(annotations, samples, greedy, self.cfg.val_max_len, generator,
                                                      rows, total_rows)
-        ended = tokens.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1) == self.vocab.end
+        ended = tokens.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1) == self.task.vocab.end
         return tokens, lengths, lengths - ended.long()
 
     def loss(self, model, batch: ImageBatch, ctx: StepContext):
@@ -155,7 +154,7 @@ class SelfCritical(Objective):
         order = sorted(range(len(host_lengths)), key=lambda i: -host_lengths[i])
         idx = torch.tensor(order, device=x.device)
         image = torch.arange(B, device=x.device).repeat_interleave(k)[idx]  # each sample's row of x
-        start = torch.full((len(order), 1), self.vocab.start, dtype=torch.long, device=x.device)
+        start = torch.full((len(order), 1), self.task.vocab.start, dtype=torch.long, device=x.device)
         captions = torch.cat([start, tokens[idx]], dim=1)  # (S, T + 1)
         lens = [host_lengths[i] + 1 for i in order]
         out = model(x[image], captions, lens) if self.task.encoder is None else model(x, image, captions, lens)

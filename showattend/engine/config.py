@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SettingsError", "EngineConfig", "resolve_num_workers", "Precision", "PRECISIONS", "resolve_precision", "RUN_FILES",
-           "check_out_dir", "main_process"]
+__all__ = ["SettingsError", "EngineConfig", "resolve_num_workers", "Precision", "PRECISIONS", "resolve_precision",
+           "RUN_FILES", "check_out_dir", "main_process"]
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS = get_args(Precision)
