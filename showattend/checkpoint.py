@@ -23,7 +23,7 @@ from .errors import CheckpointError
 from .faults import slow_save
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "export_checkpoint",
-           "checksum", "load_weights"]
+           "checksum", "load_weights", "quantize_int8", "dequantize_int8"]
 
 FORMAT_VERSION = 1
 
@@ -129,6 +129,8 @@ def load_checkpoint(path: str, kind: Optional[str], map_location: Any = "cpu",
     if "checksum" in ckpt and ckpt["checksum"] != checksum(ckpt):
         raise CheckpointError(f"{path}: corrupt checkpoint: its contents do not match the checksum written with "
                               f"it (damaged on disk or in a copy); use another copy")
+    if "int8_scales" in ckpt:  # an export with int8 weight matrices: float32 again, as every caller expects
+        ckpt = dequantize_int8(ckpt, path)
     missing = [f for f in required if f not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: incomplete {ckpt['format']} checkpoint: no {', '.join(missing)}")
@@ -162,10 +164,53 @@ def load_weights(module: torch.nn.Module, state: Dict[str, torch.Tensor], path: 
 TRAINING_STATE = ("optimizer", "scheduler", "engine", "task_state", "rng", "baseline")
 
 
-def export_checkpoint(src: str, dst: str, half: bool = False) -> Dict[str, Any]:
+#: the weights of a checkpoint: a model's, and a fine-tuned encoder's top blocks
+WEIGHT_PARTS = ("model", "encoder")
+
+
+def quantize_int8(weight: torch.Tensor):
+    """Symmetric int8 quantisation with one scale per output row: ``q = round(w / s)``, ``s = max|w_row| / 127``.
+
+    Args:
+        weight: (R, ...) floating tensor, R output rows (a Linear's (out, in), an embedding's (V, m), a
+            convolution's (out, in, kh, kw)).
+
+    Returns:
+        ``(q, s)``: q int8 of ``weight``'s shape, s (R,) float16. An all-zero row gets scale 0 (and q 0). Each
+        element's error ``|q s - w|`` is at most s / 2 (plus float16's rounding of s).
+    """
+    w = weight.detach().float()
+    scale = (w.reshape(w.shape[0], -1).abs().amax(dim=1) / 127).half()  # rounded first: q is made with it
+    s = scale.float().reshape(-1, *([1] * (w.ndim - 1)))
+    q = torch.where(s > 0, w / torch.where(s > 0, s, 1), 0).round().clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(ckpt: Dict[str, Any], path: str = "checkpoint") -> Dict[str, Any]:
+    """A checkpoint written with int8 weight matrices (:func:`export_checkpoint` with ``int8=True``), its
+    weights float32 again: ``w = q s`` for each tensor named in ``ckpt["int8_scales"][part]``.
+
+    Raises:
+        CheckpointError: a scale without its int8 tensor, or of the wrong length (an edited file).
+    """
+    out = {k: v for k, v in ckpt.items() if k != "int8_scales"}
+    for part, scales in ckpt["int8_scales"].items():
+        weights = dict(out.get(part) or {})
+        for name, scale in scales.items():
+            q = weights.get(name)
+            if not isinstance(q, torch.Tensor) or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+                raise CheckpointError(f"{path}: int8 weight {part}.{name} is missing or does not match its scales")
+            weights[name] = q.float() * scale.float().reshape(-1, *([1] * (q.ndim - 1)))
+        out[part] = weights
+    return out
+
+
+def export_checkpoint(src: str, dst: str, half: bool = False, int8: bool = False) -> Dict[str, Any]:
     """Write an inference-only copy of a training checkpoint of either application (captioner or translator):
-    without optimizer, scheduler and engine state, and with ``half`` the model's floating-point weights in
-    float16 (they load back into float32 models). Atomic.
+    without optimizer, scheduler and engine state; with ``half`` the model's floating-point weights in float16;
+    with ``int8`` its weight matrices (every floating tensor of 2 or more dimensions) as int8 with one float16
+    scale per row (:func:`quantize_int8`), the rest in float16, about half the size of ``half``. Both load back
+    into float32 models (:func:`load_checkpoint` dequantises). Atomic.
 
     Returns:
         the written dict.
@@ -177,8 +222,17 @@ def export_checkpoint(src: str, dst: str, half: bool = False) -> Dict[str, Any]:
         raise CheckpointError(f"{dst}: export would overwrite its own source; choose another output file")
     ckpt = load_checkpoint(src, None)
     out = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
-    for part in ("model", "encoder") if half else ():  # the weights: a model's, a fine-tuned encoder's blocks
-        if isinstance(ckpt.get(part), dict):
-            out[part] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt[part].items()}
+    scales: Dict[str, Dict[str, torch.Tensor]] = {}
+    for part in WEIGHT_PARTS if half or int8 else ():
+        if not isinstance(ckpt.get(part), dict):
+            continue
+        out[part] = {}
+        for k, v in ckpt[part].items():
+            if int8 and v.is_floating_point() and v.ndim >= 2:
+                out[part][k], scales.setdefault(part, {})[k] = quantize_int8(v)
+            else:
+                out[part][k] = v.half() if v.is_floating_point() else v
+    if scales:
+        out["int8_scales"] = scales
     save_checkpoint(dst, out)
     return out

@@ -95,20 +95,24 @@ class TrainingCommand:
 
 @dataclass
 class Export:
-    """Write an inference-only checkpoint (captioner or translator), optionally fp16.
+    """Write an inference-only checkpoint (captioner or translator), optionally fp16 or int8.
 
-    The optimizer and scheduler state are dropped and, with --half, the weights stored as float16 (they load
-    back as float32).
+    The optimizer and scheduler state are dropped and, with --half, the weights stored as float16; with --int8,
+    the weight matrices as int8 with one scale per row and the rest as float16 (about half the size of --half).
+    Either loads back as float32.
 
     Attributes:
         checkpoint: training checkpoint (best.pt or last.pt).
         output: output file.
         half: store float16 weights.
+        int8: store the weight matrices as int8, one float16 scale per row (symmetric, round to nearest), the
+            other weights as float16.
     """
 
     checkpoint: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     output: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="OUTPUT")]
     half: Annotated[bool, SwitchOnly] = False
+    int8: Annotated[bool, SwitchOnly] = False
 
     def validate(self) -> None:
         """Raises ValueError: OUTPUT cannot be written (named), checked before the checkpoint is read."""
@@ -119,9 +123,10 @@ class Export:
     def run(self) -> int:
         from .checkpoint import export_checkpoint
 
-        out = export_checkpoint(self.checkpoint, self.output, half=self.half)
+        out = export_checkpoint(self.checkpoint, self.output, half=self.half, int8=self.int8)
         size = os.path.getsize(self.output) / 2 ** 20
-        print(f"wrote {self.output} ({out['format']}, {size:.1f} MiB{', fp16 weights' if self.half else ''})")
+        kind = ", int8 weight matrices" if self.int8 else ", fp16 weights" if self.half else ""
+        print(f"wrote {self.output} ({out['format']}, {size:.1f} MiB{kind})")
         return 0
 
 

@@ -15,7 +15,7 @@ from showattend.captioning.images import ImageError, load_image, open_rgb
 from showattend.captioning.captioner import Captioner
 from showattend.captioning.config import ModelConfig
 from showattend.captioning.network import build_decoder
-from showattend.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from showattend.checkpoint import CheckpointError, load_checkpoint, quantize_int8, save_checkpoint
 from showattend.cli import main
 from showattend.captioning.vocab import Vocab
 
@@ -101,6 +101,48 @@ def test_fp16_checkpoint_loads_as_float32(tmp_path, tiny_checkpoint):
     for k, v in a.decoder.state_dict().items():
         w = b.decoder.state_dict()[k]
         assert w.dtype == v.dtype and torch.allclose(w, v, atol=1e-2, rtol=1e-3)
+
+
+def test_int8_quantisation_by_hand():
+    w = torch.tensor([[0.0, 1.27, -0.5], [0.0, 0.0, 0.0], [2.54, -1.0, 0.5]])
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and s.dtype == torch.float16
+    assert s.float().tolist() == pytest.approx([0.01, 0.0, 0.02], rel=1e-3)  # max |w_row| / 127, an empty row 0
+    assert q.tolist() == [[0, 127, -50], [0, 0, 0], [127, -50, 25]]  # w / s with s rounded to float16 first
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_int8_export_loads_within_half_a_step(tmp_path, tiny_checkpoint, seed):
+    from showattend.cli import main
+
+    torch.manual_seed(seed)
+    a = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    conv = torch.randn(8, 4, 3, 3)  # a fine-tuned encoder's 4-D weights: one scale per output channel
+    save_checkpoint(str(tmp_path / "src.pt"), {**a.state(), "encoder": {"conv.weight": conv, "bn.num": torch.tensor(3)}})
+    assert main(["export", str(tmp_path / "src.pt"), str(tmp_path / "q.pt"), "--int8"]) == 0
+    raw = torch.load(tmp_path / "q.pt", weights_only=True)
+    assert raw["model"]["lstm.weight_ih"].dtype == torch.int8 and raw["encoder"]["conv.weight"].dtype == torch.int8
+    assert raw["model"]["lstm.bias_ih"].dtype == torch.float16 and raw["encoder"]["bn.num"].dtype == torch.int64
+    assert main(["export", str(tmp_path / "src.pt"), str(tmp_path / "h.pt"), "--half"]) == 0
+    assert os.path.getsize(tmp_path / "q.pt") < 0.6 * os.path.getsize(tmp_path / "h.pt")
+    loaded = load_checkpoint(str(tmp_path / "q.pt"), "showattend-captioner")
+    assert "int8_scales" not in loaded
+    for part, want in (("model", a.decoder.state_dict()), ("encoder", {"conv.weight": conv})):
+        for k, v in want.items():
+            w = loaded[part][k]
+            assert w.dtype == (torch.float32 if v.ndim >= 2 else torch.float16) and w.shape == v.shape, k
+            if v.ndim >= 2:  # within half a quantisation step of the row's scale
+                step = v.reshape(len(v), -1).abs().amax(1) / 127
+                err = (w - v).reshape(len(v), -1).abs().amax(1)
+                assert bool((err <= step * 0.5005 + 1e-7).all()), k
+    b = Captioner.from_checkpoint(str(tmp_path / "q.pt"), device="cpu")
+    feats = torch.randn(2, 49, 1280)
+    got, want = b.decode(feats, beam_size=2), a.decode(feats, beam_size=2)
+    assert [r.log_prob for r in got] == pytest.approx([r.log_prob for r in want], abs=0.05)
+    edited = {**raw, "int8_scales": {"model": {"lstm.weight_ih": raw["int8_scales"]["model"]["lstm.weight_ih"][:3]}}}
+    save_checkpoint(str(tmp_path / "edited.pt"), {k: v for k, v in edited.items() if k != "checksum"})
+    with pytest.raises(CheckpointError, match="lstm.weight_ih is missing or does not match its scales"):
+        Captioner.from_checkpoint(str(tmp_path / "edited.pt"))
 
 
 def test_bad_checkpoints(tmp_path, tiny_checkpoint):
