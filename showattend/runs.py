@@ -123,7 +123,8 @@ def write_metrics(out_dir: str, history: List[Dict]) -> None:
 
 
 LABELS = {"train_ce": "train cross-entropy (nats/word)", "train_loss": "train loss (nats/token)",
-          "val_bleu4": "validation BLEU-4", "val_bleu": "validation BLEU (sacreBLEU)"}
+          "val_bleu4": "validation BLEU-4", "val_cider": "validation CIDEr-D",
+          "val_bleu": "validation BLEU (sacreBLEU)"}
 
 
 def plot_curves(history: List[Dict], loss_key: str, score_key: str, path: str) -> Optional[str]:

@@ -184,6 +184,8 @@ def test_scst_defaults_and_errors(toy_xe, capsys, tmp_path):
     init = str(root / "xe" / "last.pt")
     t = parse(["train", *common, "--scst", "--init", init])[1]
     assert (t.train.lr, t.train.batch_size, t.model.embed_dim) == (5e-5, 16, 16)  # SCST defaults, the init's model
+    assert t.train.val_metric == "cider"
+    assert parse(["train", *common, "--scst", "--init", init, "--val-metric", "bleu4"])[1].train.val_metric == "bleu4"
     assert parse(["train", *common])[1].train.lr == 4e-4
     assert parse(["train", *common, "--scst", "--init", init, "--lr", "1e-3"])[1].train.lr == 1e-3  # given: kept
     (tmp_path / "scst.yaml").write_text(f"scst: true\ninit: {init}\n")  # the same from a file: the same run
@@ -258,6 +260,7 @@ def test_scst_validation_is_coco_captions_cider_on_words(tmp_path, monkeypatch):
     from pycocoevalcap.cider.cider import Cider
 
     from showattend.captioning import scst as scst_module
+    from showattend.captioning import task as task_module
     from showattend.captioning.cache import FeatureStore
     from showattend.captioning.data import CaptionRecord
     from showattend.captioning.captioner import CaptionResult
@@ -280,15 +283,16 @@ def test_scst_validation_is_coco_captions_cider_on_words(tmp_path, monkeypatch):
     vocab = Vocab.build([t for r in records[:2] for t in r.tokens], 1)  # no "zebu", "grazes", "sits"
     assert "runs" not in vocab.itos
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), scst=True, init="x", max_caption_len=10, progress=False,
-                      device="cpu")
+                      device="cpu", val_metric="cider")
     task = CaptionTask(ModelConfig(embed_dim=8, hidden_dim=8, attention_dim=4), cfg, records[:2], records[2:],
                        FeatureStore(str(folder)), vocab, torch.device("cpu"), objective=scst_module.SelfCritical)
+    assert task.score_key == "val_cider"
     hyps = {"2.jpg": ["a", "zebu", "grazes"], "3.jpg": long}
-    monkeypatch.setattr(scst_module, "evaluate_split", lambda *a, **k: {
+    monkeypatch.setattr(task_module, "evaluate_split", lambda *a, **k: {
         key: CaptionResult(words, 0.0, torch.zeros(0), torch.zeros(0), (2, 2)) for key, words in hyps.items()})
     gts = {r.key: [" ".join(t) for t in r.tokens] for r in records[2:]}
     expected = 100 * Cider().compute_score(gts, {k: [" ".join(v)] for k, v in hyps.items()})[0]
-    assert task.validate() == pytest.approx(expected, rel=1e-9)
+    assert task.validate()["val_cider"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_an_init_run_killed_in_its_first_epoch_resumes(toy_xe):

@@ -38,7 +38,7 @@ class Train(TrainingCommand):
     train: Annotated[TrainConfig, UnprefixedOptions] = field(default_factory=TrainConfig)
     _SETTINGS: ClassVar[tuple] = (ModelConfig, TrainConfig)
     #: what --scst changes among the defaults (RL fine-tuning takes small steps; a batch counts images)
-    SCST_DEFAULTS: ClassVar[dict] = {"lr": 5e-5, "batch_size": 16}
+    SCST_DEFAULTS: ClassVar[dict] = {"lr": 5e-5, "batch_size": 16, "val_metric": "cider"}
 
     def derived_settings(self, train: TrainConfig) -> dict:
         """With --scst, :attr:`SCST_DEFAULTS`; with --init, the checkpoint's model settings (wherever --scst and

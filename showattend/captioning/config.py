@@ -10,8 +10,8 @@ from ..engine import EngineConfig
 from ..errors import CheckpointError
 from ..options import data_path
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "ENCODERS", "EncoderSpec", "DS_NORMALISATIONS", "DSNormalisation",
-           "SCST_BASELINES", "SCSTBaseline"]
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "ENCODERS", "EncoderSpec", "DS_NORMALISATIONS",
+           "DSNormalisation", "SCST_BASELINES", "SCSTBaseline", "VAL_METRICS", "ValMetric"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ DS_NORMALISATIONS = get_args(DSNormalisation)
 #: the reward baseline of SCST (see TrainConfig.scst_baseline)
 SCSTBaseline = Literal["mean", "greedy"]
 SCST_BASELINES = get_args(SCSTBaseline)
+ValMetric = Literal["bleu4", "cider"]
+VAL_METRICS = get_args(ValMetric)
 
 
 @dataclass
@@ -196,6 +198,8 @@ class TrainConfig(DataConfig, EngineConfig):
             those before it; for captions from a feature cache (with the encoder in the step, a batch holds
             whole images with their captions).
         val_beam_size: beam size of the validation decoding.
+        val_metric: the validation score that picks `best.pt`, stops early and decays the learning rate: "bleu4"
+            or "cider" (coco-caption's CIDEr-D); both are logged every epoch (`metrics.jsonl`).
         val_max_len: maximum caption length when decoding.
         val_images: validate on the first N validation images (0: all).
         hard_samples: Monte-Carlo location samples per caption for hard attention (N of Xu et al. eq. 12).
@@ -207,8 +211,8 @@ class TrainConfig(DataConfig, EngineConfig):
         init: start from this captioner's weights, vocabulary and architecture instead of random ones (a
             `best.pt`, or a bundled model's name such as `flickr8k-lite2-soft`); the optimizer starts afresh.
         scst: self-critical sequence training (Rennie et al. 2017): maximise the CIDEr-D of sampled captions by
-            REINFORCE, starting from `--init`; `--batch-size` then counts images, validation selects on CIDEr-D,
-            and the defaults of `--lr` and `--batch-size` become 5e-5 and 16.
+            REINFORCE, starting from `--init`; `--batch-size` then counts images, and the defaults of `--lr`,
+            `--batch-size` and `--val-metric` become 5e-5, 16 and cider.
         scst_samples: captions sampled per image and step (k).
         scst_baseline: the reward baseline: "mean", the mean reward of the image's other samples (Luo 2020), or
             "greedy", the reward of its greedy caption (Rennie et al. 2017).
@@ -228,6 +232,7 @@ class TrainConfig(DataConfig, EngineConfig):
     max_caption_len: int = 40
     length_buckets: bool = False
     val_beam_size: int = 3
+    val_metric: ValMetric = "bleu4"
     val_max_len: int = 20
     val_images: int = 0
     hard_samples: int = 1
@@ -258,6 +263,8 @@ class TrainConfig(DataConfig, EngineConfig):
                                      "scst_samples"))
         if self.scst_baseline not in SCST_BASELINES:
             raise ValueError(f"--scst-baseline {self.scst_baseline!r}: choose one of {', '.join(SCST_BASELINES)}")
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"--val-metric {self.val_metric!r}: choose one of {', '.join(VAL_METRICS)}")
         if self.scst_xe_weight < 0:
             raise ValueError(f"--scst-xe-weight must not be negative, got {self.scst_xe_weight}")
         if self.scst and not self.init:

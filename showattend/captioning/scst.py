@@ -42,8 +42,7 @@ from .cache import FeatureStore, ImageStore
 from .cider import CiderD
 from .data import CaptionDataset, CaptionRecord, collate_captions
 from .losses import caption_loss, scst_loss, self_critical_baseline
-from .metrics import cider
-from .task import CaptionTask, Objective, _step_seed, evaluate_split
+from .task import CaptionTask, Objective, _step_seed
 from .vocab import Vocab
 
 __all__ = ["ImageBatch", "SelfCritical"]
@@ -88,7 +87,8 @@ def _references(records: List[CaptionRecord], vocab: Vocab, end: bool = False) -
 
 class SelfCritical(Objective):
     """Self-critical sequence training, a loss strategy of the captioning task (see the module docstring). Items
-    are images; ``--batch-size`` counts images, each sampled ``--scst-samples`` times; validation is CIDEr-D.
+    are images; ``--batch-size`` counts images, each sampled ``--scst-samples`` times; validation selects on
+    CIDEr-D unless ``--val-metric`` says otherwise.
 
     Args: as for :class:`~showattend.captioning.task.Objective`.
 
@@ -96,7 +96,7 @@ class SelfCritical(Objective):
         ValueError: an image without references.
     """
 
-    loss_key, score_key, item_name = "train_reward", "val_cider", "images"
+    loss_key, item_name = "train_reward", "images"
 
     def __init__(self, task: CaptionTask, train_records: List[CaptionRecord]):
         super().__init__(task, train_records)
@@ -223,9 +223,3 @@ class SelfCritical(Objective):
             out["train_ce"] = sums["xe"] / max(sums["xe_words"], 1e-9)
         return out
 
-    def validate(self) -> float:
-        """coco-caption CIDEr-D (× 100) of beam-search captions of the validation images, on words (the
-        references as tokenised, rare words included and uncut), comparable with ``showattend evaluate``."""
-        t = self.task
-        results = evaluate_split(t.captioner, t.store, t.val_records, self.cfg.val_beam_size, self.cfg.val_max_len)
-        return cider({r.key: r.tokens for r in t.val_records}, {k: r.words for k, r in results.items()})

@@ -26,7 +26,7 @@ from .config import ModelConfig, TrainConfig
 from .data import CaptionDataset, CaptionRecord, collate_captions
 from .encoders import Encoder
 from .losses import MovingAverageBaseline, caption_loss, hard_attention_loss
-from .metrics import bleu4
+from .metrics import bleu4, cider
 from .network import FineTuned, build_decoder
 from .vocab import Vocab
 
@@ -100,7 +100,8 @@ class Objective:
         train_records: the training split.
 
     Attributes:
-        dataset, loss_key, score_key, item_name: as :class:`~showattend.engine.Task`'s.
+        dataset, loss_key, score_key, item_name: as :class:`~showattend.engine.Task`'s; ``score_key`` is
+            ``val_bleu4`` or ``val_cider``, by ``--val-metric``.
     """
 
     dataset: Dataset
@@ -110,6 +111,16 @@ class Objective:
 
     def __init__(self, task: "CaptionTask", train_records: List[CaptionRecord]):
         self.task, self.cfg = task, task.cfg
+        self.score_key = f"val_{self.cfg.val_metric}"
+
+    def validate(self) -> Dict[str, float]:
+        """BLEU-4 and CIDEr-D (coco-caption's, 0-100, no Java: words as tokenised, rare words included, nothing
+        cut, so comparable with ``showattend evaluate``) of beam-search captions of the validation images, as
+        ``val_bleu4`` and ``val_cider``; ``--val-metric`` names the one that selects."""
+        t = self.task
+        results = evaluate_split(t.captioner, t.store, t.val_records, self.cfg.val_beam_size, self.cfg.val_max_len)
+        refs, hyps = {r.key: r.tokens for r in t.val_records}, {k: r.words for k, r in results.items()}
+        return {"val_bleu4": bleu4(refs, hyps), "val_cider": cider(refs, hyps)}
 
     def state_dict(self) -> dict:
         return {}
@@ -122,9 +133,9 @@ class Likelihood(Objective):
     """Maximum likelihood of the reference captions by teacher forcing, with the doubly stochastic penalty (eq.
     14); for a hard-attention model, the variational lower bound of eq. 12 trained by REINFORCE with a moving
     baseline (eq. 11), on the expected context with probability ``--expected-context-prob`` (§4.1). Items are
-    captions; validation is BLEU-4 of beam-search captions."""
+    captions."""
 
-    loss_key, score_key, item_name = "train_ce", "val_bleu4", "captions"
+    loss_key, item_name = "train_ce", "captions"
 
     def __init__(self, task: "CaptionTask", train_records: List[CaptionRecord]):
         super().__init__(task, train_records)
@@ -203,11 +214,6 @@ class Likelihood(Objective):
         return {"train_ce": sums["ce"] / max(sums["words"], 1e-9), "train_ds": sums["ds"] / max(steps, 1),
                 "train_loss": sums["loss"] / max(steps, 1)}
 
-    def validate(self) -> float:
-        t = self.task
-        results = evaluate_split(t.captioner, t.store, t.val_records, self.cfg.val_beam_size, self.cfg.val_max_len)
-        return bleu4({r.key: r.tokens for r in t.val_records}, {k: r.words for k, r in results.items()})
-
     def state_dict(self) -> dict:
         return {"baseline": self.baseline.state_dict()}
 
@@ -230,7 +236,8 @@ class CaptionTask(Task):
     """
 
     kind = CHECKPOINT_KIND
-    fixed_settings = ("min_count", "init", "scst", "from_images")  # the vocabulary, the start, the task, the model
+    # the vocabulary, the start, the task, the model; the score the best so far was measured in
+    fixed_settings = ("min_count", "init", "scst", "from_images", "val_metric")
     data_settings = ("data", "images", "karpathy_split", "max_caption_len", "length_buckets")
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_records: List[CaptionRecord],
@@ -264,7 +271,7 @@ class CaptionTask(Task):
     def summarise(self, sums: Dict[str, float], steps: int) -> Dict[str, float]:
         return self.objective.summarise(sums, steps)
 
-    def validate(self) -> float:
+    def validate(self) -> Dict[str, float]:
         return self.objective.validate()
 
     def param_groups(self, lr: float):

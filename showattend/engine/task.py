@@ -2,7 +2,7 @@
 checkpoint payload), and the :class:`StepContext` the engine tells its loss about each step."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Sequence
+from typing import Any, Dict, List, NamedTuple, Sequence, Union
 
 import torch
 from torch.utils.data import Dataset
@@ -71,8 +71,9 @@ class Task:
         ``loss_key``."""
         raise NotImplementedError
 
-    def validate(self) -> float:
-        """The validation score of ``self.model`` (called on rank 0 only)."""
+    def validate(self) -> Union[float, Dict[str, float]]:
+        """The validation score of ``self.model`` (called on rank 0 only), or several named scores, each logged
+        per epoch, :attr:`score_key` the one that picks ``best.pt``, stops early and decays the learning rate."""
         raise NotImplementedError
 
     def payload(self) -> Dict[str, Any]:

@@ -325,18 +325,21 @@ class Trainer:
             self._log_steps(summary)
         return t_mark
 
-    def _validate(self) -> float:
-        """The task's validation score, computed on rank 0 and sent to every process."""
-        score = [self.task.validate() if self.dist.main else 0.0]
+    def _validate(self) -> Dict[str, float]:
+        """The task's validation scores ({name: value}, :attr:`Task.score_key` among them), computed on rank 0
+        and sent to every process."""
+        scores = [self.task.validate() if self.dist.main else {}]
         if self.dist.world > 1:
-            dist.broadcast_object_list(score, src=0)
-        return float(score[0])
+            dist.broadcast_object_list(scores, src=0)
+        if not isinstance(scores[0], dict):  # a task with one score
+            return {self.task.score_key: float(scores[0])}
+        return {k: float(v) for k, v in scores[0].items()}
 
     def _validate_start(self) -> None:
         """The starting model's score is the best so far (for best.pt, early stopping and the scheduler), and
         best.pt holds the starting weights: an epoch replaces them only by beating them."""
         t0 = time.time()
-        self.best = self.scheduler.best = self._validate()
+        self.best = self.scheduler.best = self._validate()[self.task.score_key]
         self.spent_s += time.time() - t0
         if self.dist.main:
             log.info(f"the starting model's validation {self.task.score_key}: {self.best:.2f} (best.pt holds it "
@@ -349,7 +352,8 @@ class Trainer:
         number the epoch trained on (for the throughput)."""
         cfg, task = self.cfg, self.task
         train_s, t1 = self.epoch_s, time.time()
-        score = self._validate()
+        scores = self._validate()
+        score = scores[task.score_key]
         val_s = time.time() - t1
         self.spent_s += val_s
         improved = score > self.best
@@ -357,7 +361,7 @@ class Trainer:
         self.scheduler.step(score)
         row = {"epoch": self.epoch, **{k: round(v, 4) for k, v in task.summarise(self.epoch_sums,
                                                                                   self.epoch_steps).items()},
-               task.score_key: round(score, 2), "lr": self.optimizer.param_groups[0]["lr"],
+               **{k: round(v, 2) for k, v in scores.items()}, "lr": self.optimizer.param_groups[0]["lr"],
                "train_s": round(train_s, 1), "val_s": round(val_s, 1),
                f"{task.item_name}_per_s": round(items / max(train_s, 1e-9), 1)}
         self.history.append(row)
