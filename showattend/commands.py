@@ -19,7 +19,7 @@ import tyro
 from .options import given_options, read_config, rebuild, run_settings
 from .pretrained import DEFAULT_CAPTIONER, DEFAULT_TRANSLATOR, PRETRAINED, get_model, weights_file
 
-__all__ = ["TrainingCommand", "Export", "Models", "BundledOrFile", "check_decoding", "report_json",
+__all__ = ["TrainingCommand", "Export", "Models", "BundledOrFile", "DecodingCommand", "check_decoding", "report_json",
            "UnprefixedOptions", "SwitchOnly", "OptionalFile"]
 
 #: marks a nested settings dataclass whose options keep their own names (--batch-size, not --train.batch-size)
@@ -181,6 +181,28 @@ class BundledOrFile:
     def model_file(self) -> str:
         """--checkpoint, or the bundled model's file."""
         return self.checkpoint or str(weights_file(self.model or self.default_model, self.task))
+
+    def settle(self, argv: Sequence[str]) -> None:
+        """A bundled model's decoding defaults (its registry entry's ``decoding``: the validation split's best
+        beam size and length penalty) for the options that ``argv`` does not give; a --checkpoint keeps the
+        options' own defaults."""
+        if self.checkpoint:
+            return
+        given = given_options(argv)
+        for name, value in get_model(self.model_name(), self.task).decoding.items():
+            if name not in given and hasattr(self, name):
+                setattr(self, name, type(getattr(self, name))(value))
+
+
+class DecodingCommand:
+    """A command with a ``decoding`` option group (a :class:`BundledOrFile`): the bundled model's decoding defaults
+    apply where the command line gives none."""
+
+    decoding: BundledOrFile
+
+    def settle(self, argv: Sequence[str]) -> None:
+        """See :meth:`BundledOrFile.settle`."""
+        self.decoding.settle(argv)
 
 
 def check_decoding(beam_size: int, max_len: int, length_penalty: float, device: str) -> None:

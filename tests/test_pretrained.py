@@ -26,7 +26,7 @@ def test_registry_metadata_and_lookup():
     assert pretrained.list_models() == ["flickr8k-lite2-soft", "multi30k-de-en"]
     assert pretrained.list_models("translation") == ["multi30k-de-en"]
     m = pretrained.get_model("flickr8k-lite2-soft")
-    assert m.task == "captioning" and m.metrics["BLEU-4"] == 21.82 and m.decoding["beam_size"] == 3
+    assert m.task == "captioning" and m.metrics["BLEU-4"] == 22.03 and m.decoding["beam_size"] == 3
     assert "research use" in m.data_licence and "test split" in m.evaluation
     path = pretrained.weights_file("flickr8k-lite2-soft")
     assert path.is_file() and abs(path.stat().st_size / 2 ** 20 - m.size_mib) < 1
@@ -66,10 +66,38 @@ def test_from_pretrained_is_the_bundled_checkpoint():
     assert a.caption([PHOTO], beam_size=2)[0].text == b.caption([PHOTO], beam_size=2)[0].text
 
 
+def test_a_bundled_models_decoding_defaults_apply_where_none_is_given(monkeypatch, tmp_path):
+    """The registry's decoding (the validation split's best) is the default of the CLI and of from_pretrained; an
+    option given, or a --checkpoint, keeps its own."""
+    from showattend.captioning.captioner import Captioner
+    from showattend.cli import parse
+
+    want = pretrained.get_model("flickr8k-lite2-soft").decoding
+    assert want["length_penalty"] != 0.0  # else this test proves nothing
+    for command in (["caption", PHOTO], ["evaluate", "--data", "x.json", "--images", "."]):
+        d = parse(command)[1].decoding
+        assert (d.beam_size, d.length_penalty) == (want["beam_size"], want["length_penalty"]), command
+        d = parse(command + ["--length-penalty", "0", "--beam-size=5"])[1].decoding
+        assert (d.beam_size, d.length_penalty) == (5, 0.0), command
+    path = str(pretrained.weights_file("flickr8k-lite2-soft"))
+    d = parse(["caption", PHOTO, "--checkpoint", path])[1].decoding
+    assert (d.beam_size, d.length_penalty) == (3, 0.0)
+    t = parse(["translate", "Ein Hund.", "--beam-size", "2"])[1].decoding
+    assert (t.beam_size, t.length_penalty) == (2, pretrained.get_model("multi30k-de-en").decoding["length_penalty"])
+    calls = []
+    monkeypatch.setattr(Captioner, "_decode", lambda self, a, beam, max_len, lp, *rest: calls.append((beam, lp)) or
+                        [None] * len(a))
+    feats = __import__("torch").zeros(1, 81, 1280)
+    Captioner.from_pretrained("flickr8k-lite2-soft", device="cpu").decode(feats)
+    Captioner.from_pretrained("flickr8k-lite2-soft", device="cpu").decode(feats, beam_size=1, length_penalty=0.0)
+    Captioner.from_checkpoint(path, device="cpu").decode(feats)
+    assert calls == [(want["beam_size"], want["length_penalty"]), (1, 0.0), (3, 0.0)]
+
+
 def test_models_command_lists_the_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("flickr8k-lite2-soft (the default)") and "BLEU-4 21.82" in out and "research use" in out
+    assert out.startswith("flickr8k-lite2-soft (the default)") and "BLEU-4 22.03" in out and "research use" in out
     assert main(["models", "--task", "translation"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("multi30k-de-en (the default)") and "flickr8k" not in out and "BLEU" in out

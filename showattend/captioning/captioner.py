@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import asdict, dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -110,6 +110,9 @@ class Captioner:
         self.decoder = decoder.to(self.device).eval()
         self.vocab, self.config = vocab, config
         self._encoder = encoder.to(self.device).eval() if encoder is not None else None
+        #: what :meth:`decode` uses for the options not given: 3 and 0, or a bundled model's own (the validation
+        #: split's best beam size and length penalty, from its registry entry)
+        self.decoding: Dict[str, float] = {"beam_size": 3, "length_penalty": 0.0}
 
     @property
     def encoder(self) -> Encoder:
@@ -149,9 +152,11 @@ class Captioner:
         Raises:
             ValueError: no such bundled captioner. CheckpointError: its file is damaged.
         """
-        from ..pretrained import weights_file
+        from ..pretrained import get_model, weights_file
 
-        return cls.from_checkpoint(str(weights_file(name, "captioning")), device)
+        captioner = cls.from_checkpoint(str(weights_file(name, "captioning")), device)
+        captioner.decoding.update({k: v for k, v in get_model(name).decoding.items() if k in captioner.decoding})
+        return captioner
 
     def state(self, half: bool = False) -> dict:
         """Checkpoint payload (plain data), optionally with fp16 weights: the decoder's, and with a fine-tuned
@@ -188,17 +193,17 @@ class Captioner:
         return log_probs, state, torch.cat([att.alpha, beta.unsqueeze(1)], dim=1)  # extra: (N, L + 1)
 
     @torch.no_grad()
-    def decode(self, annotations: torch.Tensor, beam_size: int = 3, max_len: int = 20,
-               length_penalty: float = 0.0, allow_unk: bool = False, attention: str = "soft",
+    def decode(self, annotations: torch.Tensor, beam_size: Optional[int] = None, max_len: int = 20,
+               length_penalty: Optional[float] = None, allow_unk: bool = False, attention: str = "soft",
                samples: int = 5, seed: int = 0, precision: str = "fp32") -> List[CaptionResult]:
         """Caption a batch of annotation vectors (batched beam search; greedy when ``beam_size`` is 1).
 
         Args:
             annotations: (B, L, D).
-            beam_size: k; 1 means greedy decoding.
+            beam_size: k; 1 means greedy decoding. None: :attr:`decoding`'s (3, or a bundled model's own).
             max_len: maximum generated tokens, ``<end>`` included.
             length_penalty: p of score / n^p (0: plain log-probability); also ranks the sampled searches of
-                ``attention="hard"``.
+                ``attention="hard"``. None: :attr:`decoding`'s (0, or a bundled model's own).
             allow_unk: let ``<unk>`` be generated (off by default: it is never a useful word).
             attention: "soft" decodes with the expected context Σ_i α_ti a_i (deterministic; the default for
                 soft and hard models alike); "hard" samples a location s_t ~ α_t at every step of every beam,
@@ -218,6 +223,8 @@ class Captioner:
         Raises:
             ValueError: unknown ``attention`` or ``precision``.
         """
+        beam_size = int(self.decoding["beam_size"]) if beam_size is None else beam_size
+        length_penalty = float(self.decoding["length_penalty"]) if length_penalty is None else length_penalty
         if attention not in ("soft", "hard"):
             raise ValueError(f"attention must be 'soft' or 'hard', got {attention!r}")
         if precision not in ("fp32", "bf16"):
@@ -288,9 +295,9 @@ class Captioner:
         batch = torch.stack([load_image(x, size) for x in images])
         return self.encoder(batch.to(self.device))
 
-    def caption(self, images: Union[ImageSource, Sequence[ImageSource]], beam_size: int = 3, max_len: int = 20,
-                length_penalty: float = 0.0, batch_size: int = 32, attention: str = "soft",
-                samples: int = 5, seed: int = 0, precision: str = "fp32"
+    def caption(self, images: Union[ImageSource, Sequence[ImageSource]], beam_size: Optional[int] = None,
+                max_len: int = 20, length_penalty: Optional[float] = None, batch_size: int = 32,
+                attention: str = "soft", samples: int = 5, seed: int = 0, precision: str = "fp32"
                 ) -> Union[CaptionResult, List[CaptionResult]]:
         """Caption images given as file paths, http(s) URLs, PIL images, (H, W, 3) numpy arrays or (3, H, W)
         tensors in [0, 1] (decoding options: :meth:`decode`): one image gives its :class:`CaptionResult`, a list

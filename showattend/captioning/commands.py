@@ -11,8 +11,8 @@ from typing import Annotated, ClassVar, List, Literal, Tuple
 
 import tyro
 
-from ..commands import (BundledOrFile, OptionalFile, SwitchOnly, TrainingCommand, UnprefixedOptions, check_decoding,
-                        report_json)
+from ..commands import (BundledOrFile, DecodingCommand, OptionalFile, SwitchOnly, TrainingCommand, UnprefixedOptions,
+                        check_decoding, report_json)
 from ..pretrained import DEFAULT_CAPTIONER
 from .config import DataConfig, ModelConfig, TrainConfig
 
@@ -126,7 +126,8 @@ class CaptionDecoding(BundledOrFile):
         beam_size: beam size; 1 = greedy.
         max_len: maximum caption length in tokens, <end> included: the last one is always <end>.
         length_penalty: rank hypotheses by log-prob / length^p (0: plain log-prob). p > 0 makes the search slower
-            (exact, it can stop only once no live caption could win by growing to --max-len).
+            (exact, it can stop only once no live caption could win by growing to --max-len). Both default to the
+            bundled model's own (the validation split's best, `showattend models`), or 3 and 0 with --checkpoint.
         device: "auto" (cuda when available), "cpu" or "cuda".
         attention: soft: the expected context Σ α_i a_i at every step (deterministic; the default, also for
             hard-attention models); hard: sample the attended location at every step, run the search --samples
@@ -140,9 +141,9 @@ class CaptionDecoding(BundledOrFile):
     default_model: ClassVar[str] = DEFAULT_CAPTIONER
     model: Annotated[str, tyro.conf.arg(metavar="NAME", help_behavior_hint=f"(default: {DEFAULT_CAPTIONER})")] = ""
     checkpoint: OptionalFile = ""
-    beam_size: int = 3
+    beam_size: Annotated[int, tyro.conf.arg(help_behavior_hint="(default: the model's; 3)")] = 3
     max_len: int = 20
-    length_penalty: float = 0.0
+    length_penalty: Annotated[float, tyro.conf.arg(help_behavior_hint="(default: the model's; 0)")] = 0.0
     device: str = "auto"
     attention: Literal["soft", "hard"] = "soft"
     samples: int = 5
@@ -157,7 +158,7 @@ class CaptionDecoding(BundledOrFile):
 
 
 @dataclass
-class Caption:
+class Caption(DecodingCommand):
     """Caption images, optionally with attention overlays.
 
     Images are files, folders (searched recursively), http(s) URLs, glob patterns, or - for a list of them on
@@ -271,7 +272,7 @@ class Caption:
 
 
 @dataclass
-class Evaluate:
+class Evaluate(DecodingCommand):
     """Score a captioner on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr.
 
     The split is captioned with beam search and scored with pycocoevalcap (PTB tokenizer, scores 0-100). SPICE

@@ -9,7 +9,8 @@ from typing import Annotated, ClassVar, List
 
 import tyro
 
-from ..commands import BundledOrFile, OptionalFile, TrainingCommand, UnprefixedOptions, check_decoding, report_json
+from ..commands import (BundledOrFile, DecodingCommand, OptionalFile, TrainingCommand, UnprefixedOptions,
+                        check_decoding, report_json)
 from ..pretrained import DEFAULT_TRANSLATOR
 from .config import DataConfig, TranslationTrainConfig, TranslatorConfig
 
@@ -48,7 +49,7 @@ class TranslationDecoding(BundledOrFile):
 
 
 @dataclass
-class Translate:
+class Translate(DecodingCommand):
     """Translate text with an attention seq2seq model.
 
     The sentences given as arguments, or standard input one sentence per line, are translated to standard
@@ -137,7 +138,7 @@ class TranslateTrain(TrainingCommand):
 
 
 @dataclass
-class TranslateEvaluate:
+class TranslateEvaluate(DecodingCommand):
     """Score a translator on a split: sacreBLEU's BLEU and chrF.
 
     The split is translated and scored on detokenized text; the JSON report (with sacreBLEU's signatures) goes
