@@ -189,3 +189,19 @@ def test_the_package_root_offers_both_applications_faces_lazily():
             "assert {'Captioner', 'Translator'} <= set(showattend.__all__) <= set(dir(showattend))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(PKG))
     assert out.returncode == 0, out.stderr
+
+
+def test_the_repository_stays_small():
+    """The tracked files (bundled weights, figures, code) stay under 60 MB, so that a clone stays quick."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    root = os.path.dirname(PKG)
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(root, ".git")):
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    paths = [os.path.join(root, p) for p in files.decode().split("\0") if p]
+    total = sum(os.path.getsize(p) for p in paths if os.path.isfile(p) and not os.path.islink(p))
+    assert 10e6 < total < 60e6, f"{total / 1e6:.1f} MB tracked"
