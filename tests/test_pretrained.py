@@ -157,7 +157,9 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
     out = subprocess.run([str(venv / "bin" / "showattend"), "caption", PHOTO, "--device", "cpu", "--html", "r.html"],
                          cwd=elsewhere, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and len(out.stdout.split()) >= 3, out.stderr
-    assert "function colour" in (elsewhere / "r.html").read_text()  # the page's script, from the wheel's data
+    page = (elsewhere / "r.html").read_text()
+    assert "function colour" in page  # the page's script, from the wheel's data
+    assert "showattend caption: 1 image, flickr8k-lite2-soft, beam 3, length penalty 0.5" in page  # its defaults
     code = ("from showattend.captioning import Captioner, open_rgb, plot_attention\n"
             "cap = Captioner.from_pretrained('flickr8k-lite2-soft')\n"
             f"r = cap.caption({PHOTO!r}, beam_size=3)\n"

@@ -241,8 +241,9 @@ class Caption(DecodingCommand):
         if self.html:
             from ..report import write_caption_report
 
-            write_caption_report(self.html, items, f"showattend caption: {len(items)} images, "
-                                                   f"{d.model_name()}, beam {d.beam_size}")
+            write_caption_report(self.html, items, f"showattend caption: {len(items)} image"
+                                                   f"{'s' if len(items) != 1 else ''}, {d.model_name()}, beam "
+                                                   f"{d.beam_size}, length penalty {d.length_penalty:g}")
             log.info(f"report: {self.html}")
         if errors or arg_errors:
             log.error(f"{len(errors) + len(arg_errors)} of {len(sources) + len(arg_errors)} images failed")
