@@ -184,7 +184,7 @@ def test_scst_defaults_and_errors(toy_xe, capsys, tmp_path):
     init = str(root / "xe" / "last.pt")
     t = parse(["train", *common, "--scst", "--init", init])[1]
     assert (t.train.lr, t.train.batch_size, t.model.embed_dim) == (5e-5, 16, 16)  # SCST defaults, the init's model
-    assert t.train.val_metric == "cider"
+    assert t.train.val_metric == "cider"  # as for any run
     assert parse(["train", *common, "--scst", "--init", init, "--val-metric", "bleu4"])[1].train.val_metric == "bleu4"
     assert parse(["train", *common])[1].train.lr == 4e-4
     assert parse(["train", *common, "--scst", "--init", init, "--lr", "1e-3"])[1].train.lr == 1e-3  # given: kept

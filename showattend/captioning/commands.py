@@ -26,8 +26,8 @@ class Train(TrainingCommand):
     """Train a captioner.
 
     The encoder's feature cache is built first (if needed), then the decoder is trained with teacher forcing
-    and early stopping on validation BLEU-4. Every option overrides the default; with --resume, the run's own
-    settings.
+    and early stopping on validation CIDEr-D (--val-metric). Every option overrides the default; with --resume,
+    the run's own settings.
 
     Attributes:
         model: the model's settings (stored in the checkpoint).
@@ -38,7 +38,7 @@ class Train(TrainingCommand):
     train: Annotated[TrainConfig, UnprefixedOptions] = field(default_factory=TrainConfig)
     _SETTINGS: ClassVar[tuple] = (ModelConfig, TrainConfig)
     #: what --scst changes among the defaults (RL fine-tuning takes small steps; a batch counts images)
-    SCST_DEFAULTS: ClassVar[dict] = {"lr": 5e-5, "batch_size": 16, "val_metric": "cider"}
+    SCST_DEFAULTS: ClassVar[dict] = {"lr": 5e-5, "batch_size": 16}
 
     def derived_settings(self, train: TrainConfig) -> dict:
         """With --scst, :attr:`SCST_DEFAULTS`; with --init, the checkpoint's model settings (wherever --scst and

@@ -88,7 +88,7 @@ def _references(records: List[CaptionRecord], vocab: Vocab, end: bool = False) -
 class SelfCritical(Objective):
     """Self-critical sequence training, a loss strategy of the captioning task (see the module docstring). Items
     are images; ``--batch-size`` counts images, each sampled ``--scst-samples`` times; validation selects on
-    CIDEr-D unless ``--val-metric`` says otherwise.
+    ``--val-metric`` (CIDEr-D by default), as for the likelihood.
 
     Args: as for :class:`~showattend.captioning.task.Objective`.
 
