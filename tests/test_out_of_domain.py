@@ -12,7 +12,7 @@ from showattend.captioning.metrics import java_available
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import out_of_domain  # noqa: E402
 
-CARD = os.path.join(ROOT, "showattend", "weights", "flickr8k-lite2-soft.md")
+CARDS = os.path.join(ROOT, "showattend", "weights")
 
 
 def test_the_set_has_each_photo_once_with_three_references_and_other_subjects_than_flickr8ks():
@@ -33,11 +33,12 @@ def test_a_missing_photo_is_named(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not java_available(), reason="no java: METEOR and the PTB tokenizer cannot run")
-def test_the_model_cards_out_of_domain_figures_are_current():
+@pytest.mark.parametrize("name", ["flickr8k-lite2-soft", "flickr8k-lite2-hard"])
+def test_the_model_cards_out_of_domain_figures_are_current(name):
     from showattend.captioning import Captioner
 
-    report = out_of_domain.score(Captioner.from_pretrained("flickr8k-lite2-soft", device="cpu"))  # its decoding
-    card = open(CARD, encoding="utf-8").read()
+    report = out_of_domain.score(Captioner.from_pretrained(name, device="cpu"))  # its decoding defaults
+    card = open(os.path.join(CARDS, f"{name}.md"), encoding="utf-8").read()
     table = card.split("<!-- out-of-domain: scripts/out_of_domain.py -->")[1].split("<!-- end of out-of-domain -->")[0]
     m = report["metrics"]
     assert table.strip().splitlines()[-1] == (f"| {m['BLEU-1']:.2f} | {m['BLEU-4']:.2f} | {m['METEOR']:.2f} | "

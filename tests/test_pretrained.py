@@ -23,7 +23,7 @@ PHOTO = os.path.join(ASSETS, "photos", "coffee.jpg")
 
 
 def test_registry_metadata_and_lookup():
-    assert pretrained.list_models() == ["flickr8k-lite2-soft", "multi30k-de-en"]
+    assert pretrained.list_models() == ["flickr8k-lite2-soft", "flickr8k-lite2-hard", "multi30k-de-en"]
     assert pretrained.list_models("translation") == ["multi30k-de-en"]
     m = pretrained.get_model("flickr8k-lite2-soft")
     assert m.task == "captioning" and m.metrics["BLEU-4"] == 22.03 and m.decoding["beam_size"] == 3
@@ -40,6 +40,29 @@ def test_registry_metadata_and_lookup():
     path = pretrained.weights_file("multi30k-de-en")
     assert abs(path.stat().st_size / 2 ** 20 - t.size_mib) < 1 and (path.parent / t.card).is_file()
     assert t.decoding == {"beam_size": 5, "length_penalty": 1.0} and t.metrics["BLEU"] > 30
+
+
+@pytest.mark.parametrize("name", pretrained.list_models())
+def test_every_bundled_model_loads_with_its_card_and_decoding(name):
+    """Each registry entry: its file (checked against its SHA-256), its size, its card, decoding options the
+    commands have, and a model that loads as the entry says (a hard-attention captioner for the hard one)."""
+    m = pretrained.get_model(name)
+    path = pretrained.weights_file(name)
+    assert abs(path.stat().st_size / 2 ** 20 - m.size_mib) < 0.1 and (path.parent / m.card).is_file()
+    card = (path.parent / m.card).read_text(encoding="utf-8")
+    assert card.startswith(f"# {name}\n") and "showattend export" in card  # how its file was made
+    if m.task == "captioning":
+        cap = showattend.captioning.Captioner.from_pretrained(name, device="cpu")
+        assert cap.config.attention == ("hard" if name.endswith("-hard") else "soft")
+        assert cap.decoding == {k: m.decoding[k] for k in ("beam_size", "length_penalty")}
+        assert f"| {m.metrics['BLEU-4']:.2f} | {m.metrics['METEOR']:.2f} |" in card  # the card's test row
+    else:
+        showattend.translation.Translator.from_pretrained(name, device="cpu")
+
+
+def test_the_bundled_hard_model_captions_from_the_command_line(capsys):
+    assert main(["caption", PHOTO, "--model", "flickr8k-lite2-hard", "--device", "cpu"]) == 0
+    assert len(capsys.readouterr().out.split()) >= 3
 
 
 def test_the_bundled_translator_translates():
@@ -135,7 +158,8 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
                     ROOT], check=True, capture_output=True)
     wheel, = glob.glob(str(dist / "showattend-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"showattend/weights/flickr8k-lite2-soft.pt", "showattend/weights/multi30k-de-en.pt",
+    assert {"showattend/weights/flickr8k-lite2-soft.pt", "showattend/weights/flickr8k-lite2-hard.pt",
+            "showattend/weights/flickr8k-lite2-hard.md", "showattend/weights/multi30k-de-en.pt",
             "showattend/weights/multi30k-de-en.md", "showattend/py.typed",
             *(f"showattend/page/{f}" for f in os.listdir(os.path.join(ROOT, "showattend", "page")))} <= set(names)
     assert os.path.getsize(wheel) < 60 * 2 ** 20
