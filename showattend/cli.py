@@ -271,6 +271,8 @@ def _run(cls, name: str, argv: List[str]) -> int:
         return 2
     try:
         return command.run()
+    except BrokenPipeError:  # not an error of the command: main() stops quietly
+        raise
     except SettingsError as err:  # a setting refused once the run's checkpoint was read (--resume)
         print(f"showattend {name}: error: {err}", file=sys.stderr)
         return 2

@@ -374,3 +374,14 @@ def test_caption_stream_keeps_the_order_and_a_bad_file_drops_only_itself(tmp_pat
     assert isinstance(out[1][1], str) and "1.jpg" in out[1][1]
     for p, r in out[:1] + out[2:]:
         assert r.words == cap.caption(p, beam_size=2, max_len=5).words
+
+
+def test_output_closed_early_stops_quietly():
+    """`showattend models | head -1`: the reader goes away before the command writes; no error message."""
+    p = subprocess.Popen([sys.executable, "-m", "showattend", "models"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the interpreter has even imported showattend
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert "Broken pipe" not in err and "error" not in err, err
+    assert p.returncode == 1
