@@ -10,7 +10,7 @@ import os
 import typing
 from typing import Sequence, Set
 
-__all__ = ["given_options", "run_settings", "rebuild", "read_config", "data_path", "DATA_VARIABLE"]
+__all__ = ["given_options", "run_settings", "rebuild", "read_config", "data_path", "data_hint", "DATA_VARIABLE"]
 
 #: the environment variable naming the folder that the data options default to (flickr8k/, multi30k/ under it)
 DATA_VARIABLE = "SHOWATTEND_DATA"
@@ -21,6 +21,12 @@ def data_path(*parts: str) -> str:
     when it is unset, so that a command without ``--data`` says what is missing."""
     root = os.environ.get(DATA_VARIABLE, "")
     return os.path.join(root, *parts) if root else ""
+
+
+def data_hint(label: str) -> str:
+    """The ``--help`` note of a data option's default (tyro's ``help_behavior_hint``): the path, or that there is
+    none while ``$SHOWATTEND_DATA`` is unset (instead of an empty ``(default: )``)."""
+    return f"(default: {label})" if label.strip("'\"() ") else f"(default: none, ${DATA_VARIABLE} is unset)"
 
 
 def given_options(argv: Sequence[str]) -> Set[str]:

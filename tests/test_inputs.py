@@ -385,3 +385,18 @@ def test_output_closed_early_stops_quietly():
     p.wait(timeout=120)
     assert "Broken pipe" not in err and "error" not in err, err
     assert p.returncode == 1
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["translate", "evaluate"]])
+def test_data_options_help_says_when_there_is_no_default(command, monkeypatch, capsys):
+    def help_text():
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", capsys.readouterr().out).split())
+
+    monkeypatch.delenv("SHOWATTEND_DATA", raising=False)
+    text = help_text()
+    assert "(default: none, $SHOWATTEND_DATA is unset)" in text and "(default: )" not in text
+    monkeypatch.setenv("SHOWATTEND_DATA", "/data")
+    text = help_text()
+    assert "(default: /data/" in text and "is unset)" not in text

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import ClassVar, Dict, Literal, Optional, Sequence, Tuple, get_args
+from typing import Annotated, ClassVar, Dict, Literal, Optional, Sequence, Tuple, get_args
+
+import tyro
 
 from ..engine import EngineConfig
 from ..errors import CheckpointError
-from ..options import data_path
+from ..options import data_hint, data_path
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "ENCODERS", "EncoderSpec", "DS_NORMALISATIONS",
            "DSNormalisation", "SCST_BASELINES", "SCSTBaseline", "VAL_METRICS", "ValMetric"]
@@ -147,9 +149,10 @@ class DataConfig:
         cache_dir: where feature caches live (one sub-folder per dataset and encoder).
     """
 
-    data: Tuple[str, ...] = field(default_factory=lambda: tuple(filter(None, [data_path("flickr8k",
-                                                                                      "dataset_flickr8k.json")])))
-    images: str = field(default_factory=lambda: data_path("flickr8k", "images"))
+    data: Annotated[Tuple[str, ...], tyro.conf.arg(help_behavior_hint=data_hint)] = field(
+        default_factory=lambda: tuple(filter(None, [data_path("flickr8k", "dataset_flickr8k.json")])))
+    images: Annotated[str, tyro.conf.arg(help_behavior_hint=data_hint)] = field(
+        default_factory=lambda: data_path("flickr8k", "images"))
     karpathy_split: str = ""
     cache_dir: str = "runs/cache"
 

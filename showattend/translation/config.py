@@ -10,7 +10,7 @@ import tyro
 
 from ..engine import EngineConfig
 from ..errors import CheckpointError
-from ..options import data_path
+from ..options import data_hint, data_path
 
 __all__ = ["TranslatorConfig", "DataConfig", "TranslationTrainConfig"]
 
@@ -81,7 +81,8 @@ class DataConfig:
         tgt: target language code.
     """
 
-    data: str = field(default_factory=lambda: data_path("multi30k"))
+    data: Annotated[str, tyro.conf.arg(help_behavior_hint=data_hint)] = field(
+        default_factory=lambda: data_path("multi30k"))
     src: str = "de"
     tgt: str = "en"
 
