@@ -202,7 +202,7 @@ class TrainConfig(DataConfig, EngineConfig):
             whole images with their captions).
         val_beam_size: beam size of the validation decoding.
         val_metric: the validation score that picks `best.pt`, stops early and decays the learning rate: "cider"
-            (coco-caption's CIDEr-D; the default since 2 December 2026, chosen on three runs' curves:
+            (coco-caption's CIDEr-D; the default since 2 December 2026, chosen on four runs' curves:
             docs/results.md) or "bleu4"; both are logged every epoch (`metrics.jsonl`).
         val_max_len: maximum caption length when decoding.
         val_images: validate on the first N validation images (0: all).
