@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 
@@ -52,11 +51,10 @@ def main(argv=None) -> int:
     import torch
 
     import out_of_domain
-    from showattend.captioning import Captioner, captioner as captioner_module
+    from showattend.captioning import captioner as captioner_module
     from showattend.captioning.images import load_image, open_rgb
 
-    cap = Captioner.from_checkpoint(args.checkpoint, "cpu") if args.checkpoint else \
-        Captioner.from_pretrained(args.model, "cpu")
+    cap = out_of_domain.load_captioner(args.model, args.checkpoint)
     photos = [f for f, _, _ in out_of_domain.load_set()]
     report, feats = {"model": args.checkpoint or args.model}, {}
     try:
@@ -69,11 +67,7 @@ def main(argv=None) -> int:
     for route in ROUTES[1:]:
         cos = torch.nn.functional.cosine_similarity(feats["direct"], feats[route])
         report[f"cosine_direct_{route}"] = [round(float(c), 3) for c in cos]
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+    out_of_domain.write_report(report, args.output)
     return 0
 
 

@@ -56,6 +56,23 @@ def score(captioner, beam_size: Optional[int] = None, length_penalty: Optional[f
             "metrics": {k: round(v, 2) for k, v in metrics.items()}, "captions": hyps}
 
 
+def load_captioner(model: str, checkpoint: str = "", device: str = "cpu"):
+    """The captioner of ``--checkpoint`` if given, else the bundled ``--model``."""
+    sys.path.insert(0, ROOT)
+    from showattend.captioning import Captioner
+
+    return Captioner.from_checkpoint(checkpoint, device) if checkpoint else Captioner.from_pretrained(model, device)
+
+
+def write_report(report: dict, output: str = "") -> None:
+    """Print the JSON report and, given ``output``, write it there too."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="flickr8k-lite2-soft", help="a bundled captioner (default: %(default)s)")
@@ -66,17 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--output", default="", help="also write the JSON report here")
     args = ap.parse_args(argv)
-    sys.path.insert(0, ROOT)
-    from showattend.captioning import Captioner
-
-    cap = Captioner.from_checkpoint(args.checkpoint, args.device) if args.checkpoint else \
-        Captioner.from_pretrained(args.model, args.device)
-    report = {"model": args.checkpoint or args.model, **score(cap, args.beam_size, args.length_penalty)}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+    cap = load_captioner(args.model, args.checkpoint, args.device)
+    write_report({"model": args.checkpoint or args.model, **score(cap, args.beam_size, args.length_penalty)},
+                 args.output)
     return 0
 
 

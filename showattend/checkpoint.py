@@ -182,7 +182,7 @@ def quantize_int8(weight: torch.Tensor):
     w = weight.detach().float()
     scale = (w.reshape(w.shape[0], -1).abs().amax(dim=1) / 127).half()  # rounded first: q is made with it
     s = scale.float().reshape(-1, *([1] * (w.ndim - 1)))
-    q = torch.where(s > 0, w / torch.where(s > 0, s, 1), 0).round().clamp(-127, 127).to(torch.int8)
+    q = (w / torch.where(s > 0, s, 1)).round().clamp(-127, 127).to(torch.int8)  # s = 0: |w| < 2^-24 * 127
     return q, scale
 
 
