@@ -167,8 +167,9 @@ def test_scst_raises_the_reward_and_resumes_exactly(toy_xe):
     assert len(reward) == 30 and sum(reward[-5:]) / 5 > sum(reward[:5]) / 5 + 15, reward
     saved = json.loads((root / "rl" / "config.json").read_text())
     assert saved["train"]["lr"] == 3e-3 and saved["train"]["scst"] and saved["model"]["embed_dim"] == 16
-    # interrupted after 2 epochs, then resumed: the same weights as the run that went straight through 3
-    args = ["train", *common, *init, "--batch-size", "3", "--scst-baseline", "greedy"]
+    # interrupted after 2 epochs, then resumed: the same weights as the run that went straight through 3 (with the
+    # greedy baseline, and a BLEU-4 term in the reward)
+    args = ["train", *common, *init, "--batch-size", "3", "--scst-baseline", "greedy", "--scst-bleu-weight", "0.5"]
     assert main(args + ["--out-dir", str(root / "a"), "--epochs", "3"]) == 0
     assert main(args + ["--out-dir", str(root / "b"), "--epochs", "2"]) == 0
     assert main(["train", "--out-dir", str(root / "b"), "--resume", "--epochs", "3"]) == 0
@@ -202,6 +203,35 @@ def test_scst_defaults_and_errors(toy_xe, capsys, tmp_path):
     assert "nope.pt" in capsys.readouterr().err
     assert main(["train", *common, "--scst", "--init", init, "--scst-samples", "1", "--out-dir", str(root / "w")]) != 0
     assert "--scst-samples" in capsys.readouterr().err
+    assert main(["train", *common, "--scst", "--init", init, "--scst-bleu-weight", "-1", "--out-dir",
+                 str(root / "v")]) != 0
+    assert "--scst-bleu-weight must not be negative" in capsys.readouterr().err
+
+
+def test_the_reward_adds_the_bleu_term():
+    """--scst-bleu-weight w: each caption's reward is its CIDEr-D plus w times its sentence BLEU-4 (both checked
+    against pycocoevalcap in test_cider.py); the brevity penalty lowers a caption cut short of every reference."""
+    from types import SimpleNamespace
+
+    from showattend.captioning.cider import CiderD
+    from showattend.captioning.scst import SelfCritical
+
+    refs = [[[1, 2, 3, 4, 5, 6, 0], [1, 2, 3, 7, 5, 6, 0]], [[8, 9, 10, 0]]]  # 0: <end>
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 0], [1, 2, 3, 4, 5, 0, 0], [8, 9, 10, 0, 0, 0, 0]])
+    lengths, images = torch.tensor([7, 5, 4]), torch.tensor([0, 0, 1])  # the second: cut at the length limit
+    rewards = {}
+    for w in (0.0, 2.0):
+        objective = object.__new__(SelfCritical)  # only what _reward reads
+        objective.cfg, objective.cider = SimpleNamespace(scst_bleu_weight=w), CiderD(refs, 11)
+        rewards[w] = objective._reward(tokens, lengths, images)
+    cider, bleu = CiderD(refs, 11).scores(tokens, lengths, images, bleu=True)
+    assert torch.equal(rewards[0.0], cider.float())
+    assert torch.allclose(rewards[2.0], (cider + 2 * bleu).float())
+    assert bleu[0] == pytest.approx(1.0) and bleu[2] == pytest.approx(1.0)  # copies of a reference
+    # "1 2 3 4 5" (no <end>): every n-gram is in a reference, but it is 5 words against 7: BP = exp(1 - 7/5)
+    assert bleu[1].item() == pytest.approx(math.exp(1 - 7 / 5), rel=1e-6)
+    gain = rewards[2.0] - rewards[0.0]
+    assert gain[1].item() == pytest.approx(gain[0].item() - 2 * (1 - math.exp(1 - 7 / 5)), rel=1e-5)  # cut: less
 
 
 def test_the_reward_counts_end_as_a_word():

@@ -1,4 +1,4 @@
-"""CIDEr-D over token ids, vectorised: the reward of self-critical sequence training.
+"""CIDEr-D and sentence BLEU-4 over token ids, vectorised: the rewards of self-critical sequence training.
 
 CIDEr-D (Vedantam et al. 2015, CVPR; the ``Cider`` scorer of coco-caption / pycocoevalcap): for n = 1..4 every
 sentence is a vector g_n of tf-idf weights over its n-grams, g_n(w) = c(w) · (log N − log max(1, df(w))), with
@@ -16,6 +16,15 @@ do), stores every reference as sorted (reference, n-gram) entries, and scores a 
 sorts and binary searches on whichever device the tensors are on. With the same corpus as a pycocoevalcap call
 it gives the same scores (tested to 1e-6).
 
+The same pass gives each hypothesis's sentence BLEU-4 (Papineni et al. 2002) as coco-caption's ``Bleu`` scorer
+computes it per sentence (its second return value): with c_n the hypothesis's n-grams clipped by their largest
+count in any one reference and g_n = max(0, ℓ − n + 1) its n-grams (ℓ its words),
+
+    BLEU-4(h) = BP · (Π_{n=1..4} (c_n + 10⁻¹⁵) / (g_n + 10⁻⁹))^{1/4},   BP = min(1, exp(1 − r/ℓ)),
+
+r the length of the reference closest to ℓ (the shorter on a tie). Its brevity penalty falls steeply for a
+caption shorter than every reference, which CIDEr-D's Gaussian length term (σ = 6 bigrams) barely notices.
+
 N-grams are coded as integers in base V + 1 (digits 1..V), so V must stay below ~55,000 for 4-grams to fit in
 int64.
 """
@@ -27,6 +36,8 @@ from typing import Sequence
 import torch
 
 __all__ = ["CiderD"]
+
+_TINY, _SMALL = 1e-15, 1e-9  # coco-caption's BleuScorer: smoothing of a zero count, and of a zero denominator
 
 
 def _windows(tokens: torch.Tensor, lengths: torch.Tensor, n_max: int, base: int):
@@ -122,6 +133,7 @@ class CiderD:
         self.ref_norms = torch.zeros(len(flat), n, dtype=dtype, device=device) \
             .index_put_((rows, orders), weight ** 2, accumulate=True).sqrt()  # (refs, n)
         self.ref_lengths = (lengths - 1).clamp_min(0).to(dtype)  # bigrams
+        self.ref_words = lengths.to(dtype)  # words (BLEU's reference lengths)
         # each image's references, padded with -1: (images, R_max)
         R = int(per_image.max())
         first = torch.cumsum(per_image, 0) - per_image
@@ -134,7 +146,12 @@ class CiderD:
         return self.image_refs.size(0)
 
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """CIDEr-D of a batch of hypotheses against their images' references.
+        """CIDEr-D of a batch of hypotheses against their images' references (:meth:`scores` without BLEU)."""
+        return self.scores(tokens, lengths, images)[0]
+
+    def scores(self, tokens: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor, bleu: bool = False):
+        """CIDEr-D, and with ``bleu`` the sentence BLEU-4, of a batch of hypotheses against their images'
+        references.
 
         Every shape is fixed by the inputs' shapes (no boolean masks, no ``unique``): on a GPU the host never
         waits for the device. Each hypothesis's n-gram windows are sorted by code; the first window of each
@@ -144,9 +161,11 @@ class CiderD:
             tokens: (S, T) long token ids of the hypotheses (words only: no ``<start>``/``<end>``), padded.
             lengths: (S,) words of each hypothesis (0 for an empty one).
             images: (S,) long, each hypothesis's image (its index in ``references``).
+            bleu: also compute the sentence BLEU-4 (see the module docstring).
 
         Returns:
-            (S,) scores on coco-caption's scale (CIDEr-D × 1; the tables multiply by 100).
+            (cider, bleu4): (S,) CIDEr-D on coco-caption's scale (× 1; the tables multiply by 100), and (S,)
+            BLEU-4 in [0, 1] (None without ``bleu``).
         """
         tokens, lengths, images = tokens.to(self.device), lengths.to(self.device), images.to(self.device)
         S, dtype = tokens.size(0), self.dtype
@@ -181,9 +200,29 @@ class CiderD:
         delta = (lengths - 1).clamp_min(0).to(dtype).unsqueeze(1) - self.ref_lengths[refs.clamp_min(0)]  # (S, R)
         per_ref = cos.mean(2) * torch.exp(-delta ** 2 / (2 * self.sigma ** 2))  # (S, R)
         valid_ref = refs >= 0
-        return 10.0 * (per_ref * valid_ref).sum(1) / valid_ref.sum(1)
+        cider = 10.0 * (per_ref * valid_ref).sum(1) / valid_ref.sum(1)
+        return cider, self._bleu4(c_h, c_r, first, orders, lengths, refs) if bleu else None
 
-    def score_lists(self, hypotheses: Sequence[Sequence[int]], images: Sequence[int]) -> torch.Tensor:
-        """:meth:`__call__` for hypotheses given as lists of token ids."""
+    def _bleu4(self, c_h, c_r, first, orders, lengths, refs) -> torch.Tensor:
+        """Sentence BLEU-4 (S,) from :meth:`scores`'s tables: c_h (S, W) each window's count in its hypothesis,
+        c_r (S, W, R) in each reference (0 for padding references), first (S, W) 1 on an n-gram's first window,
+        orders (S, W) n − 1, lengths (S,) words, refs (S, R) reference indices (−1: padding)."""
+        S, dtype = c_h.size(0), self.dtype
+        clipped = first * torch.minimum(c_h, c_r.amax(2) if c_r.size(2) else torch.zeros_like(c_h))
+        correct = torch.zeros(S, self.n, dtype=dtype, device=self.device).scatter_add_(1, orders, clipped)
+        words = lengths.to(dtype)
+        guess = (words.unsqueeze(1) - torch.arange(self.n, device=self.device)).clamp_min(0)  # (S, n)
+        precision = torch.cumprod((correct + _TINY) / (guess + _SMALL), 1)[:, -1] ** (1.0 / self.n)
+        # the closest reference length, the shorter on a tie
+        ref_len = torch.where(refs >= 0, self.ref_words[refs.clamp_min(0)], math.inf)  # (S, R)
+        gap = (ref_len - words.unsqueeze(1)).abs()
+        closest = torch.where(gap == gap.amin(1, keepdim=True), ref_len, math.inf).amin(1)
+        ratio = (words + _TINY) / (closest + _SMALL)
+        brevity = torch.where(ratio < 1, torch.exp(1 - 1 / ratio), 1.0)
+        return precision * brevity
+
+    def score_lists(self, hypotheses: Sequence[Sequence[int]], images: Sequence[int], bleu: bool = False):
+        """:meth:`__call__` (with ``bleu``, :meth:`scores`) for hypotheses given as lists of token ids."""
         tokens, lengths = _pad(hypotheses, self.device)
-        return self(tokens, lengths, torch.as_tensor(list(images), dtype=torch.long, device=self.device))
+        images = torch.as_tensor(list(images), dtype=torch.long, device=self.device)
+        return self.scores(tokens, lengths, images, True) if bleu else self(tokens, lengths, images)

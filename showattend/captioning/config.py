@@ -224,6 +224,9 @@ class TrainConfig(DataConfig, EngineConfig):
             Luo's self-critical.pytorch), so that how a caption ends is rewarded.
         scst_xe_weight: λ of a cross-entropy term on the batch images' reference captions added to the SCST loss
             (0: SCST alone); it holds the captions' length and wording near the references'.
+        scst_bleu_weight: w of a sentence BLEU-4 term in the reward, r = CIDEr-D + w · BLEU-4 (coco-caption's
+            sentence BLEU, in [0, 1]; 0: CIDEr-D alone). Its brevity penalty punishes captions shorter than the
+            closest reference, which cost METEOR's recall and which CIDEr-D barely notices.
     """
 
     from_images: bool = False
@@ -250,6 +253,7 @@ class TrainConfig(DataConfig, EngineConfig):
     scst_baseline: SCSTBaseline = "mean"
     scst_reward_end: bool = True
     scst_xe_weight: float = 0.0
+    scst_bleu_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -271,6 +275,8 @@ class TrainConfig(DataConfig, EngineConfig):
             raise ValueError(f"--val-metric {self.val_metric!r}: choose one of {', '.join(VAL_METRICS)}")
         if self.scst_xe_weight < 0:
             raise ValueError(f"--scst-xe-weight must not be negative, got {self.scst_xe_weight}")
+        if self.scst_bleu_weight < 0:
+            raise ValueError(f"--scst-bleu-weight must not be negative, got {self.scst_bleu_weight}")
         if self.scst and not self.init:
             raise ValueError("--scst trains a captioner that has learnt with cross-entropy: pass --init CHECKPOINT "
                              "(its best.pt, or a bundled model's name)")

@@ -13,7 +13,8 @@ One step:
 1. sample k captions per image without gradients (:meth:`Captioner.sample
    <showattend.captioning.captioner.Captioner.sample>`: the decoder's own step, on the device, one host read every
    few steps);
-2. rewards and baselines (with ``--scst-reward-end``, the default, ``<end>`` counts as a word of the sample and of
+2. rewards and baselines: CIDEr-D, plus w times the sentence BLEU-4 with ``--scst-bleu-weight`` w (its brevity
+   penalty holds the captions' length up, and with it METEOR's recall); with ``--scst-reward-end``, the default, ``<end>`` counts as a word of the sample and of
    every reference, so that the n-grams that end a caption are rewarded too, as in Luo's self-critical.pytorch:
    without it, CIDEr-D is indifferent to where a caption stops, and a caption cut after its surest words scores
    well);
@@ -190,12 +191,18 @@ class SelfCritical(Objective):
         tokens, lengths, words = self._sample(annotations, k, False, g, rows, ctx.items * k)  # (B·k, T)
         image = torch.arange(B, device=x.device).repeat_interleave(k)
         counted = lengths if cfg.scst_reward_end else words  # <end>, when drawn, is a word of the reward
-        reward = self.cider(tokens, counted, batch.image[image]).float().view(B, k)
+        reward = self._reward(tokens, counted, batch.image[image]).view(B, k)
         greedy = None
         if cfg.scst_baseline == "greedy":
             g_tokens, g_lengths, g_words = self._sample(annotations, 1, True)
-            greedy = self.cider(g_tokens, g_lengths if cfg.scst_reward_end else g_words, batch.image).float()
+            greedy = self._reward(g_tokens, g_lengths if cfg.scst_reward_end else g_words, batch.image)
         return tokens, lengths, reward, self_critical_baseline(reward, cfg.scst_baseline, greedy), greedy
+
+    def _reward(self, tokens: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(S,) float rewards of captions (S, T) with (S,) counted words: CIDEr-D + w · BLEU-4."""
+        w = self.cfg.scst_bleu_weight
+        cider, bleu = self.cider.scores(tokens, lengths, images, bleu=w > 0)
+        return (cider + w * bleu if w > 0 else cider).float()
 
     def _references_xe(self, model, x: torch.Tensor, batch: ImageBatch, ctx: StepContext):
         """The cross-entropy per word of the batch images' reference captions (``--scst-xe-weight``), and its
