@@ -14,10 +14,10 @@ One step:
    <showattend.captioning.captioner.Captioner.sample>`: the decoder's own step, on the device, one host read every
    few steps);
 2. rewards and baselines: CIDEr-D, plus w times the sentence BLEU-4 with ``--scst-bleu-weight`` w (its brevity
-   penalty holds the captions' length up, and with it METEOR's recall); with ``--scst-reward-end``, the default, ``<end>`` counts as a word of the sample and of
-   every reference, so that the n-grams that end a caption are rewarded too, as in Luo's self-critical.pytorch:
-   without it, CIDEr-D is indifferent to where a caption stops, and a caption cut after its surest words scores
-   well);
+   penalty holds the captions' length up, and with it METEOR's recall); with ``--scst-reward-end``, the
+   default, ``<end>`` counts as a word of the sample and of every reference, so that the n-grams that end a
+   caption are rewarded too, as in Luo's self-critical.pytorch: without it, CIDEr-D is indifferent to where a
+   caption stops, and a caption cut after its surest words scores well);
 3. the decoder run teacher-forced on the sampled captions (its batched training pass), log p(w^s) from its
    logits, and the surrogate of :func:`~showattend.captioning.losses.scst_loss`; with ``--scst-xe-weight`` λ,
    plus λ times the cross-entropy of the batch images' reference captions (a mixed objective, as Paulus et al.
