@@ -62,6 +62,10 @@ _FLICKR8K = dict(data="Flickr8k, Karpathy (official) split: 6,000 train images, 
                  data_licence="Flickr8k is distributed for research use; its images are under their Flickr owners' "
                               "terms")
 _FLICKR8K_TEST = "Flickr8k test split (1,000 images, 5 references)"
+#: both captioners' decoding defaults (the validation sweep's best for each) and how their metrics were measured
+_SWEPT_DECODING = dict(decoding={"beam_size": 3, "max_len": 20, "length_penalty": 0.5},
+                       evaluation=_FLICKR8K_TEST + ", beam 3, length penalty 0.5 (the validation split's best of "
+                                  "beam 1/3/5/7 and length penalty 0/0.5/1), pycocoevalcap with the PTB tokenizer")
 
 PRETRAINED: Dict[str, PretrainedModel] = {m.name: m for m in [
     PretrainedModel(
@@ -69,11 +73,9 @@ PRETRAINED: Dict[str, PretrainedModel] = {m.name: m for m in [
         sha256="e8fdbf10269caaba7b08e5a99de907acff2452712537f030747aa4ded6aecb6e", size_mib=20.0,
         **_FLICKR8K,
         encoder="EfficientNet-Lite2 (ImageNet, frozen), 260 px, 9x9x1280 annotation vectors",
-        decoding={"beam_size": 3, "max_len": 20, "length_penalty": 0.5},
         metrics={"BLEU-1": 63.70, "BLEU-2": 45.61, "BLEU-3": 31.86, "BLEU-4": 22.03, "METEOR": 20.87,
                  "ROUGE-L": 46.75, "CIDEr": 55.62},
-        evaluation=_FLICKR8K_TEST + ", beam 3, length penalty 0.5 (the validation split's best of beam 1/3/5/7 "
-                   "and length penalty 0/0.5/1), pycocoevalcap with the PTB tokenizer",
+        **_SWEPT_DECODING,
         card="flickr8k-lite2-soft.md"),
     PretrainedModel(
         name="flickr8k-lite2-hard", task="captioning", file="flickr8k-lite2-hard.pt",
@@ -81,11 +83,9 @@ PRETRAINED: Dict[str, PretrainedModel] = {m.name: m for m in [
         **_FLICKR8K,
         encoder="EfficientNet-Lite2 (ImageNet, frozen), 260 px, 9x9x1280 annotation vectors; hard (stochastic) "
                 "attention, decoded with the expected context; int8 weight matrices",
-        decoding={"beam_size": 3, "max_len": 20, "length_penalty": 0.5},
         metrics={"BLEU-1": 61.87, "BLEU-2": 43.84, "BLEU-3": 30.37, "BLEU-4": 20.81, "METEOR": 20.47,
                  "ROUGE-L": 46.21, "CIDEr": 52.70},
-        evaluation=_FLICKR8K_TEST + ", beam 3, length penalty 0.5 (the validation split's best of beam 1/3/5/7 "
-                   "and length penalty 0/0.5/1), pycocoevalcap with the PTB tokenizer",
+        **_SWEPT_DECODING,
         card="flickr8k-lite2-hard.md"),
     PretrainedModel(
         name="multi30k-de-en", task="translation", file="multi30k-de-en.pt",

@@ -4,10 +4,9 @@ The task holds the captioner's model parts and the checkpoint payload; what a ru
 :class:`Objective`, a loss strategy: :class:`Likelihood` here (caption batches: an image's annotation vectors, or
 its trunk activations when fine-tuning, once per distinct image; teacher forcing with the doubly stochastic
 penalty, or the hard-attention objective of eq. 12 with its REINFORCE baseline), or self-critical sequence
-training
-(:class:`~showattend.captioning.scst.SelfCritical`). Either validates by CIDEr-D and BLEU-4 of free-running
-beam-search captions, never teacher-forced argmax. :mod:`showattend.captioning.train` prepares the data and runs
-the engine with it.
+training (:class:`~showattend.captioning.scst.SelfCritical`). Either validates by CIDEr-D and BLEU-4 of
+free-running beam-search captions, never teacher-forced argmax. :mod:`showattend.captioning.train` prepares the
+data and runs the engine with it.
 """
 from __future__ import annotations
 
