@@ -26,7 +26,7 @@ def test_registry_metadata_and_lookup():
     assert pretrained.list_models() == ["flickr8k-lite2-soft", "flickr8k-lite2-hard", "multi30k-de-en"]
     assert pretrained.list_models("translation") == ["multi30k-de-en"]
     m = pretrained.get_model("flickr8k-lite2-soft")
-    assert m.task == "captioning" and m.metrics["BLEU-4"] == 22.03 and m.decoding["beam_size"] == 3
+    assert m.task == "captioning" and m.metrics["BLEU-4"] == 23.91 and m.decoding["beam_size"] == 3
     assert "research use" in m.data_licence and "test split" in m.evaluation
     path = pretrained.weights_file("flickr8k-lite2-soft")
     assert path.is_file() and abs(path.stat().st_size / 2 ** 20 - m.size_mib) < 1
@@ -58,6 +58,22 @@ def test_every_bundled_model_loads_with_its_card_and_decoding(name):
         assert f"| {m.metrics['BLEU-4']:.2f} | {m.metrics['METEOR']:.2f} |" in card  # the card's test row
     else:
         showattend.translation.Translator.from_pretrained(name, device="cpu")
+
+
+def test_the_bundled_soft_models_fine_tuned_encoder_blocks_are_its_own():
+    """flickr8k-lite2-soft was trained with the encoder's top 2 blocks fine-tuned: its file carries them, and
+    loading it puts them in place of ImageNet's while the frozen trunk stays ImageNet's."""
+    import torch
+    from showattend.captioning.encoders import Encoder
+
+    cap = showattend.captioning.Captioner.from_pretrained("flickr8k-lite2-soft", device="cpu")
+    assert cap.config.fine_tune_blocks == 2
+    imagenet = Encoder("efficientnet_lite2", fine_tune_blocks=2)
+    top = {n.rsplit(".", 1)[0] for n, p in imagenet.named_parameters() if p.requires_grad}  # its 2 blocks' modules
+    reference = imagenet.state_dict()
+    changed = {k.rsplit(".", 1)[0] for k, v in cap.encoder.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, reference[k])}
+    assert changed == top, sorted(changed ^ top)
 
 
 def test_the_bundled_hard_model_captions_from_the_command_line(capsys):
@@ -120,7 +136,7 @@ def test_a_bundled_models_decoding_defaults_apply_where_none_is_given(monkeypatc
 def test_models_command_lists_the_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("flickr8k-lite2-soft (the default)") and "BLEU-4 22.03" in out and "research use" in out
+    assert out.startswith("flickr8k-lite2-soft (the default)") and "BLEU-4 23.91" in out and "research use" in out
     assert main(["models", "--task", "translation"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("multi30k-de-en (the default)") and "flickr8k" not in out and "BLEU" in out
@@ -183,7 +199,7 @@ def test_the_wheel_installs_and_captions_from_another_directory(tmp_path):
     assert out.returncode == 0 and len(out.stdout.split()) >= 3, out.stderr
     page = (elsewhere / "r.html").read_text()
     assert "function colour" in page  # the page's script, from the wheel's data
-    assert "showattend caption: 1 image, flickr8k-lite2-soft, beam 3, length penalty 0.5" in page  # its defaults
+    assert "showattend caption: 1 image, flickr8k-lite2-soft, beam 3, length penalty 1" in page  # its defaults
     code = ("from showattend.captioning import Captioner, open_rgb, plot_attention\n"
             "cap = Captioner.from_pretrained('flickr8k-lite2-soft')\n"
             f"r = cap.caption({PHOTO!r}, beam_size=3)\n"
