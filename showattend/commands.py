@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal, Sequence
 import tyro
 
 from .options import given_options, read_config, rebuild, run_settings
-from .pretrained import DEFAULT_CAPTIONER, DEFAULT_TRANSLATOR, PRETRAINED, get_model, weights_file
+from .pretrained import DEFAULT_CAPTIONER, DEFAULT_TRANSLATOR, PRETRAINED, card_file, get_model, weights_file
 
 __all__ = ["TrainingCommand", "Export", "Models", "BundledOrFile", "DecodingCommand", "check_decoding", "report_json",
            "UnprefixedOptions", "SwitchOnly", "OptionalFile"]
@@ -152,7 +152,7 @@ class Models:
                   f"  licence:   {m.data_licence}\n  test:      "
                   + ", ".join(f"{k} {v:.2f}" for k, v in m.metrics.items()) + f"\n             ({m.evaluation})\n"
                   f"  decoding:  " + ", ".join(f"{k} {v}" for k, v in m.decoding.items()) +
-                  f"\n  file:      {m.file}, {m.size_mib:.0f} MiB\n  card:      {m.card}\n")
+                  f"\n  file:      {m.file}, {m.size_mib:.1f} MiB\n  card:      {card_file(m.name)}\n")
         if not any(self.task in ("all", m.task) for m in PRETRAINED.values()):
             print(f"no bundled {self.task} model yet")
         return 0
@@ -212,8 +212,8 @@ def check_decoding(beam_size: int, max_len: int, length_penalty: float, device: 
         raise ValueError(f"--beam-size must be at least 1, got {beam_size}")
     if max_len < 2:
         raise ValueError(f"--max-len must be at least 2 (a word and <end>), got {max_len}")
-    if not math.isfinite(length_penalty):
-        raise ValueError(f"--length-penalty must be a number, got {length_penalty}")
+    if not math.isfinite(length_penalty) or length_penalty < 0:
+        raise ValueError(f"--length-penalty must be a number >= 0 (0: no penalty), got {length_penalty}")
     resolve_device(device)
 
 

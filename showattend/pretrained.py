@@ -20,7 +20,7 @@ from typing import Dict, List, Literal, Optional
 from .errors import CheckpointError
 
 __all__ = ["PretrainedModel", "PRETRAINED", "DEFAULT_CAPTIONER", "DEFAULT_TRANSLATOR", "list_models", "get_model",
-           "weights_file"]
+           "weights_file", "card_file"]
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,12 @@ _FLICKR8K = dict(data="Flickr8k, Karpathy (official) split: 6,000 train images, 
 
 
 def _swept(length_penalty: float) -> dict:
-    """A captioner's decoding defaults, the validation split's best of beam 1/3/5/7 x length penalty 0/0.5/1 (beam
-    3 for both bundled ones), and how its test metrics were measured with them."""
+    """A captioner's decoding defaults, the validation split's best of greedy decoding and beam 3/5/7 x length
+    penalty 0/0.5/1 (beam 3 for both bundled ones), and how its test metrics were measured with them."""
     return dict(decoding={"beam_size": 3, "max_len": 20, "length_penalty": length_penalty},
                 evaluation="Flickr8k test split (1,000 images, 5 references), beam 3, length penalty "
-                           f"{length_penalty:g} (the validation split's best of beam 1/3/5/7 and length penalty "
-                           "0/0.5/1), pycocoevalcap with the PTB tokenizer")
+                           f"{length_penalty:g} (the validation split's best of greedy and beam 3/5/7 x length "
+                           "penalty 0/0.5/1), pycocoevalcap with the PTB tokenizer")
 
 
 PRETRAINED: Dict[str, PretrainedModel] = {m.name: m for m in [
@@ -133,6 +133,15 @@ def get_model(name: str, task: Optional[str] = None) -> PretrainedModel:
                          (f" (did you mean {close[0]!r}?)" if close else "") +
                          f"; the bundled ones are: {', '.join(names) or 'none yet'} (showattend models)")
     return PRETRAINED[name]
+
+
+def card_file(name: str) -> Path:
+    """The path of a bundled model's card (Markdown) inside the installed package.
+
+    Raises:
+        ValueError: no such model.
+    """
+    return Path(str(resources.files("showattend") / "weights" / get_model(name).card))
 
 
 def weights_file(name: str, task: Optional[str] = None) -> Path:

@@ -109,9 +109,14 @@ def beam_search(step: StepFn, state: Sequence[torch.Tensor], context: Sequence[t
     Raises:
         ValueError: beam_size < 1, n_best > beam_size, max_len < 1, length_penalty < 0 or sync_every < 1.
     """
-    if beam_size < 1 or not 1 <= n_best <= beam_size or max_len < 1 or length_penalty < 0 or sync_every < 1:
-        raise ValueError(f"bad search settings: beam_size={beam_size}, n_best={n_best}, max_len={max_len}, "
-                         f"length_penalty={length_penalty}, sync_every={sync_every}")
+    bad = [f"{name} must be {rule}, got {value}" for name, value, rule, ok in [
+        ("beam_size", beam_size, "at least 1", beam_size >= 1),
+        ("n_best", n_best, f"between 1 and beam_size ({beam_size})", 1 <= n_best <= beam_size),
+        ("max_len", max_len, "at least 1", max_len >= 1),
+        ("length_penalty", length_penalty, ">= 0 (0: no penalty)", length_penalty >= 0),
+        ("sync_every", sync_every, "at least 1", sync_every >= 1)] if not ok]
+    if bad:
+        raise ValueError("beam search: " + "; ".join(bad))
     B, k = state[0].size(0), beam_size
     state = _expand(state, k)  # (B*k, ...)
     context = tuple(context) if shared_context else _expand(context, k)

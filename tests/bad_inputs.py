@@ -375,6 +375,7 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
     cases = [Case("option", f"caption {' '.join(extra)}", [*cap, *extra], 2, message) for extra, message in [
         (["--beam-size", "0"], "--beam-size must be at least 1"),
         (["--max-len", "1"], "--max-len must be at least 2"),
+        (["--length-penalty", "-1"], "--length-penalty must be a number >= 0 (0: no penalty), got -1.0"),
         (["--attention", "hard", "--samples", "0"], "--samples must be at least 1"),
         (["--device", "tpu"], "--device 'tpu'"),
         (["--beam-size", "three"], "--beam-size"),
@@ -385,6 +386,7 @@ def _options(root: Path, tiny: str, translator: str) -> List[Case]:
     cases += [Case("option", f"translate {' '.join(extra)}", [*tr, *extra], 2, message) for extra, message in [
         (["--beam-size", "0"], "--beam-size must be at least 1"),
         (["--max-len", "0"], "--max-len must be at least 2"),
+        (["--length-penalty", "-1"], "--length-penalty must be a number >= 0 (0: no penalty), got -1.0"),
     ]]
     cases += [Case("option", what, argv, 2, message) for what, argv, message in [
         ("train --batch-size 0", ["train", "--batch-size", "0"], "--batch-size must be at least 1"),

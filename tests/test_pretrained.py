@@ -4,6 +4,7 @@ directory."""
 import dataclasses
 import glob
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -137,6 +138,8 @@ def test_models_command_lists_the_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("flickr8k-lite2-soft (the default)") and "BLEU-4 23.91" in out and "research use" in out
+    cards = re.findall(r"^  card: +(.+)$", out, flags=re.M)  # where a user finds each card
+    assert len(cards) == 3 and all(os.path.isfile(c) and open(c).readline().startswith("# ") for c in cards)
     assert main(["models", "--task", "translation"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("multi30k-de-en (the default)") and "flickr8k" not in out and "BLEU" in out

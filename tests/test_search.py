@@ -189,11 +189,14 @@ def test_extras_follow_the_hypothesis_path():
         assert h.extras.squeeze(1).tolist() == fed[:n]
 
 
-def test_bad_settings():
+def test_bad_settings_are_named():
     m = TableModel(3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^beam search: beam_size must be at least 1, got 0; n_best must be "
+                                         r"between 1 and beam_size \(0\), got 1$"):
         m.run_beam(beam_size=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^beam search: n_best must be between 1 and beam_size \(2\), got 3$"):
         m.run_beam(beam_size=2, n_best=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^beam search: sync_every must be at least 1, got 0$"):
         m.run_beam(beam_size=2, sync_every=0)
+    with pytest.raises(ValueError, match=r"^beam search: length_penalty must be >= 0 \(0: no penalty\), got -1$"):
+        m.run_beam(beam_size=2, length_penalty=-1)

@@ -18,6 +18,9 @@ from .config import DataConfig, ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
+#: the --help note of a decoding option whose default is the bundled model's own (``showattend models``)
+_BUNDLED_OR = "(default: the bundled model's own, see `showattend models`; %g with --checkpoint)"
+
 __all__ = ["Train", "Cache", "CaptionDecoding", "Caption", "Evaluate"]
 
 
@@ -141,9 +144,9 @@ class CaptionDecoding(BundledOrFile):
     default_model: ClassVar[str] = DEFAULT_CAPTIONER
     model: Annotated[str, tyro.conf.arg(metavar="NAME", help_behavior_hint=f"(default: {DEFAULT_CAPTIONER})")] = ""
     checkpoint: OptionalFile = ""
-    beam_size: Annotated[int, tyro.conf.arg(help_behavior_hint="(default: the model's; 3)")] = 3
+    beam_size: Annotated[int, tyro.conf.arg(help_behavior_hint=_BUNDLED_OR % 3)] = 3
     max_len: int = 20
-    length_penalty: Annotated[float, tyro.conf.arg(help_behavior_hint="(default: the model's; 0)")] = 0.0
+    length_penalty: Annotated[float, tyro.conf.arg(help_behavior_hint=_BUNDLED_OR % 0)] = 0.0
     device: str = "auto"
     attention: Literal["soft", "hard"] = "soft"
     samples: int = 5

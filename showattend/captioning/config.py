@@ -87,7 +87,7 @@ class ModelConfig:
     encoder: str = "efficientnet_lite0"
     encoder_weights: Optional[str] = None
     fine_tune_blocks: int = 0
-    image_size: int = 0
+    image_size: Annotated[int, tyro.conf.arg(help_behavior_hint="(default: 0)")] = 0
     embed_dim: int = 512
     hidden_dim: int = 512
     attention_dim: int = 512

@@ -29,7 +29,7 @@ class TranslationDecoding(BundledOrFile):
         beam_size: beam size; 1 = greedy.
         length_penalty: rank hypotheses by log-prob / length^p. p > 0 makes the search slower, and it stays
             exact: a hypothesis can stop the search only once no live one could beat it even by growing to the
-            maximum length (100 subwords), which with p > 0 is seldom early (test_2016_flickr, beam 5: about twice
+            maximum length (--max-len), which with p > 0 is seldom early (test_2016_flickr, beam 5: about twice
             the time of p = 0).
         device: "auto" (cuda when available), "cpu" or "cuda".
     """
