@@ -141,7 +141,12 @@ def card_file(name: str) -> Path:
     Raises:
         ValueError: no such model.
     """
-    return Path(str(resources.files("showattend") / "weights" / get_model(name).card))
+    return _in_package(get_model(name).card)
+
+
+def _in_package(file: str) -> Path:
+    """The path of a file in ``showattend/weights/`` of the installed package (never the current directory)."""
+    return Path(str(resources.files("showattend") / "weights" / file))
 
 
 def weights_file(name: str, task: Optional[str] = None) -> Path:
@@ -155,7 +160,7 @@ def weights_file(name: str, task: Optional[str] = None) -> Path:
     model = get_model(name, task)
     if name in _verified:
         return _verified[name]
-    path = Path(str(resources.files("showattend") / "weights" / model.file))
+    path = _in_package(model.file)
     if not path.is_file():
         raise FileNotFoundError(f"the weights of {name} are missing from this installation: {path} "
                                 f"(reinstall showattend)")
